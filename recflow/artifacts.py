@@ -19,14 +19,19 @@ MANIFEST = "manifest.json"
 class Artifact(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    # Where the artifact lives now; not stored, so a directory can be moved or renamed
+    # (staging -> final) without rewriting its manifest.
     path: Path
 
-    def save_manifest(self) -> None:
-        write_text_atomic(self.path / MANIFEST, self.model_dump_json(indent=2))
+    def save_manifest(self, directory: Path | None = None) -> None:
+        """Write the manifest into ``directory`` (default: ``self.path``)."""
+        target = Path(directory or self.path) / MANIFEST
+        write_text_atomic(target, self.model_dump_json(indent=2, exclude={"path"}))
 
     @classmethod
     def load(cls, path: Path):
-        return cls.model_validate(json.loads((Path(path) / MANIFEST).read_text()))
+        fields = json.loads((Path(path) / MANIFEST).read_text())
+        return cls.model_validate({**fields, "path": Path(path)})
 
 
 class RawDataset(Artifact):

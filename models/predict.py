@@ -1,0 +1,49 @@
+"""Turning transformed feature rows into model inputs and scores.
+
+The one path from a pandas frame of workflow outputs to a Merlin Models prediction, used both
+in-process (evaluation, tests) and inside the Triton Python backend, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from merlin.schema import Schema, Tags
+
+
+def input_columns(schema: Schema) -> list[str]:
+    """Feature columns a model consumes: everything in the schema that is not a target."""
+    targets = set(schema.select_by_tag(Tags.TARGET).column_names)
+    return [name for name in schema.column_names if name not in targets]
+
+
+def to_model_inputs(df: pd.DataFrame, schema: Schema) -> dict[str, tf.Tensor]:
+    """Merlin's dataloader layout: scalars as [batch], lists as ``__values``/``__offsets``."""
+    inputs: dict[str, tf.Tensor] = {}
+    for name in input_columns(schema):
+        column = schema[name]
+        dtype = tf.as_dtype(column.dtype.to_numpy)
+        if column.is_list:
+            lists = [np.asarray(v) for v in df[name]]
+            lengths = np.fromiter((len(v) for v in lists), dtype=np.int64, count=len(lists))
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            values = np.concatenate(lists) if lists else np.empty(0)
+            inputs[f"{name}__values"] = tf.constant(values, dtype=dtype)
+            inputs[f"{name}__offsets"] = tf.constant(offsets)
+        else:
+            inputs[name] = tf.constant(df[name].to_numpy(), dtype=dtype)
+    return inputs
+
+
+def predict_frame(
+    model: tf.keras.Model, df: pd.DataFrame, schema: Schema, batch_size: int = 4096
+) -> np.ndarray:
+    """Scores for each row of ``df`` (workflow outputs), as float32 of shape [rows]."""
+    scores = [
+        np.asarray(model(to_model_inputs(df.iloc[start : start + batch_size], schema), training=False))
+        for start in range(0, len(df), batch_size)
+    ]
+    if not scores:
+        return np.empty(0, dtype=np.float32)
+    return np.concatenate(scores).reshape(-1).astype(np.float32)

@@ -1,0 +1,125 @@
+"""The ``recflow`` command line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recflow.config import Settings, load_settings
+
+# Exit codes: 1 is an error; a candidate that fails the gate is an expected outcome, not a crash.
+EXIT_NOT_BLESSED = 3
+
+console = Console()
+
+# Prefect settings recflow needs unless the user chose otherwise. A fresh ephemeral API server
+# migrates its database on first start, which takes longer than Prefect's default wait on a
+# small machine; telemetry would only time out on an air-gapped one.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+app = typer.Typer(
+    name="recflow",
+    help="Orchestrated ETL-to-serving workflow for recommender systems.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Option("--config", "-c", help="YAML file with settings", exists=True, dir_okay=False),
+    ] = None,
+    overrides: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="Override a setting: section.field=value (repeatable)"),
+    ] = None,
+    home: Annotated[
+        Optional[Path], typer.Option("--home", help="Artifact directory (paths.home)")
+    ] = None,
+) -> None:
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    pairs = list(overrides or [])
+    if home is not None:
+        pairs.append(f"paths.home={home}")
+    ctx.obj = load_settings(config, pairs)
+
+
+def settings_of(ctx: typer.Context) -> Settings:
+    """The settings the top-level callback built; sub-commands call this."""
+    return ctx.find_root().obj
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run the pipeline once: download, features, train, gate, export."""
+    _run_pipeline(settings_of(ctx))
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    user: Annotated[
+        Optional[int], typer.Option(help="User to recommend for; default the most active one")
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many items")] = 10,
+) -> None:
+    """The whole product in one go: run the pipeline, serve it on Triton, recommend over gRPC."""
+    from recflow.demo import most_active_user, seen_items
+    from serving.client import RecflowClient
+    from serving.server import TritonServer
+
+    settings = settings_of(ctx)
+    result = _run_pipeline(settings)
+    user = most_active_user(result.raw) if user is None else user
+    with TritonServer.from_settings(settings, None) as server:
+        console.print(f"Triton ready on {server.grpc_url} (log: {server.log_file})")
+        with RecflowClient(server.grpc_url, settings.serving.request_timeout_s) as client:
+            catalog = read_catalog(settings.paths.triton_repo / CATALOG_FILE)
+            top = client.recommend(user, catalog, k, exclude=seen_items(result.raw, user))
+        print_scores(f"Top {k} for user {user} (served by Triton over gRPC)", top)
+    console.print(
+        "Triton stopped. Serve the models again and query them with:\n"
+        f"  recflow --home {settings.paths.home} serve\n"
+        f"  recflow --home {settings.paths.home} recommend --user {user} -k {k}"
+    )
+
+
+def _run_pipeline(settings: Settings):
+    from flows.pipeline import pipeline
+    from tasks.gate import GateFailed
+
+    try:
+        result = pipeline(settings)
+    except GateFailed as failure:
+        console.print(f"[red]{failure}[/]")
+        raise typer.Exit(EXIT_NOT_BLESSED) from failure
+    table = Table(title=f"Pipeline run {result.run_id} ({result.variant})")
+    for column in ("metric", "model", "baseline"):
+        table.add_column(column)
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value:.4f}", f"{result.baseline_metrics[name]:.4f}")
+    console.print(table)
+    console.print(f"Published version {result.version} to {result.triton_repo}")
+    return result
+
+
+# Sub-command modules import settings_of from here, so they are attached last.
+from recflow.cli_data import data_app  # noqa: E402
+from recflow.cli_serve import CATALOG_FILE, read_catalog  # noqa: E402
+from recflow.cli_serve import _print_scores as print_scores  # noqa: E402
+from recflow.cli_serve import register as register_serving  # noqa: E402
+
+register_serving(app)
+app.add_typer(data_app, name="data")
