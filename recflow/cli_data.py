@@ -1,0 +1,66 @@
+"""``recflow data``: fetch a dataset variant, list the variants and what is on disk."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.filesize import decimal
+from rich.table import Table
+
+from recflow.artifacts import MANIFEST
+from recflow.cli_common import console, settings_of
+from tasks.download import SYNTHETIC, VARIANTS, DownloadError, fetch_dataset
+from tasks.normalize import MalformedSource
+from tasks.synthetic import dataset_name
+
+data_app = typer.Typer(
+    name="data", help="Download, verify and normalise datasets.", no_args_is_help=True
+)
+
+
+@data_app.command("fetch")
+def fetch(
+    ctx: typer.Context,
+    variant: Annotated[str, typer.Argument(help="ml-100k, ml-1m, ..., or synthetic")],
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="Base URL or local directory that replaces the GroupLens host"),
+    ] = None,
+) -> None:
+    """Download (or generate) VARIANT, verify it and write its canonical tables."""
+    settings = settings_of(ctx)
+    update = {"variant": variant} | ({"mirror": mirror} if mirror is not None else {})
+    data = settings.data.model_copy(update=update)
+    try:
+        dataset = fetch_dataset(data, settings.paths)
+    except (DownloadError, MalformedSource, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(
+        f"{dataset.variant}: {dataset.n_interactions:,} interactions, {dataset.n_users:,} users, "
+        f"{dataset.n_items:,} items -> {dataset.path}"
+    )
+
+
+@data_app.command("list")
+def list_variants(ctx: typer.Context) -> None:
+    """The variants, their archive sizes, and whether the archive and tables are on disk."""
+    settings = settings_of(ctx)
+    paths = settings.paths
+    table = Table("variant", "archive", "verified by", "archive cached", "tables")
+    for v in VARIANTS.values():
+        table.add_row(
+            v.name,
+            decimal(v.size) if v.size else "varies",
+            "sha256" if v.sha256 else "md5" if v.md5 else "published md5",
+            _yes((paths.cache_dir / v.filename).is_file()),
+            _yes((paths.raw_dir / v.name / MANIFEST).is_file()),
+        )
+    generated = paths.raw_dir / dataset_name(settings.data.synthetic) / MANIFEST
+    table.add_row(SYNTHETIC, "generated", "config hash", "-", _yes(generated.is_file()))
+    console.print(table)
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
