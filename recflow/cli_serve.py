@@ -1,0 +1,141 @@
+"""``recflow serve``, ``recflow score`` and ``recflow recommend``.
+
+The serving modules are imported inside the commands: tritonclient takes about a second to
+import, which every other ``recflow`` command (and ``--help``) would otherwise pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from recflow.cli_common import console, print_scores, settings_of
+
+# The exporter writes the candidate items next to the model repository: one row per item,
+# column item_id (int64). `recommend` ranks all of them.
+CATALOG_FILE = "catalog.parquet"
+CATALOG_COLUMN = "item_id"
+MAX_PORT = 65535
+
+
+def register(app: typer.Typer) -> None:
+    """Add the serving commands to the ``recflow`` app."""
+    app.command("serve")(serve)
+    app.command("score")(score)
+    app.command("recommend")(recommend)
+
+
+@contextmanager
+def _exit_on(*errors: type[Exception]) -> Iterator[None]:
+    """Report an expected failure as one red line and exit 1, rather than a traceback."""
+    try:
+        yield
+    except errors as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+
+
+def _split(csv: str) -> list[str]:
+    return [part.strip() for part in csv.split(",") if part.strip()]
+
+
+def _ids(csv: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in _split(csv)]
+    except ValueError as exc:
+        message = f"expected comma-separated integers, got {csv!r}"
+        raise typer.BadParameter(message, param_hint=option) from exc
+
+
+def read_catalog(path: Path) -> list[int]:
+    """Item ids of the candidate catalog (``item_id`` column of a parquet file)."""
+    import pyarrow.parquet as pq  # only recommend needs pyarrow
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no catalog at {path}: the exporter writes it, or pass --catalog")
+    return pq.read_table(path, columns=[CATALOG_COLUMN]).column(CATALOG_COLUMN).to_pylist()
+
+
+def _port_option(setting: str) -> Any:
+    return typer.Option(min=0, max=MAX_PORT, help=f"Overrides serving.{setting}; 0: any free port")
+
+
+def serve(
+    ctx: typer.Context,
+    grpc_port: Annotated[int | None, _port_option("grpc_port")] = None,
+    http_port: Annotated[int | None, _port_option("http_port")] = None,
+    metrics_port: Annotated[int | None, _port_option("metrics_port")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated models to load; default every model in the repository"),
+    ] = None,
+) -> None:
+    """Run Triton on the model repository (paths.triton_repo) until Ctrl-C or SIGTERM."""
+    from serving.server import TritonServer, TritonServerError
+
+    settings = settings_of(ctx)
+    ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
+    serving = settings.serving.model_copy(
+        update={name: port for name, port in ports.items() if port is not None}
+    )
+    settings = settings.model_copy(update={"serving": serving})
+
+    with _exit_on(TritonServerError, TimeoutError):
+        server = TritonServer.from_settings(settings, None if models is None else _split(models))
+
+        def announce() -> None:
+            console.print(
+                f"[green]Triton ready[/], models: {', '.join(server.models) or '(none)'}\n"
+                f"  gRPC    {server.grpc_url}\n  HTTP    {server.http_url}\n"
+                f"  metrics {server.metrics_url}\nCtrl-C to stop"
+            )
+
+        console.print(f"Starting Triton on {server.repository}, log: {server.log_file}")
+        server.serve_forever(on_ready=announce)
+    console.print("Triton stopped")
+
+
+def score(
+    ctx: typer.Context,
+    user: Annotated[int, typer.Option(help="User id")],
+    items: Annotated[str, typer.Option(help="Comma-separated item ids, e.g. 1,2,3")],
+) -> None:
+    """Score items for a user with the ranking model, in the order given."""
+    from serving.client import RecflowClient, TritonRequestError
+
+    item_ids = _ids(items, "--items")
+    settings = settings_of(ctx)
+    with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
+        scores = client.score(user, item_ids)
+    print_scores(f"user {user}", list(zip(item_ids, scores.tolist(), strict=True)))
+
+
+def recommend(
+    ctx: typer.Context,
+    user: Annotated[int, typer.Option(help="User id")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            help=f"Candidates: parquet file with an {CATALOG_COLUMN} column "
+            f"[default: <paths.triton_repo>/{CATALOG_FILE}]"
+        ),
+    ] = None,
+    exclude: Annotated[
+        str, typer.Option(help="Comma-separated item ids to leave out, e.g. already seen")
+    ] = "",
+) -> None:
+    """Top-k catalog items for a user, scored by the ranking model."""
+    from serving.client import RecflowClient, TritonRequestError
+
+    excluded = _ids(exclude, "--exclude")
+    settings = settings_of(ctx)
+    with _exit_on(FileNotFoundError):
+        candidates = read_catalog(catalog or settings.paths.triton_repo / CATALOG_FILE)
+    with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
+        top = client.recommend(user, candidates, k, exclude=excluded)
+    print_scores(f"top {k} for user {user}", top)
