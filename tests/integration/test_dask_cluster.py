@@ -1,0 +1,73 @@
+"""open_cluster against real Dask processes: a remote scheduler, and a local CPU cluster."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dask.dataframe as dd
+import pandas as pd
+import pytest
+from distributed import Client
+
+from recflow.compute import GPUUnavailableError, open_cluster
+from recflow.config import ComputeConfig
+
+if TYPE_CHECKING:
+    # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.
+    from tests.dask_cluster import DaskCluster
+
+pytest_plugins = ["tests.dask_cluster"]
+
+pytestmark = pytest.mark.integration
+
+
+def _ratings() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"user": [1, 2, 1, 3, 2, 1, 3, 3], "rating": [5.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0, 4.0]}
+    )
+
+
+def _mean_rating_on(client: Client) -> pd.Series:
+    ratings = dd.from_pandas(_ratings(), npartitions=4)
+    return client.compute(ratings.groupby("user")["rating"].mean()).result().sort_index()
+
+
+def test_existing_scheduler_is_used_and_left_running(dask_cluster: DaskCluster) -> None:
+    cfg = ComputeConfig(scheduler_address=dask_cluster.address, device="auto")
+
+    with open_cluster(cfg) as (client, device):
+        assert device == "cpu"
+        assert len(client.scheduler_info()["workers"]) == dask_cluster.n_workers
+        pd.testing.assert_series_equal(
+            _mean_rating_on(client), _ratings().groupby("user")["rating"].mean()
+        )
+
+    # Only the client was ours to close: the scheduler and its workers are still serving.
+    with Client(dask_cluster.address) as other:
+        assert len(other.scheduler_info()["workers"]) == dask_cluster.n_workers
+
+
+def test_gpu_request_checks_the_workers(dask_cluster: DaskCluster) -> None:
+    cfg = ComputeConfig(scheduler_address=dask_cluster.address, device="gpu")
+
+    with pytest.raises(GPUUnavailableError, match="Dask workers"):
+        with open_cluster(cfg):
+            pass
+
+
+def test_local_cpu_cluster_is_started_and_closed(tmp_path: Path) -> None:
+    # One worker: what is under test is the start and the close, not the parallelism.
+    cfg = ComputeConfig(device="cpu", n_workers=1, memory_limit="1GB", spill_dir=tmp_path)
+
+    with open_cluster(cfg) as (client, device):
+        assert device == "cpu"
+        cluster = client.cluster
+        assert len(cluster.workers) == cfg.n_workers
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        pd.testing.assert_series_equal(
+            _mean_rating_on(client), _ratings().groupby("user")["rating"].mean()
+        )
+
+    assert client.status == "closed"
+    assert cluster.status.name == "closed"
