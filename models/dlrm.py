@@ -93,7 +93,9 @@ def train_dlrm(
 
     labels, scores = predict_split(model, valid_dir, cfg.batch_size)
     metrics = binary_metrics(labels, scores)
-    baseline = binary_metrics(labels, item_mean_baseline(train_dir, valid_dir, target_column(schema)))
+    baseline = binary_metrics(
+        labels, item_mean_baseline(train_dir, valid_dir, target_column(schema))
+    )
     log.info("DLRM valid %s (baseline %s), best epoch %d", metrics, baseline, best_epoch)
 
     with atomic_dir(out_dir) as staging:
@@ -113,7 +115,9 @@ def train_dlrm(
     return ranking
 
 
-def predict_split(model: mm.Model, split_dir: Path, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def predict_split(
+    model: mm.Model, split_dir: Path, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels and predicted probabilities for every row of a transformed split, in file order."""
     loader = mm.Loader(Dataset(str(split_dir), engine="parquet"), batch_size, shuffle=False)
     labels, scores = [], []

@@ -41,7 +41,9 @@ def predict_frame(
 ) -> np.ndarray:
     """Scores for each row of ``df`` (workflow outputs), as float32 of shape [rows]."""
     scores = [
-        np.asarray(model(to_model_inputs(df.iloc[start : start + batch_size], schema), training=False))
+        np.asarray(
+            model(to_model_inputs(df.iloc[start : start + batch_size], schema), training=False)
+        )
         for start in range(0, len(df), batch_size)
     ]
     if not scores:

@@ -72,8 +72,9 @@ def remove_stale_staging(parent: Path) -> list[Path]:
     if not parent.is_dir():
         return removed
     for entry in parent.iterdir():
-        if entry.name.startswith(".") and (".staging-" in entry.name or ".retired-" in entry.name
-                                           or entry.name.endswith(".tmp")):
+        if entry.name.startswith(".") and (
+            ".staging-" in entry.name or ".retired-" in entry.name or entry.name.endswith(".tmp")
+        ):
             if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:

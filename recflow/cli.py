@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from recflow.cli_common import console, print_scores, settings_of
+from recflow.cli_data import data_app
+from recflow.cli_serve import CATALOG_FILE, read_catalog
+from recflow.cli_serve import register as register_serving
 from recflow.config import Settings, load_settings
 
 # Exit codes: 1 is an error; a candidate that fails the gate is an expected outcome, not a crash.
 EXIT_NOT_BLESSED = 3
-
-console = Console()
 
 # Prefect settings recflow needs unless the user chose otherwise. A fresh ephemeral API server
 # migrates its database on first start, which takes longer than Prefect's default wait on a
@@ -37,15 +38,15 @@ app = typer.Typer(
 def main(
     ctx: typer.Context,
     config: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option("--config", "-c", help="YAML file with settings", exists=True, dir_okay=False),
     ] = None,
     overrides: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", "-s", help="Override a setting: section.field=value (repeatable)"),
     ] = None,
     home: Annotated[
-        Optional[Path], typer.Option("--home", help="Artifact directory (paths.home)")
+        Path | None, typer.Option("--home", help="Artifact directory (paths.home)")
     ] = None,
 ) -> None:
     for name, value in PREFECT_DEFAULTS.items():
@@ -54,11 +55,6 @@ def main(
     if home is not None:
         pairs.append(f"paths.home={home}")
     ctx.obj = load_settings(config, pairs)
-
-
-def settings_of(ctx: typer.Context) -> Settings:
-    """The settings the top-level callback built; sub-commands call this."""
-    return ctx.find_root().obj
 
 
 @app.command()
@@ -71,7 +67,7 @@ def run(ctx: typer.Context) -> None:
 def demo(
     ctx: typer.Context,
     user: Annotated[
-        Optional[int], typer.Option(help="User to recommend for; default the most active one")
+        int | None, typer.Option(help="User to recommend for; default the most active one")
     ] = None,
     k: Annotated[int, typer.Option("-k", min=1, help="How many items")] = 10,
 ) -> None:
@@ -85,7 +81,7 @@ def demo(
     user = most_active_user(result.raw) if user is None else user
     with TritonServer.from_settings(settings, None) as server:
         console.print(f"Triton ready on {server.grpc_url} (log: {server.log_file})")
-        with RecflowClient(server.grpc_url, settings.serving.request_timeout_s) as client:
+        with RecflowClient.from_config(server.config) as client:
             catalog = read_catalog(settings.paths.triton_repo / CATALOG_FILE)
             top = client.recommend(user, catalog, k, exclude=seen_items(result.raw, user))
         print_scores(f"Top {k} for user {user} (served by Triton over gRPC)", top)
@@ -114,12 +110,6 @@ def _run_pipeline(settings: Settings):
     console.print(f"Published version {result.version} to {result.triton_repo}")
     return result
 
-
-# Sub-command modules import settings_of from here, so they are attached last.
-from recflow.cli_data import data_app  # noqa: E402
-from recflow.cli_serve import CATALOG_FILE, read_catalog  # noqa: E402
-from recflow.cli_serve import _print_scores as print_scores  # noqa: E402
-from recflow.cli_serve import register as register_serving  # noqa: E402
 
 register_serving(app)
 app.add_typer(data_app, name="data")

@@ -49,6 +49,10 @@ class PathsConfig(_Section):
     def triton_repo(self) -> Path:
         return self.home / "triton"
 
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
 
 class SyntheticConfig(_Section):
     """The embedded offline dataset, generated from planted latent factors."""
@@ -91,6 +95,11 @@ class ComputeConfig(_Section):
     spill_dir: Path | None = None
     host: str = "127.0.0.1"
     dashboard_address: str | None = "127.0.0.1:0"
+    # GPU only, as fractions of each device's memory: spill device -> host from this fill level
+    # (dask-cuda's own default), and pre-allocate an RMM pool this large so cuDF does not pay
+    # cudaMalloc per partition (NVIDIA's NVTabular multi-GPU examples do the same).
+    gpu_spill_fraction: float = Field(0.8, gt=0, le=1)
+    rmm_pool_fraction: float = Field(0.9, gt=0, le=1)
 
 
 class FeaturesConfig(_Section):

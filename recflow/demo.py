@@ -13,5 +13,7 @@ def most_active_user(raw: RawDataset) -> int:
 
 
 def seen_items(raw: RawDataset, user_id: int) -> set[int]:
-    rated = pd.read_parquet(raw.interactions, columns=["user_id", "item_id"], filters=[("user_id", "==", user_id)])
+    rated = pd.read_parquet(
+        raw.interactions, columns=["user_id", "item_id"], filters=[("user_id", "==", user_id)]
+    )
     return set(rated["item_id"].tolist())

@@ -111,12 +111,20 @@ def python_model_config(
     )
 
 
-def ensemble_config(endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cfg: ServingConfig) -> str:
+def ensemble_config(
+    endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cfg: ServingConfig
+) -> str:
     def mapping(kind: str, names, prefix: str = "") -> str:
         return " ".join(f'{kind} {{ key: "{n}" value: "{prefix}{n}" }}' for n in names)
 
+    def step(model: str, *maps: str) -> str:
+        return f'  step {{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'
+
     stage_names = [spec.name for spec in stage_specs]
-    raw_names = [spec.name for spec in RAW_INPUT_SPECS]
+    raw_inputs = mapping("input_map", [spec.name for spec in RAW_INPUT_SPECS])
+    stage_outputs = mapping("output_map", stage_names, STAGE_PREFIX)
+    stage_inputs = mapping("input_map", stage_names, STAGE_PREFIX)
+    score_output = mapping("output_map", [runtime.SCORE])
     return "\n".join(
         [
             f'name: "{endpoint.ensemble}"',
@@ -125,10 +133,8 @@ def ensemble_config(endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cf
             *(f"input {spec.pbtxt()}" for spec in RAW_INPUT_SPECS),
             f"output {SCORE_SPEC.pbtxt()}",
             "ensemble_scheduling {",
-            f'  step {{ model_name: "{endpoint.features}" model_version: -1 '
-            f'{mapping("input_map", raw_names)} {mapping("output_map", stage_names, STAGE_PREFIX)} }}',
-            f'  step {{ model_name: "{endpoint.ranker}" model_version: -1 '
-            f'{mapping("input_map", stage_names, STAGE_PREFIX)} {mapping("output_map", [runtime.SCORE])} }}',
+            step(endpoint.features, raw_inputs, stage_outputs),
+            step(endpoint.ranker, stage_inputs, score_output),
             "}",
             "",
         ]

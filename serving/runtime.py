@@ -86,7 +86,9 @@ class FeatureStage:
                 f"user_id and item_id must have the same shape, got {user_ids.shape} "
                 f"and {item_ids.shape}"
             )
-        raw = pd.DataFrame({"user_id": user_ids.astype(np.int64), "item_id": item_ids.astype(np.int64)})
+        raw = pd.DataFrame(
+            {"user_id": user_ids.astype(np.int64), "item_id": item_ids.astype(np.int64)}
+        )
         return self.workflow.transform(self._attach(raw, self.items, self.users))
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

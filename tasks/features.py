@@ -205,7 +205,9 @@ def build_workflow(cfg: FeaturesConfig, has_users: bool, stats_dir: Path) -> nvt
     )
     outputs = user_id + item_id + item_side + item_popularity + target
     if has_users:
-        outputs += categorify(USER_CATEGORICALS, Tags.USER) + log_normalized([USER_COUNT], Tags.USER)
+        outputs += categorify(USER_CATEGORICALS, Tags.USER) + log_normalized(
+            [USER_COUNT], Tags.USER
+        )
     return nvt.Workflow(outputs)
 
 

@@ -1,0 +1,101 @@
+"""The walking skeleton end to end: flow -> Triton repository -> real server -> gRPC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flows.pipeline import pipeline
+from models.dlrm import load_model
+from models.predict import predict_frame
+from serving.client import RecflowClient, TritonRequestError
+from serving.runtime import FeatureStage
+from serving.server import TritonServer
+from tests.conftest import small_settings
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, prefect_harness):
+    settings = small_settings(
+        tmp_path_factory.mktemp("home"),
+        "serving.grpc_port=0",
+        "serving.http_port=0",
+        "serving.metrics_port=0",
+    )
+    return settings, pipeline(settings)
+
+
+@pytest.fixture(scope="module")
+def server(published):
+    settings, _ = published
+    with TritonServer.from_settings(settings) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    with RecflowClient.from_config(server.config) as connected:
+        yield connected
+
+
+def test_planted_signal_is_learned(published):
+    _, result = published
+    assert result.metrics["auc"] >= 0.75
+    assert result.metrics["auc"] > result.baseline_metrics["auc"]
+    assert result.version == 1
+
+
+def test_served_scores_equal_in_process_scores(published, client):
+    settings, result = published
+    rows = pd.read_parquet(result.raw.interactions).sample(300, random_state=0)
+    # Include ids the model never saw: they must be scored (as cold), not rejected.
+    rows = pd.concat([rows, pd.DataFrame({"user_id": [10**9], "item_id": [10**9 + 1]})])
+
+    version_dir = settings.paths.triton_repo / f"{settings.serving.model_prefix}_ranking_features"
+    stage = FeatureStage(version_dir / str(result.version))
+    features = stage.transform_frame(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
+    expected = predict_frame(load_model(result.model / "model"), features, stage.output_schema)
+
+    served = client.infer(
+        client.ranking_model,
+        {
+            "user_id": rows["user_id"].to_numpy(np.int64).reshape(-1, 1),
+            "item_id": rows["item_id"].to_numpy(np.int64).reshape(-1, 1),
+        },
+        ["score"],
+    )["score"].reshape(-1)
+    assert served.shape == expected.shape
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-5)
+    assert np.isfinite(served).all()
+
+
+def test_bad_requests_get_triton_errors_and_server_keeps_serving(client):
+    good = {"user_id": np.array([[1]], np.int64), "item_id": np.array([[2]], np.int64)}
+    with pytest.raises(TritonRequestError, match="item_id"):
+        client.infer(client.ranking_model, {"user_id": good["user_id"]}, ["score"])
+    with pytest.raises(TritonRequestError, match="(?i)data.?type|dtype|FP32"):
+        client.infer(
+            client.ranking_model,
+            {"user_id": good["user_id"].astype(np.float32), "item_id": good["item_id"]},
+            ["score"],
+        )
+    assert client.server_ready()
+    score = client.infer(client.ranking_model, good, ["score"])["score"]
+    assert score.shape == (1, 1) and 0.0 <= float(score[0, 0]) <= 1.0
+
+
+def test_recommend_over_grpc_returns_unseen_top_k(published, client):
+    _, result = published
+    inter = pd.read_parquet(result.raw.interactions)
+    user = int(inter["user_id"].iloc[0])
+    seen = set(inter.loc[inter["user_id"] == user, "item_id"])
+    catalog = pd.read_parquet(result.raw.items)["item_id"].tolist()
+    top = client.recommend(user, catalog, 10, exclude=seen)
+    assert len(top) == 10
+    assert len({item for item, _ in top}) == 10
+    assert not seen & {item for item, _ in top}
+    scores = [score for _, score in top]
+    assert scores == sorted(scores, reverse=True)

@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from recflow.config import Settings, load_settings, parse_overrides
+
+
+def test_overrides_parse_yaml_values_into_nested_keys():
+    assert parse_overrides(["ranking.epochs=3", "ranking.bottom_mlp=[8, 4]", "a.b.c=true"]) == {
+        "ranking": {"epochs": 3, "bottom_mlp": [8, 4]},
+        "a": {"b": {"c": True}},
+    }
+
+
+@pytest.mark.parametrize("bad", ["ranking.epochs", "=3", ""])
+def test_malformed_override_is_rejected(bad):
+    with pytest.raises(ValueError, match="section.field=value"):
+        parse_overrides([bad])
+
+
+def test_precedence_cli_over_env_over_yaml(tmp_path, monkeypatch):
+    config = tmp_path / "recflow.yaml"
+    config.write_text("ranking:\n  epochs: 5\n  batch_size: 64\nserving:\n  grpc_port: 9000\n")
+    monkeypatch.setenv("RECFLOW_RANKING__EPOCHS", "7")
+    monkeypatch.setenv("RECFLOW_SERVING__GRPC_PORT", "9100")
+    settings = load_settings(config, ["ranking.epochs=9"])
+    assert settings.ranking.epochs == 9  # CLI beats env and YAML
+    assert settings.serving.grpc_port == 9100  # env beats YAML
+    assert settings.ranking.batch_size == 64  # YAML beats defaults
+    assert settings.ranking.learning_rate == Settings().ranking.learning_rate
+
+
+def test_unknown_keys_and_bad_values_fail_loudly(monkeypatch):
+    monkeypatch.delenv("RECFLOW_CONFIG", raising=False)
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["ranking.epochz=3"])
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["features.valid_fraction=1.5"])
+    with pytest.raises(ValidationError):
+        load_settings(overrides=["serving.model_prefix=../escape"])
+
+
+def test_home_is_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECFLOW_CONFIG", raising=False)
+    settings = load_settings(overrides=["paths.home=rel"])
+    assert settings.paths.home == tmp_path / "rel"
+    assert settings.paths.triton_repo == tmp_path / "rel" / "triton"
+
+
+def test_servers_bind_to_loopback_by_default(monkeypatch):
+    monkeypatch.delenv("RECFLOW_CONFIG", raising=False)
+    settings = load_settings()
+    assert settings.serving.host == "127.0.0.1"
+    assert settings.compute.host == "127.0.0.1"
+    assert Path(settings.paths.home).is_absolute()
