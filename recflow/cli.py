@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,14 @@ EXIT_NOT_BLESSED = 3
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+# Noise that hides the progress people came to see: TensorFlow's C++ info logs, merlin's
+# warning that PyTorch is absent (we do not use it) and that CPU mode is "experimental".
+# Set in the environment so Dask worker processes inherit them too.
+QUIET_DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "PYTHONWARNINGS": "ignore::UserWarning:merlin.dtypes.mappings.torch,"
+    "ignore::UserWarning:merlin.io.dataset",
 }
 
 app = typer.Typer(
@@ -49,8 +58,9 @@ def main(
         Path | None, typer.Option("--home", help="Artifact directory (paths.home)")
     ] = None,
 ) -> None:
-    for name, value in PREFECT_DEFAULTS.items():
+    for name, value in {**PREFECT_DEFAULTS, **QUIET_DEFAULTS}.items():
         os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore", category=UserWarning, module="merlin")
     pairs = list(overrides or [])
     if home is not None:
         pairs.append(f"paths.home={home}")
@@ -84,7 +94,8 @@ def demo(
         with RecflowClient.from_config(server.config) as client:
             catalog = read_catalog(settings.paths.triton_repo / CATALOG_FILE)
             top = client.recommend(user, catalog, k, exclude=seen_items(result.raw, user))
-        print_scores(f"Top {k} for user {user} (served by Triton over gRPC)", top)
+        console.print(f"Top {k} for user {user}, served by Triton over gRPC:")
+        print_scores(f"user {user}", top)
     console.print(
         "Triton stopped. Serve the models again and query them with:\n"
         f"  recflow --home {settings.paths.home} serve\n"
