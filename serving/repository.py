@@ -5,12 +5,6 @@ bundled CPU server: ``<prefix>_ranking_features`` (lookup + NVTabular) and
 ``<prefix>_ranking_dlrm`` (the SavedModel). Each publish writes a new numeric version in every
 model, each version directory built in a staging directory and renamed into place, the
 ensemble last, so Triton never sees half a version.
-
-The ensemble's steps name their composing models' version explicitly, the one written by the
-same publish, and the composing models keep the last ``keep_versions`` (>= 2) versions loaded.
-A running server that loads a publish (:data:`RankingEndpoint.all_models`, in that order) thus
-serves every request with one consistent pair: the old ensemble runs on the old pair until the
-new ensemble, pinned to the new pair, replaces it.
 """
 
 from __future__ import annotations
@@ -109,8 +103,8 @@ def python_model_config(
             *(f"input {spec.pbtxt()}" for spec in inputs),
             *(f"output {spec.pbtxt()}" for spec in outputs),
             f"instance_group [ {{ count: {cfg.instance_count} kind: KIND_CPU }} ]",
-            f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}",
-            f"version_policy {{ latest {{ num_versions: {cfg.keep_versions} }} }}",
+            "dynamic_batching { }",
+            "version_policy { latest { num_versions: 1 } }",
             f'parameters {{ key: "recflow_stage" value {{ string_value: "{stage}" }} }}',
             "",
         ]
@@ -118,13 +112,13 @@ def python_model_config(
 
 
 def ensemble_config(
-    endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cfg: ServingConfig, version: int
+    endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cfg: ServingConfig
 ) -> str:
     def mapping(kind: str, names, prefix: str = "") -> str:
         return " ".join(f'{kind} {{ key: "{n}" value: "{prefix}{n}" }}' for n in names)
 
     def step(model: str, *maps: str) -> str:
-        return f'  step {{ model_name: "{model}" model_version: {version} {" ".join(maps)} }}'
+        return f'  step {{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'
 
     stage_names = [spec.name for spec in stage_specs]
     raw_inputs = mapping("input_map", [spec.name for spec in RAW_INPUT_SPECS])
@@ -138,8 +132,6 @@ def ensemble_config(
             f"max_batch_size: {cfg.max_batch_size}",
             *(f"input {spec.pbtxt()}" for spec in RAW_INPUT_SPECS),
             f"output {SCORE_SPEC.pbtxt()}",
-            # Older ensemble versions would share this config, i.e. run the newest pair anyway.
-            "version_policy { latest { num_versions: 1 } }",
             "ensemble_scheduling {",
             step(endpoint.features, raw_inputs, stage_outputs),
             step(endpoint.ranker, stage_inputs, score_output),
@@ -192,7 +184,7 @@ def export_ranking(
     with atomic_dir(repo / endpoint.ensemble / str(version)):
         pass  # Triton wants a version directory even for an ensemble.
     write_text_atomic(
-        repo / endpoint.ensemble / "config.pbtxt", ensemble_config(endpoint, stage_specs, cfg, version)
+        repo / endpoint.ensemble / "config.pbtxt", ensemble_config(endpoint, stage_specs, cfg)
     )
     _write_catalog(features, repo)
     return version
