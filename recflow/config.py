@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -102,33 +109,216 @@ class ComputeConfig(_Section):
     rmm_pool_fraction: float = Field(0.9, gt=0, le=1)
 
 
+class ValidationConfig(_Section):
+    """Checks of each feature build against the last accepted one (docs/features.md)."""
+
+    # The rating scale every MovieLens variant and the synthetic data use (half stars).
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    # A column's null rate may exceed the accepted run's by this much (absolute share).
+    max_null_rate_increase: float = Field(0.01, ge=0, le=1)
+    # Share of training interactions whose user or item id the accepted run never saw.
+    max_unseen_id_share: float = Field(0.2, ge=0, le=1)
+    # Distribution shift bounds: L-infinity distance between value shares (categorical, as
+    # TFX's ExampleValidator) and the Kolmogorov-Smirnov statistic (numeric).
+    max_linf_distance: float = Field(0.1, gt=0, le=1)
+    max_ks_statistic: float = Field(0.1, gt=0, le=1)
+    # Columns whose distribution moves by design between runs: time (new data is newer) and ids
+    # (nominal values; the unseen-id share covers them).
+    drift_exempt: tuple[str, ...] = (
+        "interactions.timestamp",
+        "interactions.user_id",
+        "interactions.item_id",
+        "items.item_id",
+        "users.user_id",
+    )
+    # Checks that only warn; every other check stops the flow before training.
+    warn_only: tuple[
+        Literal[
+            "missing_column",
+            "extra_column",
+            "dtype",
+            "null_rate",
+            "out_of_range",
+            "duplicates",
+            "unseen_ids",
+            "drift",
+        ],
+        ...,
+    ] = ("extra_column", "duplicates")
+
+
 class FeaturesConfig(_Section):
     rating_threshold: float = 4.0
-    split: Literal["random", "time"] = "random"
+    # random: hashed (user, item) pairs; time: one global cutoff at the valid_fraction quantile
+    # of timestamps; last_n: each user's last valid_last_n interactions (users with more).
+    split: Literal["random", "time", "last_n"] = "random"
     valid_fraction: float = Field(0.2, gt=0, lt=1)
+    valid_last_n: PositiveInt = 1
     seed: int = 42
+    # How user and item ids become embedding rows: a vocabulary (Categorify) or hashing.
+    id_encoding: Literal["categorify", "hash"] = "categorify"
     # Categorify: ids seen fewer times than this share the out-of-vocabulary bucket.
     freq_threshold: int = Field(0, ge=0)
+    # HashBucket: buckets per id column; collisions grow as ids approach this count.
+    hash_buckets: PositiveInt = 100_000
+    # Log-normalised training-split counts of each item and user as continuous features.
+    popularity: bool = True
+    # Also emit the raw rating as a REGRESSION target next to the binary one. Off by default:
+    # a second TARGET column makes Merlin's loader yield a dict of targets.
+    rating_target: bool = False
     part_size: str = "64MB"
 
 
+Optimizer = Literal["adam", "adagrad", "sgd"]
+# Top-k metric names the retrieval model reports, e.g. recall@10.
+TOP_K_METRICS = ("recall", "ndcg", "mrr")
+
+
 class RankingConfig(_Section):
-    """DLRM. Defaults are the regularised ones; the Merlin README's overfit on MovieLens."""
+    """DLRM (docs/training.md). Defaults tuned on ml-100k; the Merlin README's overfit there."""
 
     embedding_dim: PositiveInt = 32
-    bottom_mlp: tuple[PositiveInt, ...] = (64, 32)
+    # Hidden layers over the continuous features; a last layer of embedding_dim is added, as
+    # DLRM's dot interaction needs it as wide as the embeddings.
+    bottom_mlp: tuple[PositiveInt, ...] = (64,)
     top_mlp: tuple[PositiveInt, ...] = (64, 32)
     dropout: float = Field(0.2, ge=0, lt=1)
     embeddings_l2: float = Field(1e-5, ge=0)
+    optimizer: Optimizer = "adam"
     learning_rate: float = Field(3e-3, gt=0)
     batch_size: PositiveInt = 1024
     epochs: PositiveInt = 8
+    # Epochs without a better validation AUC before training stops; the best weights are kept.
     patience: int = Field(2, ge=0)
     seed: int = 42
 
 
+class RetrievalConfig(_Section):
+    """Two-tower retrieval on positive interactions with in-batch negatives (docs/training.md)."""
+
+    # Width of every id and side-feature embedding inside the towers.
+    embedding_dim: PositiveInt = 32
+    # Each tower's MLP; the last width is the dimension of the served embeddings.
+    tower_mlp: tuple[PositiveInt, ...] = (128, 64)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    embeddings_l2: float = Field(1e-5, ge=0)
+    # Tower outputs are L2-normalised, so logits are cosines in [-1, 1]: dividing by a small
+    # temperature is what lets the softmax become confident.
+    logits_temperature: float = Field(0.1, gt=0)
+    # In-batch negatives over-sample popular items; subtracting log(item frequency) from the
+    # logits (Yi et al. 2019) corrects for it.
+    logq_correction: bool = False
+    optimizer: Optimizer = "adam"
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: PositiveInt = 1024
+    epochs: PositiveInt = 10
+    patience: int = Field(2, ge=0)
+    seed: int = 42
+    top_k: tuple[PositiveInt, ...] = (10, 50, 100)
+    # The validation metric early stopping and tuning maximise.
+    monitor: str = "recall@10"
+
+    @model_validator(mode="after")
+    def _monitor_is_reported(self) -> RetrievalConfig:
+        reported = {f"{name}@{k}" for name in TOP_K_METRICS for k in self.top_k}
+        if self.monitor not in reported:
+            raise ValueError(f"monitor {self.monitor!r} is not one of {sorted(reported)}")
+        return self
+
+
+class TuningConfig(_Section):
+    """Hyperparameter search (flows/tune.py): one trial per point, best by validation metric."""
+
+    study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model: Literal["ranking", "retrieval"] = "ranking"
+    # grid: every combination; random: n_trials distinct combinations drawn with seed.
+    strategy: Literal["grid", "random"] = "grid"
+    # Field of the model's section (ranking or retrieval) -> the values to try.
+    space: dict[str, tuple[Any, ...]] = {
+        "embedding_dim": (16, 32, 64),
+        "dropout": (0.1, 0.3),
+        "learning_rate": (1e-3, 3e-3),
+    }
+    n_trials: PositiveInt = 8
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _space_names_fields(self) -> TuningConfig:
+        section = RankingConfig if self.model == "ranking" else RetrievalConfig
+        unknown = sorted(set(self.space) - set(section.model_fields))
+        if unknown:
+            raise ValueError(f"tuning.space names no {self.model} fields: {unknown}")
+        empty = sorted(name for name, values in self.space.items() if not values)
+        if empty:
+            raise ValueError(f"tuning.space gives no values for {empty}")
+        return self
+
+
+class MetricBounds(_Section):
+    """What one metric must satisfy to pass the gate, after TFX's MetricThreshold.
+
+    Every bound is optional (None switches it off). Change bounds and the baseline margin are
+    measured in the better direction, so a negative value tolerates a regression that small.
+    """
+
+    higher_is_better: bool = True
+    # Absolute bounds: the only ones a first run (no blessed model yet) is judged on.
+    min_value: float | None = None
+    max_value: float | None = None
+    # Against the blessed model, re-scored on the candidate's held-out rows; the relative
+    # change is a fraction of the blessed model's value.
+    min_change: float | None = None
+    min_relative_change: float | None = None
+    # Against the candidate's own baseline (per-item mean, most popular) on the same rows.
+    min_baseline_gain: float | None = None
+
+
 class GateConfig(_Section):
-    min_auc: float = Field(0.6, ge=0, le=1)
+    """Bounds per model kind and metric name (docs/registry.md).
+
+    A partial override (``--set gate.ranking.auc.min_value=0.7``) changes that one field and
+    keeps the other defaults; set a bound to null to switch it off.
+    """
+
+    # AUC noise between two models on a few thousand held-out rows is ~0.005: a drop of 0.01 is
+    # a regression, not chance. Log loss may worsen by 5% (AUC ignores calibration).
+    ranking: dict[str, MetricBounds] = {
+        "auc": MetricBounds(min_value=0.6, min_change=-0.01, min_baseline_gain=0.0),
+        "logloss": MetricBounds(higher_is_better=False, min_relative_change=-0.05),
+    }
+    # Checked when the candidate has a retrieval model; the baseline is most-popular.
+    retrieval: dict[str, MetricBounds] = {
+        "recall@10": MetricBounds(min_change=-0.01, min_baseline_gain=0.0),
+    }
+
+    @field_validator("ranking", "retrieval", mode="before")
+    @classmethod
+    def _onto_defaults(cls, given: Any, info) -> Any:
+        if not isinstance(given, dict):
+            return given
+        defaults = cls.model_fields[info.field_name].default
+        merged = {name: bounds.model_dump() for name, bounds in defaults.items()}
+        for name, fields in given.items():
+            if isinstance(fields, MetricBounds):
+                fields = fields.model_dump()
+            if isinstance(fields, dict):
+                fields = {**merged.get(name, {}), **fields}
+            merged[name] = fields
+        return merged
+
+
+class TrialConfig(_Section):
+    """Trial serving (TFX's InfraValidator): the candidate in a real Triton before publishing."""
+
+    # Off only where no server should start (unit-level flow tests): it costs a server start-up.
+    enabled: bool = True
+    # Held-out rows whose served scores must match the in-process ones.
+    rows: PositiveInt = 256
+    # The same float32 computation in two processes agrees to ~1e-7; beyond this it differs.
+    atol: float = Field(1e-5, gt=0)
+    # Requests sent and discarded first: the first ones pay for TensorFlow's graph tracing.
+    warmup_requests: int = Field(3, ge=0)
 
 
 class ServingConfig(_Section):
@@ -139,8 +329,36 @@ class ServingConfig(_Section):
     model_prefix: str = Field("recflow", pattern=r"^[a-z][a-z0-9_]{0,40}$")
     max_batch_size: PositiveInt = 1024
     instance_count: PositiveInt = 1
+    # Versions each model keeps loaded (Triton version_policy latest N). At least 2: while a
+    # publish is loaded, the previous ensemble still runs on the previous composing versions.
+    keep_versions: int = Field(2, ge=2)
+    # Requests the dynamic batcher may hold back to merge them (0: merge only what is queued).
+    max_queue_delay_us: int = Field(0, ge=0)
+    # Multi-stage recommend: candidates retrieved per user before ranking.
+    retrieval_candidates: PositiveInt = 100
+    # Larger k is rejected as INVALID_ARG; k above the catalog size returns the whole catalog.
+    max_k: PositiveInt = 1000
     startup_timeout_s: float = Field(180.0, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
+
+
+class OrchestrationConfig(_Section):
+    """How Prefect runs the stages: time limits and the publish lock."""
+
+    fetch_timeout_s: float = Field(4 * 3600.0, gt=0)
+    features_timeout_s: float = Field(6 * 3600.0, gt=0)
+    train_timeout_s: float = Field(12 * 3600.0, gt=0)
+    publish_timeout_s: float = Field(3600.0, gt=0)
+    # How long a run waits for another run's publish to finish before it gives up.
+    publish_lock_timeout_s: float = Field(3600.0, ge=0)
+
+
+class ScheduleConfig(_Section):
+    """The deployment ``recflow schedule`` serves (infra/prefect.yaml deploys the same one)."""
+
+    deployment: str = "daily"
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
 
 
 class Settings(BaseSettings):
@@ -152,9 +370,15 @@ class Settings(BaseSettings):
     data: DataConfig = DataConfig()
     compute: ComputeConfig = ComputeConfig()
     features: FeaturesConfig = FeaturesConfig()
+    validation: ValidationConfig = ValidationConfig()
     ranking: RankingConfig = RankingConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
+    trial: TrialConfig = TrialConfig()
     serving: ServingConfig = ServingConfig()
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
 
     @field_validator("paths", mode="after")
     @classmethod

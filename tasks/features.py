@@ -1,8 +1,10 @@
 """Feature engineering: raw MovieLens-layout tables -> NVTabular workflow -> parquet + schema.
 
-The workflow is fitted on the training split only (statistics never see validation rows), then
-applied to both splits on whatever Dask cluster is active. The fitted workflow is saved so that
-serving applies exactly the same transformation to raw ids.
+Steps (docs/features.md): check the inputs' columns and dtypes, profile them, clean the
+interactions (every dropped row counted under its rule), split train/validation, fit the
+workflow on the training split only (statistics never see validation rows), transform both
+splits on whatever Dask cluster is active, and save the fitted workflow, its user-side and
+item-side sub-workflows, the output schema and the statistics that validation compares.
 """
 
 from __future__ import annotations
@@ -10,26 +12,42 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
+from typing import ClassVar
 
 import dask.dataframe as dd
 import numpy as np
 import nvtabular as nvt
 import nvtabular.ops as ops
 import pandas as pd
+import pyarrow.parquet as pq
 from merlin.io import Dataset
-from merlin.schema import Tags
+from merlin.schema import Schema, Tags
 from prefect import task
 
 from recflow.artifacts import Artifact, RawDataset
 from recflow.atomic import atomic_dir
 from recflow.compute import dataset_cpu_flag, open_cluster
-from recflow.config import FeaturesConfig, Settings
+from recflow.config import FeaturesConfig, Settings, ValidationConfig
+from tasks.validate import (
+    DUPLICATES,
+    FEATURES_TABLE,
+    MISSING_VALUE,
+    OUT_OF_RANGE,
+    QUANTILE_PROBS,
+    ColumnStats,
+    Profile,
+    arrow_dtype,
+    input_error,
+    profile_table,
+)
 
 log = logging.getLogger(__name__)
 
 # Column names shared with training and serving.
 USER_ID, ITEM_ID = "user_id", "item_id"
+RATING, TIMESTAMP = "rating", "timestamp"
 TARGET = "rating_binary"
 ITEM_COUNT, USER_COUNT = "item_count", "user_count"
 NO_GENRES = "(no genres listed)"
@@ -47,19 +65,39 @@ MISSING = {
 USER_CATEGORICALS = ("gender", "age_bucket", "occupation", "zip_prefix")
 ITEM_CATEGORICALS = ("year_bucket",)
 ITEM_LISTS = ("genres",)
+# Workflow inputs of each side; a side's sub-workflow is the workflow without the other side's.
+USER_INPUTS = (USER_ID, *USER_CATEGORICALS, USER_COUNT)
+ITEM_INPUTS = (ITEM_ID, *ITEM_CATEGORICALS, *ITEM_LISTS, ITEM_COUNT)
 # Ages in MovieLens-1M's own buckets, so ml-100k and ml-1m users land on the same scale.
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
-FEATURES_VERSION = "1"
+FEATURES_VERSION = "2"
+# What the columns the stage reads must hold: integer ids (signed: an id beyond int64 does not
+# fit the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
+REQUIRED = {
+    "interactions": {USER_ID: "int", ITEM_ID: "int", RATING: "number", TIMESTAMP: "int"},
+    "items": {ITEM_ID: "int", "year": "number", "genres": "list"},
+    "users": {USER_ID: "int", "gender": "any", "age": "number", "occupation": "any", "zip": "any"},
+}
+_KINDS = {
+    "int": ("int8", "int16", "int32", "int64"),
+    "number": ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "float", "double"),
+    "list": ("list<",),
+}
+SPLIT_FLAG = "__valid"
 
 
 class FeatureSet(Artifact):
-    """Transformed splits, the fitted workflow and its output schema."""
+    """Transformed splits, the fitted workflows, the output schema and the input statistics."""
 
     fingerprint: str
     variant: str
     n_train: int
     n_valid: int
     cardinalities: dict[str, int]
+    # Added with FEATURES_VERSION 2; defaults keep older manifests loadable.
+    id_encoding: str = "categorify"
+    split: str = "random"
+    cleaning: dict[str, int] = {}
 
     @property
     def train_dir(self) -> Path:
@@ -74,6 +112,14 @@ class FeatureSet(Artifact):
         return self.path / "workflow"
 
     @property
+    def user_workflow_dir(self) -> Path:
+        return self.path / "workflow_user"
+
+    @property
+    def item_workflow_dir(self) -> Path:
+        return self.path / "workflow_item"
+
+    @property
     def lookup_dir(self) -> Path:
         return self.path / "lookup"
 
@@ -81,14 +127,133 @@ class FeatureSet(Artifact):
     def schema_file(self) -> Path:
         return self.train_dir / "schema.pbtxt"
 
+    @property
+    def statistics_dir(self) -> Path:
+        return self.path / "statistics"
 
-def fingerprint(raw: RawDataset, cfg: FeaturesConfig) -> str:
-    """What the outputs depend on: the source data, the feature config, the code version."""
+    id_columns: ClassVar[tuple[str, ...]] = (USER_ID, ITEM_ID)
+
+    def profile(self) -> Profile:
+        return Profile.model_validate_json((self.statistics_dir / "statistics.json").read_text())
+
+    def id_counts(self, column: str) -> pd.Series:
+        """Training-split rows per id of ``column`` (the vocabulary the build saw)."""
+        counts = pd.read_parquet(self.statistics_dir / f"{column}.parquet")
+        return counts.set_index(column)["count"]
+
+
+def fingerprint(raw: RawDataset, cfg: FeaturesConfig, validation: ValidationConfig) -> str:
+    """What the outputs depend on: the source data, the feature config and cleaning bounds, the
+    code version."""
     payload = json.dumps(
-        {"data": raw.checksum, "cfg": cfg.model_dump(mode="json"), "v": FEATURES_VERSION},
+        {
+            "data": raw.checksum,
+            "cfg": cfg.model_dump(mode="json"),
+            "range": [validation.rating_min, validation.rating_max],
+            "v": FEATURES_VERSION,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --- inputs: structure, statistics, cleaning, split --------------------------------------------
+
+
+def input_dtypes(raw: RawDataset) -> dict[str, dict[str, str]]:
+    """Each input table's columns and dtypes, read from the parquet footers (no data).
+
+    Raises ``DataValidationError`` for a missing required column, a dtype the stage cannot use
+    (ids beyond int64 among them) or an interactions file without rows.
+    """
+    tables = {"interactions": raw.interactions, "items": raw.items}
+    if raw.has_users:
+        tables["users"] = raw.users
+    dtypes = {}
+    for table, path in tables.items():
+        schema = pq.read_schema(path)
+        dtypes[table] = {field.name: arrow_dtype(field.type) for field in schema}
+        for column, kind in REQUIRED[table].items():
+            if column not in dtypes[table]:
+                raise input_error(table, column, "missing_column", f"a {kind} column", "none")
+            found = dtypes[table][column]
+            if kind in _KINDS and not found.startswith(_KINDS[kind]):
+                expected = "int64" if kind == "int" else f"a {kind} dtype"
+                raise input_error(table, column, "dtype", expected, found)
+    if pq.read_metadata(raw.interactions).num_rows == 0:
+        raise input_error("interactions", "*", "empty", "at least one row", f"0 rows in {path}")
+    return dtypes
+
+
+def _keep_valid_rows(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
+    df = df[list(REQUIRED["interactions"])].dropna()
+    df = df[(df[RATING] >= rating_min) & (df[RATING] <= rating_max)]
+    return df.astype({USER_ID: "int64", ITEM_ID: "int64", RATING: "float32", TIMESTAMP: "int64"})
+
+
+def _rule_counts(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
+    missing = df[list(REQUIRED["interactions"])].isna().any(axis=1)
+    rating = df.loc[~missing, RATING]
+    outside = int(((rating < rating_min) | (rating > rating_max)).sum())
+    return pd.DataFrame({MISSING_VALUE: [int(missing.sum())], OUT_OF_RANGE: [outside]})
+
+
+def _dedupe_and_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None):
+    """Runs on a partition holding all rows of its users: drops duplicates, marks validation."""
+    df = df.sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
+    df = df[~df.duplicated([USER_ID, ITEM_ID, TIMESTAMP])]
+    if cfg.split == "time":
+        flag = df[TIMESTAMP] > cutoff
+    elif cfg.split == "last_n":
+        from_end = df.groupby(USER_ID).cumcount(ascending=False)
+        size = df.groupby(USER_ID)[USER_ID].transform("size")
+        # Users with no more than N interactions stay whole in training: none becomes cold.
+        flag = (from_end < cfg.valid_last_n) & (size > cfg.valid_last_n)
+    else:
+        keys = pd.util.hash_pandas_object(
+            df[[USER_ID, ITEM_ID]], index=False, hash_key=f"{cfg.seed:016d}"
+        )
+        flag = pd.Series((keys.to_numpy() % 10_000) < cfg.valid_fraction * 10_000, index=df.index)
+    return df.assign(**{SPLIT_FLAG: flag.to_numpy()})
+
+
+def clean_and_split(
+    interactions: dd.DataFrame,
+    cfg: FeaturesConfig,
+    validation: ValidationConfig,
+    timestamp_quantiles: list[float],
+    work_dir: Path,
+) -> tuple[dd.DataFrame, dd.DataFrame, dict[str, int]]:
+    """Apply the cleaning rules, split, and write the result to ``work_dir`` once.
+
+    Rows are shuffled by user so that duplicates and each user's history meet in one partition;
+    writing the outcome keeps later passes (fit, transform) from repeating that shuffle.
+    Returns the training and validation rows and the rows each rule dropped.
+    """
+    bounds = (validation.rating_min, validation.rating_max)
+    meta = pd.DataFrame({MISSING_VALUE: pd.Series(dtype="int64"), OUT_OF_RANGE: []}).astype("int64")
+    counts = interactions.map_partitions(_rule_counts, *bounds, meta=meta).sum()
+    # The split's global cutoff, read off the profile's percentiles instead of another pass.
+    cutoff = float(np.interp(1 - cfg.valid_fraction, QUANTILE_PROBS, timestamp_quantiles))
+    kept = interactions.map_partitions(_keep_valid_rows, *bounds)
+    flagged = kept.shuffle(USER_ID).map_partitions(_dedupe_and_flag, cfg, cutoff)
+    n_raw = interactions.shape[0]
+    counts, n_raw, _ = dd.compute(counts, n_raw, flagged.to_parquet(str(work_dir), compute=False))
+    written = dd.read_parquet(str(work_dir))
+    n_kept = sum(pq.read_metadata(part).num_rows for part in work_dir.glob("*.parquet"))
+    cleaning = {rule: int(n) for rule, n in counts.items()}
+    cleaning[DUPLICATES] = int(n_raw) - sum(cleaning.values()) - n_kept
+    if n_kept == 0:
+        raise input_error(
+            "interactions",
+            "*",
+            "empty",
+            "rows left after cleaning",
+            f"0 of {n_raw} rows ({cleaning})",
+        )
+    is_valid = written[SPLIT_FLAG]
+    train, valid = (written[mask].drop(columns=SPLIT_FLAG) for mask in (~is_valid, is_valid))
+    return train, valid, cleaning
 
 
 def derive_raw_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -122,23 +287,26 @@ def _genres_or_placeholder(genres) -> list[str]:
 
 def side_feature_tables(
     raw: RawDataset, train_interactions: dd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, pd.Series]]:
     """Per-item and per-user raw features plus training-split activity counts.
 
     These are the lookup tables serving uses to turn bare ids into model inputs, so the same
-    tables feed ETL and serving. Counts come from the training split only.
+    tables feed ETL and serving. Counts come from the training split only; they are also
+    returned per id column, as the vocabulary validation compares between builds.
     """
-    item_counts = train_interactions[ITEM_ID].value_counts().compute().rename(ITEM_COUNT)
+    item_counts, user_counts = dd.compute(
+        train_interactions[ITEM_ID].value_counts(), train_interactions[USER_ID].value_counts()
+    )
     items = pd.read_parquet(raw.items, columns=[ITEM_ID, "year", "genres"])
-    items = derive_raw_columns(items).join(item_counts, on=ITEM_ID)
+    items = derive_raw_columns(items).join(item_counts.rename(ITEM_COUNT), on=ITEM_ID)
     items[ITEM_COUNT] = items[ITEM_COUNT].fillna(0).astype("float32")
+    vocab = {ITEM_ID: item_counts, USER_ID: user_counts}
     if not raw.has_users:
-        return items, None
-    user_counts = train_interactions[USER_ID].value_counts().compute().rename(USER_COUNT)
+        return items, None, vocab
     users = pd.read_parquet(raw.users, columns=[USER_ID, "gender", "age", "occupation", "zip"])
-    users = derive_raw_columns(users).join(user_counts, on=USER_ID)
+    users = derive_raw_columns(users).join(user_counts.rename(USER_COUNT), on=USER_ID)
     users[USER_COUNT] = users[USER_COUNT].fillna(0).astype("float32")
-    return items, users
+    return items, users, vocab
 
 
 def attach_side_features(
@@ -165,90 +333,129 @@ def _fill_unknown(df: pd.DataFrame) -> pd.DataFrame:
         df[col] = df[col].astype("int64")
     for col in df.columns.intersection([ITEM_COUNT, USER_COUNT]):
         df[col] = df[col].astype("float32")
-    df["genres"] = [_genres_or_placeholder(g) for g in df["genres"]]
+    # Known items already carry their genres (placeholder included, see derive_raw_columns):
+    # only unknown ones need one, and a per-row Python pass would dominate the ETL's time.
+    unknown = df["genres"].isna().to_numpy()
+    if unknown.any():
+        df.loc[unknown, "genres"] = pd.Series(
+            [[NO_GENRES]] * int(unknown.sum()), dtype=object
+        ).values
     return df
 
 
-def split(ddf: dd.DataFrame, cfg: FeaturesConfig) -> tuple[dd.DataFrame, dd.DataFrame]:
-    """Train/validation split that does not depend on how the data is partitioned."""
-    if cfg.split == "time":
-        cutoff = ddf["timestamp"].quantile(1 - cfg.valid_fraction).compute()
-        is_valid = ddf["timestamp"] > cutoff
-    else:
-        is_valid = ddf.map_partitions(_hashed_valid_mask, cfg.valid_fraction, cfg.seed, meta=bool)
-    return ddf[~is_valid], ddf[is_valid]
-
-
-def _hashed_valid_mask(df: pd.DataFrame, fraction: float, seed: int) -> pd.Series:
-    keys = pd.util.hash_pandas_object(df[[USER_ID, ITEM_ID]], index=False, hash_key=f"{seed:016d}")
-    return pd.Series((keys.to_numpy() % 10_000) < fraction * 10_000, index=df.index)
-
-
-def build_workflow(cfg: FeaturesConfig, has_users: bool, stats_dir: Path) -> nvt.Workflow:
-    def categorify(cols, *tags):
-        encode = ops.Categorify(freq_threshold=cfg.freq_threshold, out_path=str(stats_dir))
+def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -> nvt.Workflow:
+    def categorify(cols, *tags, freq_threshold=0):
+        encode = ops.Categorify(freq_threshold=freq_threshold, out_path=str(categories_dir))
         return list(cols) >> encode >> ops.AddTags(list(tags))
+
+    def encode_id(col, *tags):
+        if cfg.id_encoding == "hash":
+            return [col] >> ops.HashBucket(cfg.hash_buckets) >> ops.AddTags(list(tags))
+        return categorify([col], *tags, freq_threshold=cfg.freq_threshold)
 
     def log_normalized(cols, *tags):
         return list(cols) >> ops.LogOp() >> ops.Normalize() >> ops.AddTags([Tags.CONTINUOUS, *tags])
 
-    user_id = categorify([USER_ID], Tags.USER_ID, Tags.USER)
-    item_id = categorify([ITEM_ID], Tags.ITEM_ID, Tags.ITEM)
-    item_side = categorify(ITEM_CATEGORICALS + ITEM_LISTS, Tags.ITEM)
-    # Log-popularity from the training split: a strong prior for rarely seen items.
-    item_popularity = log_normalized([ITEM_COUNT], Tags.ITEM)
-    target = (
-        ["rating"]
+    outputs = (
+        encode_id(USER_ID, Tags.USER_ID, Tags.USER)
+        + encode_id(ITEM_ID, Tags.ITEM_ID, Tags.ITEM)
+        + categorify(ITEM_CATEGORICALS + ITEM_LISTS, Tags.ITEM)
+    )
+    if cfg.popularity:
+        # Log-popularity from the training split: a strong prior for rarely seen items.
+        outputs += log_normalized([ITEM_COUNT], Tags.ITEM)
+    if has_users:
+        outputs += categorify(USER_CATEGORICALS, Tags.USER)
+        if cfg.popularity:
+            outputs += log_normalized([USER_COUNT], Tags.USER)
+    outputs += (
+        [RATING]
         >> ops.LambdaOp(lambda col: (col >= cfg.rating_threshold).astype("int32"))
         >> ops.Rename(name=TARGET)
         >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
     )
-    outputs = user_id + item_id + item_side + item_popularity + target
-    if has_users:
-        outputs += categorify(USER_CATEGORICALS, Tags.USER) + log_normalized(
-            [USER_COUNT], Tags.USER
-        )
+    if cfg.rating_target:
+        outputs += [RATING] >> ops.AddTags([Tags.TARGET, Tags.REGRESSION])
     return nvt.Workflow(outputs)
 
 
 def serving_workflow(workflow: nvt.Workflow) -> nvt.Workflow:
     """The fitted workflow without its target branch: what serving applies to raw requests."""
-    return workflow.remove_inputs(["rating"])
+    return workflow.remove_inputs([RATING])
+
+
+def side_workflow(workflow: nvt.Workflow, side: str) -> nvt.Workflow:
+    """The fitted workflow restricted to one side's features (``user`` or ``item``).
+
+    Retrieval encodes a user (query tower) without any item, and item towers without users.
+    Like ``Workflow.remove_inputs``, this modifies ``workflow`` itself.
+    """
+    other = ITEM_INPUTS if side == "user" else USER_INPUTS
+    present = set(workflow.input_schema.column_names)
+    return workflow.remove_inputs([c for c in (*other, RATING) if c in present])
 
 
 def build_features(
-    raw: RawDataset, cfg: FeaturesConfig, out_root: Path, *, cpu: bool = True
+    raw: RawDataset,
+    cfg: FeaturesConfig,
+    out_root: Path,
+    *,
+    cpu: bool = True,
+    validation: ValidationConfig | None = None,
 ) -> FeatureSet:
-    """Fit the workflow on the training split and write both splits, atomically.
+    """Check, profile, clean and split the inputs, fit the workflow, write everything atomically.
 
-    Runs on the Dask client that is active in the caller (see recflow.compute).
+    Runs on the Dask client that is active in the caller (see recflow.compute). Raises
+    ``DataValidationError`` for inputs the stage cannot use (missing columns, wrong dtypes, no
+    rows, no rows left after cleaning, an empty split).
     """
-    fp = fingerprint(raw, cfg)
+    validation = validation or ValidationConfig()
+    fp = fingerprint(raw, cfg, validation)
     target = out_root / fp
     if (target / "manifest.json").exists():
         log.info("features %s already built for %s; reusing", fp, raw.variant)
         return FeatureSet.load(target)
 
-    train, valid = split(dd.read_parquet(str(raw.interactions)), cfg)
+    dtypes = input_dtypes(raw)
+    interactions = dd.read_parquet(str(raw.interactions), blocksize=cfg.part_size)
+    tables = {"interactions": profile_table(interactions, dtypes["interactions"])}
+    for name in ("items", "users"):
+        if name in dtypes:
+            tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
     with atomic_dir(target) as staging:
-        items, users = side_feature_tables(raw, train)
+        work = staging / "work"
+        train, valid, cleaning = clean_and_split(
+            interactions, cfg, validation, tables["interactions"][TIMESTAMP].quantiles, work
+        )
+        items, users, vocab = side_feature_tables(raw, train)
         (staging / "lookup").mkdir()
         items.to_parquet(staging / "lookup" / "items.parquet", index=False)
         if users is not None:
             users.to_parquet(staging / "lookup" / "users.parquet", index=False)
         train = attach_side_features(train, items, users)
         valid = attach_side_features(valid, items, users)
-        workflow = build_workflow(cfg, raw.has_users, staging / "stats")
+        workflow = build_workflow(cfg, raw.has_users, staging / "categories")
         workflow.fit(Dataset(train, cpu=cpu))
         for name, ddf in (("train", train), ("valid", valid)):
             workflow.transform(Dataset(ddf, cpu=cpu)).to_parquet(
                 str(staging / name), shuffle=None, out_files_per_proc=None
             )
+        shutil.rmtree(work)
         workflow.save(str(staging / "workflow"))
-        counts = {
-            name: Dataset(str(staging / name), engine="parquet", cpu=cpu).num_rows
-            for name in ("train", "valid")
-        }
+        for side in ("user", "item"):
+            # remove_inputs edits the graph in place: each side starts from a saved copy.
+            fitted = nvt.Workflow.load(str(staging / "workflow"))
+            side_workflow(fitted, side).save(str(staging / f"workflow_{side}"))
+        counts = {name: _rows(staging / name) for name in ("train", "valid")}
+        for name, n in counts.items():
+            if n == 0:
+                raise input_error(
+                    "interactions",
+                    "*",
+                    "empty",
+                    f"rows in the {name} split",
+                    f"0 ({cfg.split} split)",
+                )
         features = FeatureSet(
             path=target,
             fingerprint=fp,
@@ -256,10 +463,43 @@ def build_features(
             n_train=counts["train"],
             n_valid=counts["valid"],
             cardinalities=cardinalities(workflow),
+            id_encoding=cfg.id_encoding,
+            split=cfg.split,
+            cleaning=cleaning,
         )
+        tables[FEATURES_TABLE] = feature_statistics(staging / "train", workflow.output_schema)
+        _write_statistics(staging / "statistics", Profile(tables=tables, cleaning=cleaning), vocab)
+        shutil.copy(staging / "train" / "schema.pbtxt", staging / "statistics" / "schema.pbtxt")
         features.save_manifest(staging)
-    log.info("features %s: %d train / %d valid rows", fp, features.n_train, features.n_valid)
+    log.info(
+        "features %s: %d train / %d valid rows, cleaning dropped %s",
+        fp,
+        features.n_train,
+        features.n_valid,
+        {rule: n for rule, n in cleaning.items() if n} or "nothing",
+    )
     return features
+
+
+def feature_statistics(split_dir: Path, schema: Schema) -> dict[str, ColumnStats]:
+    """Statistics of a transformed split, one per output column of the workflow."""
+    dtypes = {}
+    for col in schema:
+        name = np.dtype(col.dtype.to_numpy).name
+        dtypes[col.name] = f"list<{name}>" if col.is_list else name
+    return profile_table(dd.read_parquet(str(split_dir)), dtypes)
+
+
+def _write_statistics(directory: Path, profile: Profile, vocab: dict[str, pd.Series]) -> None:
+    directory.mkdir()
+    (directory / "statistics.json").write_text(profile.model_dump_json(indent=2))
+    for column, counts in vocab.items():
+        frame = counts.rename("count").rename_axis(column).reset_index()
+        frame.to_parquet(directory / f"{column}.parquet", index=False)
+
+
+def _rows(split_dir: Path) -> int:
+    return sum(pq.read_metadata(part).num_rows for part in split_dir.glob("*.parquet"))
 
 
 def cardinalities(workflow: nvt.Workflow) -> dict[str, int]:
@@ -275,5 +515,9 @@ def cardinalities(workflow: nvt.Workflow) -> dict[str, int]:
 def build_features_task(raw: RawDataset, settings: Settings) -> FeatureSet:
     with open_cluster(settings.compute) as (_client, device):
         return build_features(
-            raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
+            raw,
+            settings.features,
+            settings.paths.features_dir,
+            cpu=dataset_cpu_flag(device),
+            validation=settings.validation,
         )

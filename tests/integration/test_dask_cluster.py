@@ -10,8 +10,11 @@ import pandas as pd
 import pytest
 from distributed import Client
 
+from recflow.artifacts import RawDataset
 from recflow.compute import GPUUnavailableError, open_cluster
-from recflow.config import ComputeConfig
+from recflow.config import ComputeConfig, SyntheticConfig, load_settings
+from tasks import synthetic
+from tasks.features import FeatureSet, build_features_task
 
 if TYPE_CHECKING:
     # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.
@@ -71,3 +74,40 @@ def test_local_cpu_cluster_is_started_and_closed(tmp_path: Path) -> None:
 
     assert client.status == "closed"
     assert cluster.status.name == "closed"
+
+
+def test_features_stage_runs_on_an_existing_scheduler(
+    dask_cluster: DaskCluster, tmp_path: Path
+) -> None:
+    data = SyntheticConfig(n_users=150, n_items=80, n_ratings=4_000)
+    synthetic.generate(data, tmp_path / "raw")
+    raw = RawDataset(
+        path=tmp_path / "raw",
+        variant="synthetic",
+        checksum=synthetic.config_checksum(data),
+        n_interactions=data.n_ratings,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        has_users=True,
+    )
+    settings = load_settings(
+        overrides=[
+            f"paths.home={tmp_path / 'home'}",
+            f"compute.scheduler_address={dask_cluster.address}",
+            "features.split=last_n",
+        ]
+    )
+
+    features = build_features_task.fn(raw, settings)
+
+    assert FeatureSet.load(features.path) == features
+    assert features.n_train + features.n_valid == data.n_ratings
+    assert features.cardinalities["user_id"] == data.n_users + 3
+    # The partitions went through the scheduler's workers, not this process: the cleaning
+    # shuffle, the side-feature join, NVTabular's transform and its parquet writes.
+    with Client(dask_cluster.address) as client:
+        prefixes = client.run_on_scheduler(
+            lambda dask_scheduler: sorted(dask_scheduler.task_prefixes)
+        )
+        assert {"shuffle", "fill_unknown", "transform", "write-processed"} <= set(prefixes)
+        assert len(client.scheduler_info()["workers"]) == dask_cluster.n_workers

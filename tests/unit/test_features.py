@@ -1,0 +1,200 @@
+"""The features stage on small synthetic data, computed in-process (no Dask cluster)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from merlin.schema import Tags
+
+from recflow.artifacts import RawDataset
+from recflow.config import FeaturesConfig, SyntheticConfig
+from tasks import synthetic
+from tasks.features import (
+    SPLIT_FLAG,
+    _dedupe_and_flag,
+    build_features,
+    input_dtypes,
+    side_workflow,
+)
+from tasks.normalize import INTERACTIONS_SCHEMA
+from tasks.validate import DUPLICATES, MISSING_VALUE, OUT_OF_RANGE, DataValidationError
+
+SMALL = SyntheticConfig(n_users=120, n_items=60, n_ratings=3_000)
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory) -> RawDataset:
+    path = tmp_path_factory.mktemp("raw")
+    synthetic.generate(SMALL, path)
+    return RawDataset(
+        path=path, variant="synthetic", checksum="small", n_interactions=SMALL.n_ratings,
+        n_users=SMALL.n_users, n_items=SMALL.n_items, has_users=True,
+    )  # fmt: skip
+
+
+def with_interactions(raw: RawDataset, directory, frame: pd.DataFrame, schema=None) -> RawDataset:
+    """A copy of ``raw`` whose interactions table is ``frame``."""
+    directory.mkdir()
+    for name in ("items.parquet", "users.parquet"):
+        (directory / name).symlink_to(raw.path / name)
+    table = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    pq.write_table(table, directory / "interactions.parquet")
+    return raw.model_copy(update={"path": directory, "checksum": directory.name})
+
+
+@pytest.fixture(scope="module")
+def dirty(raw, tmp_path_factory) -> tuple[RawDataset, dict[str, int]]:
+    """Interactions with every kind of row the cleaning rules drop, and how many of each."""
+    clean = pd.read_parquet(raw.interactions)
+    bad = clean.head(6).copy()
+    bad["user_id"] = bad["user_id"].astype("float64")
+    bad.loc[bad.index[0], "user_id"] = np.nan
+    bad.loc[bad.index[1], "rating"] = np.nan
+    bad.loc[bad.index[2:5], "rating"] = [-1.0, 0.0, 6.0]
+    bad.loc[bad.index[5], "timestamp"] = None
+    frame = pd.concat([clean, bad, clean.tail(7)], ignore_index=True)
+    frame = frame.astype({"user_id": "Int64", "timestamp": "Int64"})
+    path = tmp_path_factory.mktemp("dirty") / "data"
+    expected = {MISSING_VALUE: 3, OUT_OF_RANGE: 3, DUPLICATES: 7}
+    return with_interactions(raw, path, frame, INTERACTIONS_SCHEMA), expected
+
+
+@pytest.fixture(scope="module")
+def built(dirty, tmp_path_factory):
+    raw, _ = dirty
+    return build_features(raw, FeaturesConfig(), tmp_path_factory.mktemp("features"))
+
+
+def test_the_schema_carries_the_tags_merlin_models_builds_from(built):
+    schema = pq.read_schema(built.train_dir / "part_0.parquet")
+    from merlin.io import Dataset
+
+    merlin_schema = Dataset(str(built.train_dir), engine="parquet").schema
+    assert merlin_schema.select_by_tag(Tags.USER_ID).column_names == ["user_id"]
+    assert merlin_schema.select_by_tag(Tags.ITEM_ID).column_names == ["item_id"]
+    assert set(merlin_schema.select_by_tag(Tags.USER).column_names) == {
+        "user_id", "gender", "age_bucket", "occupation", "zip_prefix", "user_count",
+    }  # fmt: skip
+    assert set(merlin_schema.select_by_tag(Tags.ITEM).column_names) == {
+        "item_id", "year_bucket", "genres", "item_count",
+    }  # fmt: skip
+    binary = merlin_schema.select_by_tag([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
+    assert binary.column_names == ["rating_binary"]
+    assert merlin_schema["genres"].is_list and not merlin_schema["user_id"].is_list
+    assert pa.types.is_list(schema.field("genres").type)
+    assert (built.statistics_dir / "schema.pbtxt").read_text() == built.schema_file.read_text()
+
+
+def test_cleaning_rules_drop_and_count_bad_rows(built, dirty):
+    _, expected = dirty
+    assert built.cleaning == expected
+    assert built.n_train + built.n_valid == SMALL.n_ratings
+    assert built.profile().cleaning == expected
+    rating = built.profile().tables["interactions"]["rating"]
+    assert (rating.min, rating.max, rating.nulls) == (-1.0, 6.0, 1)
+
+
+def test_cardinalities_count_reserved_indices_and_the_vocabulary(built, raw):
+    inter = pd.read_parquet(raw.interactions)
+    # Categorify reserves 0 (padding), 1 (null) and 2 (out of vocabulary).
+    assert built.cardinalities["user_id"] == built.id_counts("user_id").size + 3
+    assert built.cardinalities["item_id"] == built.id_counts("item_id").size + 3
+    assert built.id_counts("user_id").size == inter["user_id"].nunique()
+    assert built.cardinalities["gender"] == 2 + 3
+
+
+def test_statistics_of_the_transformed_split(built):
+    features = built.profile().tables["features"]
+    assert features["rating_binary"].shares.keys() <= {"0", "1"}
+    assert features["user_id"].nulls == 0 and features["user_id"].min >= 3
+    assert features["genres"].dtype == "list<int64>"
+
+
+def test_hashed_ids(raw, tmp_path):
+    built = build_features(raw, FeaturesConfig(id_encoding="hash", hash_buckets=50), tmp_path)
+    train = pd.concat(pd.read_parquet(part) for part in built.train_dir.glob("*.parquet"))
+    assert train["user_id"].between(0, 49).all() and train["user_id"].nunique() == 50
+    assert built.cardinalities["user_id"] == 51
+    assert built.id_encoding == "hash"
+
+
+def test_side_workflows_hold_one_side_each(built):
+    import nvtabular as nvt
+
+    workflow = nvt.Workflow.load(str(built.workflow_dir))
+    user = side_workflow(nvt.Workflow.load(str(built.workflow_dir)), "user")
+    assert set(user.output_schema.column_names) == set(
+        workflow.output_schema.select_by_tag(Tags.USER).column_names
+    )
+    item = nvt.Workflow.load(str(built.item_workflow_dir))
+    assert set(item.output_schema.column_names) == set(
+        workflow.output_schema.select_by_tag(Tags.ITEM).column_names
+    )
+
+
+def _history() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 2, 2, 3],
+            "item_id": [10, 11, 12, 12, 10, 13, 10],
+            "rating": [4.0] * 7,
+            "timestamp": [300, 100, 200, 200, 50, 60, 10],
+        }
+    )
+
+
+def test_last_n_holds_out_each_users_latest_and_keeps_short_histories():
+    flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="last_n", valid_last_n=1), None)
+    valid = flagged[flagged[SPLIT_FLAG]]
+    assert sorted(zip(valid.user_id, valid.item_id, strict=True)) == [(1, 10), (2, 13)]
+    assert len(flagged) == 6  # the duplicated (1, 12, 200) row is gone
+    for user, rows in flagged.groupby("user_id"):
+        train, held_out = rows[~rows[SPLIT_FLAG]], rows[rows[SPLIT_FLAG]]
+        assert len(train) >= 1, user
+        if len(held_out):
+            assert held_out.timestamp.min() >= train.timestamp.max()
+
+
+def test_time_split_uses_one_global_cutoff():
+    flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="time"), 150.0)
+    assert flagged.loc[flagged[SPLIT_FLAG], "timestamp"].min() > 150
+    assert flagged.loc[~flagged[SPLIT_FLAG], "timestamp"].max() <= 150
+
+
+@pytest.mark.parametrize(
+    ("change", "column", "check", "expected", "found"),
+    [
+        (
+            lambda f: f.drop(columns="timestamp"),
+            "timestamp",
+            "missing_column",
+            "a int column",
+            "none",
+        ),
+        (lambda f: f.astype({"item_id": "uint64"}), "item_id", "dtype", "int64", "uint64"),
+        (lambda f: f.astype({"rating": "str"}), "rating", "dtype", "a number dtype", "string"),
+        (lambda f: f.head(0), "*", "empty", "at least one row", "0 rows"),
+    ],
+    ids=["missing column", "ids beyond int64", "wrong type", "empty file"],
+)
+def test_unusable_inputs_are_errors_naming_column_check_expected_found(
+    raw, tmp_path, change, column, check, expected, found
+):
+    bad = with_interactions(raw, tmp_path / "bad", change(pd.read_parquet(raw.interactions)))
+    with pytest.raises(DataValidationError) as error:
+        input_dtypes(bad)
+    [anomaly] = error.value.anomalies
+    assert (anomaly.table, anomaly.column, anomaly.check) == ("interactions", column, check)
+    assert anomaly.expected == expected and anomaly.found.startswith(found)
+    assert f"interactions.{column}: {check}: expected {expected}, found {found}" in str(error.value)
+
+
+def test_no_rows_left_after_cleaning_is_an_error(raw, tmp_path):
+    frame = pd.read_parquet(raw.interactions).assign(rating=9.0)
+    bad = with_interactions(raw, tmp_path / "bad", frame)
+    with pytest.raises(DataValidationError, match="interactions.\\*: empty: expected rows left"):
+        build_features(bad, FeaturesConfig(), tmp_path / "features")
+    assert not any((tmp_path / "features").iterdir())
