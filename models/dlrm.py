@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import merlin.models.tf as mm
 import numpy as np
-import pandas as pd
 import tensorflow as tf
-from merlin.io import Dataset
 from merlin.schema import Schema, Tags
 
+from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
+from models.predict import input_columns
+from models.training import (
+    binary_target,
+    fit_keeping_best,
+    make_loader,
+    make_optimizer,
+    read_columns,
+    read_schema,
+    seed_everything,
+    split_dataset,
+)
 from recflow.artifacts import Artifact
 from recflow.atomic import atomic_dir
 from recflow.config import RankingConfig
 
 log = logging.getLogger(__name__)
 
-# Pseudo-count of the smoothed per-item baseline: an item with few ratings stays near the
-# global positive rate instead of swinging to 0 or 1.
-BASELINE_PRIOR_WEIGHT = 10.0
+# What early stopping (and tuning) maximise.
+MONITOR = "auc"
 
 
 class RankingModel(Artifact):
@@ -42,61 +50,54 @@ class RankingModel(Artifact):
         return self.path / "model"
 
 
-def target_column(schema: Schema) -> str:
-    return schema.select_by_tag(Tags.BINARY_CLASSIFICATION).first.name
+def model_schema(schema: Schema) -> Schema:
+    """The feature columns and the binary target: nothing else reaches the model."""
+    return schema.select_by_name([*input_columns(schema), binary_target(schema)])
 
 
 def build_dlrm(schema: Schema, cfg: RankingConfig) -> mm.Model:
-    target = target_column(schema)
+    schema = model_schema(schema)
+    has_continuous = bool(schema.select_by_tag(Tags.CONTINUOUS).column_names)
     return mm.DLRMModel(
         schema,
         embedding_dim=cfg.embedding_dim,
         embedding_options=mm.EmbeddingOptions(embeddings_l2_reg=cfg.embeddings_l2),
-        bottom_block=mm.MLPBlock(list(cfg.bottom_mlp)),
+        # The bottom MLP projects the continuous features; without any there is nothing to project.
+        bottom_block=(
+            mm.MLPBlock([*cfg.bottom_mlp, cfg.embedding_dim]) if has_continuous else None
+        ),
         top_block=mm.MLPBlock(list(cfg.top_mlp), dropout=cfg.dropout),
-        prediction_tasks=mm.BinaryOutput(target),
+        prediction_tasks=mm.BinaryOutput(binary_target(schema)),
     )
 
 
 def train_dlrm(
     train_dir: Path, valid_dir: Path, cfg: RankingConfig, out_dir: Path, fingerprint: str
 ) -> RankingModel:
-    """Fit with early stopping on validation AUC (best weights kept) and save atomically."""
-    tf.keras.utils.set_random_seed(cfg.seed)
-    train = Dataset(str(train_dir), engine="parquet")
-    valid = Dataset(str(valid_dir), engine="parquet")
-    schema = train.schema
-    model = build_dlrm(schema, cfg)
-    model.compile(
-        optimizer=tf.keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        metrics=[tf.keras.metrics.AUC(name="auc")],
-    )
-    stop = tf.keras.callbacks.EarlyStopping(
-        monitor="val_auc", mode="max", patience=cfg.patience, restore_best_weights=True
-    )
-    started = time.perf_counter()
-    fit = model.fit(
-        train,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        validation_data=valid,
-        callbacks=[stop],
-        shuffle=True,
-        verbose=2,
-    )
-    seconds = time.perf_counter() - started
-    history = [
-        {key: float(values[epoch]) for key, values in fit.history.items()}
-        for epoch in range(len(fit.history["loss"]))
-    ]
-    best_epoch = int(np.argmax([row["val_auc"] for row in history])) + 1
+    """Fit with early stopping on validation AUC (best weights kept) and save atomically.
 
-    labels, scores = predict_split(model, valid_dir, cfg.batch_size)
-    metrics = binary_metrics(labels, scores)
-    baseline = binary_metrics(
-        labels, item_mean_baseline(train_dir, valid_dir, target_column(schema))
+    The per-item baseline is scored on the same validation rows by the same metric code.
+    """
+    seed_everything(cfg.seed)
+    schema = model_schema(read_schema(train_dir))
+    train = split_dataset(train_dir, schema, schema.column_names)
+    model = build_dlrm(schema, cfg)
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
+
+    def evaluate() -> dict[str, float]:
+        return binary_metrics(*predict_split(model, valid_dir, schema, cfg.batch_size))
+
+    fit = fit_keeping_best(
+        model,
+        make_loader(train, cfg.batch_size, shuffle=True),
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        evaluate=evaluate,
+        monitor=MONITOR,
+        n_rows=train.num_rows,
     )
-    log.info("DLRM valid %s (baseline %s), best epoch %d", metrics, baseline, best_epoch)
+    baseline = binary_metrics(*item_baseline(train_dir, valid_dir, schema))
+    log.info("DLRM valid %s, baseline %s, epoch %d", fit.best_metrics, baseline, fit.best_epoch)
 
     with atomic_dir(out_dir) as staging:
         model.save(str(staging / "model"))
@@ -104,43 +105,39 @@ def train_dlrm(
             path=out_dir,
             features_fingerprint=fingerprint,
             params=cfg.model_dump(mode="json"),
-            metrics=metrics,
+            metrics=fit.best_metrics,
             baseline_metrics=baseline,
-            history=history,
-            best_epoch=best_epoch,
-            train_seconds=seconds,
-            train_examples_per_s=train.num_rows * len(history) / seconds,
+            history=fit.history,
+            best_epoch=fit.best_epoch,
+            train_seconds=fit.train_seconds,
+            train_examples_per_s=fit.train_examples_per_s,
         )
         ranking.save_manifest(staging)
     return ranking
 
 
 def predict_split(
-    model: mm.Model, split_dir: Path, batch_size: int
+    model: mm.Model, split_dir: Path, schema: Schema, batch_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and predicted probabilities for every row of a transformed split, in file order."""
-    loader = mm.Loader(Dataset(str(split_dir), engine="parquet"), batch_size, shuffle=False)
+    dataset = split_dataset(split_dir, schema, schema.column_names)
     labels, scores = [], []
     # Iterate the loader ourselves so each score stays paired with its own label.
-    for inputs, target in loader:
+    for inputs, target in make_loader(dataset, batch_size, shuffle=False):
         scores.append(np.asarray(model(inputs, training=False)).reshape(-1))
         labels.append(np.asarray(target).reshape(-1))
     return np.concatenate(labels), np.concatenate(scores)
 
 
-def item_mean_baseline(train_dir: Path, valid_dir: Path, target: str) -> np.ndarray:
-    """Smoothed per-item positive rate from training, as a score for each validation row."""
-    train = _read_split(train_dir, ["item_id", target])
-    prior = float(train[target].mean())
-    stats = train.groupby("item_id")[target].agg(["sum", "count"])
-    rate = (stats["sum"] + prior * BASELINE_PRIOR_WEIGHT) / (stats["count"] + BASELINE_PRIOR_WEIGHT)
-    valid = _read_split(valid_dir, ["item_id"])
-    return valid["item_id"].map(rate).fillna(prior).to_numpy()
-
-
-def _read_split(split_dir: Path, columns: list[str]) -> pd.DataFrame:
-    parts = sorted(Path(split_dir).glob("*.parquet"))
-    return pd.concat([pd.read_parquet(part, columns=columns) for part in parts])
+def item_baseline(
+    train_dir: Path, valid_dir: Path, schema: Schema
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and smoothed per-item positive rates (from training) of the validation rows."""
+    item = schema.select_by_tag(Tags.ITEM_ID).first.name
+    target = binary_target(schema)
+    valid = read_columns(valid_dir, [item, target])
+    scores = item_mean_scores(read_columns(train_dir, [item, target]), valid, item, target)
+    return valid[target].to_numpy(), scores
 
 
 def load_model(model_dir: Path) -> tf.keras.Model:

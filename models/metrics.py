@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 _EPS = 1e-7
@@ -37,3 +39,66 @@ def log_loss(labels: np.ndarray, probabilities: np.ndarray) -> float:
 
 def binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     return {"auc": roc_auc(labels, probabilities), "logloss": log_loss(labels, probabilities)}
+
+
+def top_k(
+    scores: np.ndarray, k: int, exclude: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of the ``k`` best entries of each row, best first.
+
+    ``exclude`` is a boolean mask shaped like ``scores``; excluded entries are never returned.
+    A row with fewer than ``k`` eligible entries is padded with index -1 and score -inf. Equal
+    scores are ordered by column index, except that ties at the k-th place are cut arbitrarily
+    (but the same way on every call).
+    """
+    scores = np.array(scores, dtype=np.float32, ndmin=2)
+    if exclude is not None:
+        scores[np.asarray(exclude, dtype=bool)] = -np.inf
+    k = min(k, scores.shape[1])
+    # argpartition is O(items) per row; only the k survivors are sorted.
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    best_scores = np.take_along_axis(scores, best, axis=1)
+    order = np.lexsort((best, -best_scores), axis=1)
+    best = np.take_along_axis(best, order, axis=1)
+    best_scores = np.take_along_axis(best_scores, order, axis=1)
+    best[np.isneginf(best_scores)] = -1
+    return best, best_scores
+
+
+def per_user_top_k_metrics(
+    ranked: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """recall@k, ndcg@k (binary gains) and mrr@k of each user's ranked list.
+
+    ``ranked[u]`` holds item ids best first (at least ``max(ks)`` of them, -1 for padding);
+    ``relevant[u]`` the ids of the user's relevant items. recall@k divides by all relevant items
+    (not by min(k, relevant)), so a user with more than k relevant items cannot reach 1.
+    """
+    ranked = np.asarray(ranked)
+    if ranked.ndim != 2 or len(ranked) != len(relevant):
+        raise ValueError(f"ranked {ranked.shape} needs one row per user ({len(relevant)} users)")
+    if ranked.shape[1] < max(ks):
+        raise ValueError(f"ranked lists hold {ranked.shape[1]} items, fewer than k={max(ks)}")
+    n_relevant = np.array([len(np.unique(items)) for items in relevant])
+    if (n_relevant == 0).any():
+        raise ValueError("every user needs at least one relevant item: recall is undefined")
+    hits = np.stack([np.isin(row, items) for row, items in zip(ranked, relevant, strict=True)])
+    hits = hits.astype(np.float64)
+    discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
+    out = {}
+    for k in ks:
+        top = hits[:, :k]
+        ideal = np.cumsum(discounts[:k])[np.minimum(n_relevant, k) - 1]
+        first = np.where(top.any(axis=1), top.argmax(axis=1) + 1, np.inf)
+        out[f"recall@{k}"] = top.sum(axis=1) / n_relevant
+        out[f"ndcg@{k}"] = (top * discounts[:k]).sum(axis=1) / ideal
+        out[f"mrr@{k}"] = 1.0 / first
+    return out
+
+
+def top_k_metrics(
+    ranked: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int]
+) -> dict[str, float]:
+    """Means over users of :func:`per_user_top_k_metrics`."""
+    per_user = per_user_top_k_metrics(ranked, relevant, ks)
+    return {name: float(values.mean()) for name, values in per_user.items()}

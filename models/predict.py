@@ -36,16 +36,21 @@ def to_model_inputs(df: pd.DataFrame, schema: Schema) -> dict[str, tf.Tensor]:
     return inputs
 
 
-def predict_frame(
+def predict_rows(
     model: tf.keras.Model, df: pd.DataFrame, schema: Schema, batch_size: int = 4096
 ) -> np.ndarray:
-    """Scores for each row of ``df`` (workflow outputs), as float32 of shape [rows]."""
-    scores = [
+    """The model's output for each row of ``df`` (workflow outputs), stacked: [rows, ...]."""
+    outputs = [
         np.asarray(
             model(to_model_inputs(df.iloc[start : start + batch_size], schema), training=False)
         )
         for start in range(0, len(df), batch_size)
     ]
-    if not scores:
-        return np.empty(0, dtype=np.float32)
-    return np.concatenate(scores).reshape(-1).astype(np.float32)
+    return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)
+
+
+def predict_frame(
+    model: tf.keras.Model, df: pd.DataFrame, schema: Schema, batch_size: int = 4096
+) -> np.ndarray:
+    """Scores for each row of ``df`` (workflow outputs), as float32 of shape [rows]."""
+    return predict_rows(model, df, schema, batch_size).reshape(-1).astype(np.float32)

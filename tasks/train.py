@@ -1,20 +1,58 @@
-"""Training stage: fit the ranking model on a feature set."""
+"""Training stage: fit the ranking (DLRM) and retrieval (two-tower) models on a feature set."""
 
 from __future__ import annotations
 
+import nvtabular as nvt
+import pandas as pd
 from prefect import task
 
 from models.dlrm import RankingModel, train_dlrm
+from models.two_tower import RAW_ITEM_ID, RetrievalModel, train_two_tower
 from recflow.config import Settings
-from tasks.features import FeatureSet
+from tasks.features import ITEM_ID, FeatureSet, side_workflow
+
+RANKING_DIR, RETRIEVAL_DIR = "ranking", "retrieval"
 
 
-@task(name="train-ranking", task_run_name="train-dlrm-{features.fingerprint}")
-def train_ranking_task(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
+def item_catalogue(features: FeatureSet) -> pd.DataFrame:
+    """Every item of the dataset, as the item tower sees it: ``raw_item_id`` + encoded columns.
+
+    The items come from the lookup table serving uses, run through the fitted workflow's item
+    branch, so items never rated in training are in the catalogue too (as cold items).
+    """
+    items = pd.read_parquet(features.lookup_dir / "items.parquet")
+    workflow = side_workflow(nvt.Workflow.load(str(features.workflow_dir)), "item")
+    encoded = workflow.transform(items[workflow.input_schema.column_names])
+    encoded.insert(0, RAW_ITEM_ID, items[ITEM_ID].to_numpy())
+    return encoded.reset_index(drop=True)
+
+
+def train_ranking(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
     return train_dlrm(
         features.train_dir,
         features.valid_dir,
         settings.ranking,
-        settings.paths.models_dir / run_id / "ranking",
+        settings.paths.models_dir / run_id / RANKING_DIR,
         features.fingerprint,
     )
+
+
+def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
+    return train_two_tower(
+        features.train_dir,
+        features.valid_dir,
+        item_catalogue(features),
+        settings.retrieval,
+        settings.paths.models_dir / run_id / RETRIEVAL_DIR,
+        features.fingerprint,
+    )
+
+
+@task(name="train-ranking", task_run_name="train-dlrm-{features.fingerprint}")
+def train_ranking_task(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
+    return train_ranking(features, settings, run_id)
+
+
+@task(name="train-retrieval", task_run_name="train-two-tower-{features.fingerprint}")
+def train_retrieval_task(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
+    return train_retrieval(features, settings, run_id)

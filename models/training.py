@@ -1,0 +1,134 @@
+"""What DLRM and two-tower training share: column selection, loaders, the fit loop.
+
+Early stopping runs our own metric code (models/metrics.py) on the validation split after
+every epoch, so the epoch that is kept is chosen by the same numbers the gate reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.dataframe as dd
+import merlin.models.tf as mm
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from merlin.io import Dataset
+from merlin.schema import Schema, Tags
+
+from models.predict import input_columns
+
+log = logging.getLogger(__name__)
+
+
+def read_schema(split_dir: Path) -> Schema:
+    return Dataset(str(split_dir), engine="parquet").schema
+
+
+def binary_target(schema: Schema) -> str:
+    """The binary target: picked by tag, so another target (e.g. the raw rating) is ignored."""
+    return schema.select_by_tag(Tags.BINARY_CLASSIFICATION).first.name
+
+
+def side_columns(schema: Schema, tag: Tags) -> list[str]:
+    """Input columns of one side (``Tags.USER`` or ``Tags.ITEM``), ids included."""
+    side = set(schema.select_by_tag(tag).column_names)
+    return [name for name in input_columns(schema) if name in side]
+
+
+def read_columns(split_dir: Path, columns: list[str]) -> pd.DataFrame:
+    """Columns of every part of a transformed split, as one frame."""
+    parts = sorted(Path(split_dir).glob("*.parquet"))
+    return pd.concat([pd.read_parquet(part, columns=columns) for part in parts], ignore_index=True)
+
+
+def split_dataset(
+    split_dir: Path, schema: Schema, columns: list[str], positives_of: str | None = None
+) -> Dataset:
+    """A split restricted to ``columns``, optionally to rows where ``positives_of`` is 1.
+
+    Restricting the schema is what keeps extra columns (another target, say) out of the model.
+    """
+    ddf = dd.read_parquet(str(split_dir), columns=sorted({*columns, *filter(None, [positives_of])}))
+    if positives_of is not None:
+        ddf = ddf[ddf[positives_of] == 1]
+    return Dataset(ddf[columns], schema=schema.select_by_name(columns), cpu=True)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool) -> mm.Loader:
+    return mm.Loader(dataset, batch_size, shuffle=shuffle)
+
+
+def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
+    return tf.keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy (the loader's shuffle) and TensorFlow (initialisers, dropout)."""
+    tf.keras.utils.set_random_seed(seed)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    train_seconds: float
+    train_examples_per_s: float
+
+
+class _KeepBest(tf.keras.callbacks.Callback):
+    def __init__(self, evaluate: Callable[[], dict[str, float]], monitor: str, patience: int):
+        super().__init__()
+        self.evaluate, self.monitor, self.patience = evaluate, monitor, patience
+        self.history: list[dict[str, float]] = []
+        self.best: dict[str, float] = {}
+        self.best_epoch, self.best_weights = 0, None
+        self.eval_seconds = 0.0
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        started = time.perf_counter()
+        metrics = self.evaluate()
+        self.eval_seconds += time.perf_counter() - started
+        self.history.append(
+            {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), **metrics}
+        )
+        log.info("epoch %d: %s", epoch + 1, self.history[-1])
+        if not self.best or metrics[self.monitor] > self.best[self.monitor]:
+            self.best, self.best_epoch = metrics, epoch + 1
+            self.best_weights = self.model.get_weights()
+        elif epoch + 1 - self.best_epoch > self.patience:
+            self.model.stop_training = True
+
+
+def fit_keeping_best(
+    model: mm.Model,
+    loader: mm.Loader,
+    *,
+    epochs: int,
+    patience: int,
+    evaluate: Callable[[], dict[str, float]],
+    monitor: str,
+    n_rows: int,
+) -> FitResult:
+    """Fit, scoring the validation split with ``evaluate`` after each epoch; keep the best.
+
+    Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
+    of the best epoch. Throughput counts training time only, not the evaluations.
+    """
+    keep = _KeepBest(evaluate, monitor, patience)
+    started = time.perf_counter()
+    model.fit(loader, epochs=epochs, callbacks=[keep], verbose=0)
+    seconds = time.perf_counter() - started - keep.eval_seconds
+    model.set_weights(keep.best_weights)
+    return FitResult(
+        history=keep.history,
+        best_epoch=keep.best_epoch,
+        best_metrics=keep.best,
+        train_seconds=seconds,
+        train_examples_per_s=n_rows * len(keep.history) / seconds,
+    )

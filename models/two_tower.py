@@ -1,0 +1,250 @@
+"""Retrieval: a Merlin Models two-tower model, exported as a query encoder plus item embeddings.
+
+The query tower sees the user-tagged columns, the item tower the item-tagged ones; both end
+in L2-normalised embeddings, so a score is a cosine. Training uses positive interactions only,
+with the other items of each batch as negatives (optionally log-q corrected for popularity).
+Serving needs no Merlin model for items: ``item_embeddings.parquet`` holds every catalogue
+item's embedding next to its raw id, and ``Retriever`` does exact top-k search over it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Sequence
+from pathlib import Path
+
+import merlin.models.tf as mm
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from merlin.models.tf.outputs.base import DotProduct
+from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
+from merlin.schema import Schema, Tags
+from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
+
+from models.baselines import popularity_scores
+from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.metrics import top_k
+from models.predict import predict_rows
+from models.training import (
+    binary_target,
+    fit_keeping_best,
+    make_loader,
+    make_optimizer,
+    read_columns,
+    read_schema,
+    seed_everything,
+    side_columns,
+    split_dataset,
+)
+from recflow.artifacts import Artifact
+from recflow.atomic import atomic_dir
+from recflow.config import RetrievalConfig
+
+log = logging.getLogger(__name__)
+
+# Columns of item_embeddings.parquet next to the item features' own encoded ``item_id``.
+RAW_ITEM_ID = "raw_item_id"
+EMBEDDING = "embedding"
+
+
+class RetrievalModel(Artifact):
+    """A trained two-tower model: the query encoder (SavedModel), item embeddings, metrics."""
+
+    features_fingerprint: str
+    params: dict
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    history: list[dict[str, float]]
+    best_epoch: int
+    train_seconds: float
+    train_examples_per_s: float
+    n_items: int
+    dim: int
+
+    @property
+    def query_encoder_dir(self) -> Path:
+        return self.path / "query_encoder"
+
+    @property
+    def query_schema_dir(self) -> Path:
+        """Holds ``schema.pbtxt``: the user columns the query encoder takes."""
+        return self.path / "query_schema"
+
+    @property
+    def item_embeddings(self) -> Path:
+        """Parquet: ``raw_item_id`` int64, ``item_id`` (encoded) int64, ``embedding`` list<f32>."""
+        return self.path / "item_embeddings.parquet"
+
+
+class Retriever:
+    """Exact top-k search: user feature rows -> query embeddings -> best catalogue items."""
+
+    def __init__(self, encoder: tf.keras.Model, schema: Schema, items: pd.DataFrame):
+        self.encoder, self.schema = encoder, schema
+        self.item_ids = items[RAW_ITEM_ID].to_numpy(np.int64)
+        self.vectors = np.stack(items[EMBEDDING].to_numpy()).astype(np.float32)
+        self._positions = pd.Index(self.item_ids)
+
+    @classmethod
+    def load(cls, model: RetrievalModel) -> Retriever:
+        schema = TensorflowMetadata.from_proto_text_file(str(model.query_schema_dir))
+        return cls(
+            tf.keras.models.load_model(str(model.query_encoder_dir)),
+            schema.to_merlin_schema(),
+            pd.read_parquet(model.item_embeddings),
+        )
+
+    def encode(self, user_rows: pd.DataFrame) -> np.ndarray:
+        """Query embeddings [rows, dim] of transformed user feature rows (the user workflow's)."""
+        return predict_rows(self.encoder, user_rows, self.schema).astype(np.float32)
+
+    def top_k(
+        self,
+        user_rows: pd.DataFrame,
+        k: int,
+        exclude: Sequence[Collection[int]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw item ids and scores [rows, k], best first; ``exclude``: raw ids per row.
+
+        Rows with fewer than ``k`` items left after exclusion are padded with id -1, score -inf.
+        """
+        scores = self.encode(user_rows) @ self.vectors.T
+        mask = None
+        if exclude is not None:
+            mask = np.zeros(scores.shape, dtype=bool)
+            for row, ids in enumerate(exclude):
+                positions = self._positions.get_indexer(np.fromiter(ids, np.int64))
+                mask[row, positions[positions >= 0]] = True
+        best, best_scores = top_k(scores, k, mask)
+        ids = np.where(best >= 0, self.item_ids[best], -1)
+        return ids, best_scores
+
+
+def _tower(schema: Schema, cfg: RetrievalConfig) -> mm.Encoder:
+    embeddings = mm.Embeddings(
+        schema.select_by_tag(Tags.CATEGORICAL),
+        dim=cfg.embedding_dim,
+        embeddings_regularizer=tf.keras.regularizers.l2(cfg.embeddings_l2),
+    )
+    return mm.Encoder(
+        mm.InputBlockV2(schema, categorical=embeddings),
+        mm.MLPBlock(list(cfg.tower_mlp), dropout=cfg.dropout, no_activation_last_layer=True),
+        mm.L2Norm(),
+    )
+
+
+def build_two_tower(
+    schema: Schema, cfg: RetrievalConfig, item_frequencies: np.ndarray | None = None
+) -> mm.RetrievalModelV2:
+    """Towers over the user- and item-tagged columns of ``schema``.
+
+    ``item_frequencies`` (training positives per encoded item id) is needed for log-q
+    correction only.
+    """
+    users = schema.select_by_name(side_columns(schema, Tags.USER))
+    items = schema.select_by_name(side_columns(schema, Tags.ITEM))
+    correction = None
+    if cfg.logq_correction:
+        correction = PopularityLogitsCorrection(item_frequencies, schema=items)
+    output = mm.ContrastiveOutput(
+        DotProduct(),
+        negative_samplers="in-batch",
+        schema=items.select_by_tag(Tags.ITEM_ID),
+        logits_temperature=cfg.logits_temperature,
+        post=correction,
+        # The correction needs the ids of the in-batch negatives.
+        store_negative_ids=cfg.logq_correction,
+    )
+    return mm.TwoTowerModelV2(_tower(users, cfg), _tower(items, cfg), outputs=output)
+
+
+def train_two_tower(
+    train_dir: Path,
+    valid_dir: Path,
+    catalogue: pd.DataFrame,
+    cfg: RetrievalConfig,
+    out_dir: Path,
+    fingerprint: str,
+) -> RetrievalModel:
+    """Fit on training positives, early-stopping on ``cfg.monitor``; export atomically.
+
+    ``catalogue`` holds every item that may be recommended: ``raw_item_id`` plus the item
+    columns as the workflow encodes them. Metrics are computed over the whole catalogue, and
+    the most-popular baseline is scored on the same users by the same code.
+    """
+    seed_everything(cfg.seed)
+    full = read_schema(train_dir)
+    target = binary_target(full)
+    user_cols, item_cols = side_columns(full, Tags.USER), side_columns(full, Tags.ITEM)
+    schema = full.select_by_name(user_cols + item_cols)
+    user_schema, item_schema = schema.select_by_name(user_cols), schema.select_by_name(item_cols)
+    user_id = schema.select_by_tag(Tags.USER_ID).first.name
+    item_id = schema.select_by_tag(Tags.ITEM_ID).first.name
+
+    pairs = read_columns(train_dir, [user_id, item_id, target])
+    positives = pairs.loc[pairs[target] == 1, item_id].to_numpy()
+    valid = read_columns(valid_dir, [*user_cols, item_id, target])
+    candidates = catalogue.drop_duplicates(item_id).sort_values(item_id, ignore_index=True)
+    task = RetrievalTask.build(
+        pairs, valid[valid[target] == 1], candidates[item_id].to_numpy(), user_id, item_id
+    )
+    queries = valid.drop_duplicates(user_id).set_index(user_id).loc[task.users].reset_index()
+
+    n_ids = int(schema[item_id].int_domain.max) + 1
+    model = build_two_tower(schema, cfg, np.bincount(positives, minlength=n_ids))
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
+
+    def evaluate() -> dict[str, float]:
+        query_vectors = predict_rows(model.query_encoder, queries, user_schema)
+        item_vectors = predict_rows(model.candidate_encoder, candidates, item_schema)
+        return evaluate_retrieval(
+            task, lambda rows: query_vectors[rows] @ item_vectors.T, cfg.top_k
+        )
+
+    train = split_dataset(train_dir, full, user_cols + item_cols, positives_of=target)
+    fit = fit_keeping_best(
+        model,
+        make_loader(train, cfg.batch_size, shuffle=True),
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        evaluate=evaluate,
+        monitor=cfg.monitor,
+        n_rows=len(positives),
+    )
+    popular = popularity_scores(positives, task.candidates)
+    baseline = evaluate_retrieval(
+        task, lambda rows: np.tile(popular, (len(task.users[rows]), 1)), cfg.top_k
+    )
+    log.info("two-tower %s, baseline %s, epoch %d", fit.best_metrics, baseline, fit.best_epoch)
+
+    vectors = predict_rows(model.candidate_encoder, catalogue, item_schema).astype(np.float32)
+    embeddings = pd.DataFrame(
+        {
+            RAW_ITEM_ID: catalogue[RAW_ITEM_ID].to_numpy(np.int64),
+            item_id: catalogue[item_id].to_numpy(np.int64),
+            EMBEDDING: list(vectors),
+        }
+    )
+    with atomic_dir(out_dir) as staging:
+        model.query_encoder.save(str(staging / "query_encoder"))
+        (staging / "query_schema").mkdir()
+        TensorflowMetadata.from_merlin_schema(user_schema).to_proto_text_file(
+            str(staging / "query_schema")
+        )
+        embeddings.to_parquet(staging / "item_embeddings.parquet", index=False)
+        retrieval = RetrievalModel(
+            path=out_dir,
+            features_fingerprint=fingerprint,
+            params=cfg.model_dump(mode="json"),
+            metrics=fit.best_metrics,
+            baseline_metrics=baseline,
+            history=fit.history,
+            best_epoch=fit.best_epoch,
+            train_seconds=fit.train_seconds,
+            train_examples_per_s=fit.train_examples_per_s,
+            n_items=len(embeddings),
+            dim=int(vectors.shape[1]),
+        )
+        retrieval.save_manifest(staging)
+    return retrieval

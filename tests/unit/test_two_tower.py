@@ -1,0 +1,69 @@
+import numpy as np
+import pandas as pd
+import pytest
+from merlin.schema import ColumnSchema, Schema, Tags
+
+from models.baselines import item_mean_scores, popularity_scores
+from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.two_tower import EMBEDDING, RAW_ITEM_ID, Retriever
+
+USER, ITEM = "user_id", "item_id"
+
+
+def frame(pairs):
+    return pd.DataFrame(pairs, columns=[USER, ITEM])
+
+
+def test_task_excludes_training_items_and_users_without_relevant_items():
+    train = frame([(1, 10), (1, 11), (2, 10)])
+    # User 1's only new positive is item 12; user 2's positive was seen in training; item 99 is
+    # not in the catalogue.
+    valid = frame([(1, 12), (1, 10), (2, 10), (3, 99), (3, 11)])
+    task = RetrievalTask.build(train, valid, np.array([12, 10, 11, 13]), USER, ITEM)
+    assert task.candidates.tolist() == [10, 11, 12, 13]
+    assert task.users.tolist() == [1, 3]
+    assert [r.tolist() for r in task.relevant] == [[2], [1]]
+    assert [sorted(s.tolist()) for s in task.seen] == [[0, 1], []]
+    assert task.seen_mask(slice(0, 2)).tolist() == [[True, True, False, False], [False] * 4]
+
+
+def test_evaluation_never_recommends_seen_items_and_scores_the_baseline():
+    train = frame([(1, 10), (2, 10), (2, 11), (3, 11)])
+    valid = frame([(1, 11), (2, 12), (3, 13)])
+    task = RetrievalTask.build(train, valid, np.array([10, 11, 12, 13]), USER, ITEM)
+    popular = popularity_scores(train[ITEM].to_numpy(), task.candidates)
+    assert popular.tolist() == [2, 2, 0, 0]
+    metrics = evaluate_retrieval(task, lambda rows: np.tile(popular, (3, 1))[rows], ks=(1,))
+    # Seen items are skipped: user 1 gets 11 (a hit), user 2 gets 12 (a hit), user 3 gets 10.
+    assert metrics == pytest.approx({"recall@1": 2 / 3, "ndcg@1": 2 / 3, "mrr@1": 2 / 3})
+
+
+def test_item_mean_baseline_is_smoothed_towards_the_global_rate():
+    train = pd.DataFrame({ITEM: [1] * 10 + [2], "y": [1] * 10 + [0]})
+    rows = pd.DataFrame({ITEM: [1, 2, 3]})
+    scores = item_mean_scores(train, rows, ITEM, "y")
+    prior = 10 / 11
+    assert scores[0] == pytest.approx((10 + 10 * prior) / 20)
+    assert scores[1] == pytest.approx((0 + 10 * prior) / 11)
+    assert scores[2] == pytest.approx(prior)
+
+
+def test_retriever_returns_raw_ids_best_first_without_excluded_items():
+    schema = Schema(
+        [ColumnSchema(USER, dtype=np.int64, tags=[Tags.USER_ID, Tags.USER, Tags.CATEGORICAL])]
+    )
+    vectors = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    items = pd.DataFrame(
+        {RAW_ITEM_ID: [100, 200, 300, 400], ITEM: [3, 4, 5, 6], EMBEDDING: list(vectors)}
+    )
+
+    def encoder(inputs, training=False):
+        # User u's query is item u's vector.
+        return vectors[np.asarray(inputs[USER])]
+
+    retriever = Retriever(encoder, schema, items)
+    ids, scores = retriever.top_k(pd.DataFrame({USER: [0, 2]}), k=3, exclude=[{100}, {999}])
+    assert ids.tolist() == [[200, 300, 400], [300, 200, 100]]
+    np.testing.assert_allclose(scores[1], [1.0, 0.6, 0.0], atol=1e-6)
+    ids, scores = retriever.top_k(pd.DataFrame({USER: [0]}), k=4, exclude=[{100, 200}])
+    assert ids.tolist() == [[300, 400, -1, -1]] and np.isneginf(scores[0, 2:]).all()
