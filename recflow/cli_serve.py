@@ -1,4 +1,4 @@
-"""``recflow serve``, ``recflow score`` and ``recflow recommend``.
+"""``recflow serve``, ``recflow score``, ``recflow recommend`` and ``recflow similar``.
 
 The serving modules are imported inside the commands: tritonclient takes about a second to
 import, which every other ``recflow`` command (and ``--help``) would otherwise pay.
@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve)
     app.command("score")(score)
     app.command("recommend")(recommend)
+    app.command("similar")(similar)
 
 
 @contextmanager
@@ -121,21 +122,40 @@ def recommend(
     catalog: Annotated[
         Path | None,
         typer.Option(
-            help=f"Candidates: parquet file with an {CATALOG_COLUMN} column "
-            f"[default: <paths.triton_repo>/{CATALOG_FILE}]"
+            help=f"Rank these candidates (parquet file with an {CATALOG_COLUMN} column) with "
+            "the ranking endpoint instead of asking the multi-stage recommend endpoint "
+            f"[default without that endpoint: <paths.triton_repo>/{CATALOG_FILE}]"
         ),
     ] = None,
     exclude: Annotated[
         str, typer.Option(help="Comma-separated item ids to leave out, e.g. already seen")
     ] = "",
 ) -> None:
-    """Top-k catalog items for a user, scored by the ranking model."""
+    """Top-k items for a user: retrieval then ranking on the server, or ranking of --catalog."""
     from serving.client import RecflowClient, TritonRequestError
 
     excluded = _ids(exclude, "--exclude")
     settings = settings_of(ctx)
+    repo = settings.paths.triton_repo
+    if catalog is None and not (repo / f"{settings.serving.model_prefix}_recommend").is_dir():
+        # Published without a retrieval model: rank the whole catalog instead.
+        catalog = repo / CATALOG_FILE
     with _exit_on(FileNotFoundError):
-        candidates = read_catalog(catalog or settings.paths.triton_repo / CATALOG_FILE)
+        candidates = None if catalog is None else read_catalog(catalog)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
         top = client.recommend(user, candidates, k, exclude=excluded)
     print_scores(f"top {k} for user {user}", top)
+
+
+def similar(
+    ctx: typer.Context,
+    item: Annotated[int, typer.Option(help="Item id")],
+    k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
+) -> None:
+    """The items closest to an item in the retrieval model's embedding space."""
+    from serving.client import RecflowClient, TritonRequestError
+
+    settings = settings_of(ctx)
+    with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
+        top = client.similar(item, k)
+    print_scores(f"top {k} similar to item {item}", top)

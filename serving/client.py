@@ -8,7 +8,10 @@ Triton's message.
 
 Ranking endpoint contract (``{model_prefix}_ranking``, written by the exporter): batched model,
 inputs ``user_id`` and ``item_id`` INT64 ``[1]``, output ``score`` FP32 ``[1]``; a request for N
-(user, item) pairs sends ``[N, 1]`` arrays, at most ``max_batch_size`` rows per request.
+(user, item) pairs sends ``[N, 1]`` arrays, at most ``max_batch_size`` rows per request. The
+retrieval, recommend and similar endpoints take an id and ``k`` (INT32 ``[1]``) per row and
+answer ``item_ids`` INT64 and ``scores`` FP32 ``[k]`` per row, best first, padded with id -1
+when fewer items qualify (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from recflow.config import ServingConfig
 USER_INPUT = "user_id"
 ITEM_INPUT = "item_id"
 SCORE_OUTPUT = "score"
+K_INPUT = "k"
+EXCLUDE_SEEN_INPUT = "exclude_seen"
+RANKED_OUTPUTS = ("item_ids", "scores")
 
 DEFAULT_RETRIES = 3
 BACKOFF_INITIAL_S = 0.1
@@ -122,6 +128,24 @@ def _join_scores(parts: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
 
 
+def _ranked_request(
+    id_input: str, id_value: int, k: int, exclude_seen: bool | None = None
+) -> dict[str, np.ndarray]:
+    request = {
+        id_input: np.array([[id_value]], dtype=np.int64),
+        K_INPUT: np.array([[k]], dtype=np.int32),
+    }
+    if exclude_seen is not None:
+        request[EXCLUDE_SEEN_INPUT] = np.array([[exclude_seen]], dtype=bool)
+    return request
+
+
+def _ranked_list(outputs: Mapping[str, np.ndarray]) -> list[tuple[int, float]]:
+    """One row of ``item_ids``/``scores`` as ``(item_id, score)``, without the -1 padding."""
+    ids, scores = (outputs[name].reshape(-1) for name in RANKED_OUTPUTS)
+    return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
+
+
 def _top_k(item_ids: Sequence[int], scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     # Stable sort: equal scores keep candidate order, so results are reproducible.
     order = np.argsort(-scores, kind="stable")[:k]
@@ -164,6 +188,18 @@ class _ClientBase:
     @property
     def ranking_model(self) -> str:
         return f"{self.model_prefix}_ranking"
+
+    @property
+    def retrieval_model(self) -> str:
+        return f"{self.model_prefix}_retrieval"
+
+    @property
+    def recommend_model(self) -> str:
+        return f"{self.model_prefix}_recommend"
+
+    @property
+    def similar_model(self) -> str:
+        return f"{self.model_prefix}_similar"
 
     def _attempts(self) -> _Attempts:
         return _Attempts(self.timeout_s, self.retries)
@@ -241,19 +277,36 @@ class RecflowClient(_ClientBase):
     def recommend(
         self,
         user_id: int,
-        candidate_item_ids: Iterable[int],
-        k: int,
+        candidate_item_ids: Iterable[int] | None = None,
+        k: int = 10,
         exclude: Collection[int] = (),
     ) -> list[tuple[int, float]]:
-        """The ``k`` best-scored candidates not in ``exclude``, as ``(item_id, score)``, best first.
+        """The ``k`` best items for ``user_id`` as ``(item_id, score)``, best first.
 
-        Duplicate candidates are scored once; ties keep candidate order.
+        Without candidates, the multi-stage ``recommend`` endpoint picks them (retrieval, then
+        ranking; the user's seen items never come back). With candidates, the ranking endpoint
+        scores them: duplicates are scored once, those in ``exclude`` dropped, ties keep
+        candidate order.
         """
+        excluded = set(exclude)
+        if candidate_item_ids is None:
+            request = _ranked_request(USER_INPUT, user_id, k + len(excluded))
+            top = _ranked_list(self.infer(self.recommend_model, request, RANKED_OUTPUTS))
+            return [(item, score) for item, score in top if item not in excluded][:k]
         if k < 0:
             raise ValueError(f"k must be >= 0, not {k}")
-        excluded = set(exclude)
         candidates = [item for item in dict.fromkeys(candidate_item_ids) if item not in excluded]
         return _top_k(candidates, self.score(user_id, candidates), k)
+
+    def retrieve(self, user_id: int, k: int, exclude_seen: bool = False) -> list[tuple[int, float]]:
+        """The retrieval endpoint's ``k`` nearest items to the user's query embedding."""
+        request = _ranked_request(USER_INPUT, user_id, k, exclude_seen)
+        return _ranked_list(self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
+
+    def similar(self, item_id: int, k: int) -> list[tuple[int, float]]:
+        """The ``k`` items whose embeddings are closest to ``item_id``'s (cosine)."""
+        request = _ranked_request(ITEM_INPUT, item_id, k)
+        return _ranked_list(self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     def close(self) -> None:
         self._grpc.close()
@@ -295,6 +348,21 @@ class AsyncRecflowClient(_ClientBase):
             *(self.infer(self.ranking_model, b, [SCORE_OUTPUT]) for b in batches)
         )
         return _join_scores(parts)
+
+    async def recommend(self, user_id: int, k: int) -> list[tuple[int, float]]:
+        """Like :meth:`RecflowClient.recommend` without candidates (the multi-stage endpoint)."""
+        request = _ranked_request(USER_INPUT, user_id, k)
+        return _ranked_list(await self.infer(self.recommend_model, request, RANKED_OUTPUTS))
+
+    async def retrieve(
+        self, user_id: int, k: int, exclude_seen: bool = False
+    ) -> list[tuple[int, float]]:
+        request = _ranked_request(USER_INPUT, user_id, k, exclude_seen)
+        return _ranked_list(await self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
+
+    async def similar(self, item_id: int, k: int) -> list[tuple[int, float]]:
+        request = _ranked_request(ITEM_INPUT, item_id, k)
+        return _ranked_list(await self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     async def close(self) -> None:
         await self._grpc.close()

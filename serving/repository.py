@@ -1,21 +1,26 @@
 """Export trained artifacts as a Triton model repository (layout in docs/layout.md).
 
-The ranking endpoint is a Triton ``ensemble`` of two Python-backend models that load in the
-bundled CPU server: ``<prefix>_ranking_features`` (lookup + NVTabular) and
-``<prefix>_ranking_dlrm`` (the SavedModel). Each publish writes a new numeric version in every
-model, each version directory built in a staging directory and renamed into place, the
-ensemble last, so Triton never sees half a version.
+Every endpoint is one Python-backend model that loads in the bundled CPU server, and each of
+its version directories holds all the files that version needs (serving/runtime.py runs them):
+
+* ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (workflow + DLRM);
+* ``<prefix>_retrieval``: ``user_id``, ``k`` [, ``exclude_seen``] -> ``item_ids``, ``scores``;
+* ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then rank);
+* ``<prefix>_similar``: ``item_id``, ``k`` -> ``item_ids``, ``scores``.
+
+The last three exist once a retrieval model is exported. Each publish writes version N+1 of
+every endpoint, each directory built in a staging directory and renamed into place.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from merlin.schema import Schema
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from models.dlrm import RankingModel
@@ -26,10 +31,8 @@ from tasks.features import FeatureSet, serving_workflow
 
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 CATALOG = "catalog.parquet"
-# Ensemble-internal tensor names get a prefix: the features stage passes user_id/item_id on,
-# and an ensemble tensor may be produced only once.
-STAGE_PREFIX = "features."
 _TRITON_TYPES = {
+    np.dtype("bool"): "TYPE_BOOL",
     np.dtype("int32"): "TYPE_INT32",
     np.dtype("int64"): "TYPE_INT64",
     np.dtype("float32"): "TYPE_FP32",
@@ -42,59 +45,59 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     dims: tuple[int, ...] = (1,)
+    optional: bool = False
 
     def pbtxt(self) -> str:
         dims = ", ".join(str(d) for d in self.dims)
-        return f'{{ name: "{self.name}" data_type: {_TRITON_TYPES[self.dtype]} dims: [ {dims} ] }}'
+        optional = " optional: true" if self.optional else ""
+        return (
+            f'{{ name: "{self.name}" data_type: {_TRITON_TYPES[self.dtype]} dims: [ {dims} ]'
+            f"{optional} }}"
+        )
+
+
+INT64, INT32, FP32 = np.dtype("int64"), np.dtype("int32"), np.dtype("float32")
+USER = TensorSpec(runtime.USER_ID, INT64)
+ITEM = TensorSpec(runtime.ITEM_ID, INT64)
+K = TensorSpec(runtime.K, INT32)
+EXCLUDE_SEEN = TensorSpec(runtime.EXCLUDE_SEEN, np.dtype("bool"), optional=True)
+RANKED = [TensorSpec(runtime.ITEM_IDS, INT64, (-1,)), TensorSpec(runtime.SCORES, FP32, (-1,))]
+# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs.
+CONTRACTS = {
+    "ranking": ([USER, ITEM], [TensorSpec(runtime.SCORE, FP32)]),
+    "retrieval": ([USER, K, EXCLUDE_SEEN], RANKED),
+    "recommend": ([USER, K], RANKED),
+    "similar": ([ITEM, K], RANKED),
+}
 
 
 @dataclass(frozen=True)
 class RankingEndpoint:
-    """Names of the models that make up one ranking endpoint."""
+    """Names of recflow's Triton models for one ``model_prefix``."""
 
     prefix: str
 
+    def model(self, endpoint: str) -> str:
+        return f"{self.prefix}_{endpoint}"
+
     @property
     def ensemble(self) -> str:
-        return f"{self.prefix}_ranking"
+        """The ranking endpoint (the name is kept for callers of the earlier ensemble)."""
+        return self.model("ranking")
 
     @property
-    def features(self) -> str:
-        return f"{self.prefix}_ranking_features"
+    def all_models(self) -> tuple[str, ...]:
+        """What every publish writes: the ranking endpoint."""
+        return (self.model("ranking"),)
 
     @property
-    def ranker(self) -> str:
-        return f"{self.prefix}_ranking_dlrm"
-
-    @property
-    def all_models(self) -> tuple[str, str, str]:
-        # Load order: an ensemble loads only once its steps are there.
-        return (self.features, self.ranker, self.ensemble)
+    def retrieval_models(self) -> tuple[str, ...]:
+        """What a publish with a retrieval model writes as well."""
+        return tuple(self.model(endpoint) for endpoint in CONTRACTS if endpoint != "ranking")
 
 
-RAW_INPUT_SPECS = tuple(TensorSpec(name, np.dtype("int64")) for name in runtime.RAW_INPUTS)
-SCORE_SPEC = TensorSpec(runtime.SCORE, np.dtype("float32"))
-
-
-def stage_tensor_specs(schema: Schema) -> list[TensorSpec]:
-    specs = []
-    for name in schema.column_names:
-        dtype = np.dtype(schema[name].dtype.to_numpy)
-        if schema[name].is_list:
-            specs.append(TensorSpec(f"{name}__values", dtype, (-1,)))
-            specs.append(TensorSpec(f"{name}__lengths", np.dtype("int64")))
-        else:
-            specs.append(TensorSpec(name, dtype))
-    return specs
-
-
-def python_model_config(
-    name: str,
-    stage: str,
-    inputs: list[TensorSpec],
-    outputs: list[TensorSpec],
-    cfg: ServingConfig,
-) -> str:
+def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
+    inputs, outputs = CONTRACTS[stage]
     return "\n".join(
         [
             f'name: "{name}"',
@@ -103,39 +106,9 @@ def python_model_config(
             *(f"input {spec.pbtxt()}" for spec in inputs),
             *(f"output {spec.pbtxt()}" for spec in outputs),
             f"instance_group [ {{ count: {cfg.instance_count} kind: KIND_CPU }} ]",
-            "dynamic_batching { }",
-            "version_policy { latest { num_versions: 1 } }",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}",
+            f"version_policy {{ latest {{ num_versions: {cfg.keep_versions} }} }}",
             f'parameters {{ key: "recflow_stage" value {{ string_value: "{stage}" }} }}',
-            "",
-        ]
-    )
-
-
-def ensemble_config(
-    endpoint: RankingEndpoint, stage_specs: list[TensorSpec], cfg: ServingConfig
-) -> str:
-    def mapping(kind: str, names, prefix: str = "") -> str:
-        return " ".join(f'{kind} {{ key: "{n}" value: "{prefix}{n}" }}' for n in names)
-
-    def step(model: str, *maps: str) -> str:
-        return f'  step {{ model_name: "{model}" model_version: -1 {" ".join(maps)} }}'
-
-    stage_names = [spec.name for spec in stage_specs]
-    raw_inputs = mapping("input_map", [spec.name for spec in RAW_INPUT_SPECS])
-    stage_outputs = mapping("output_map", stage_names, STAGE_PREFIX)
-    stage_inputs = mapping("input_map", stage_names, STAGE_PREFIX)
-    score_output = mapping("output_map", [runtime.SCORE])
-    return "\n".join(
-        [
-            f'name: "{endpoint.ensemble}"',
-            'platform: "ensemble"',
-            f"max_batch_size: {cfg.max_batch_size}",
-            *(f"input {spec.pbtxt()}" for spec in RAW_INPUT_SPECS),
-            f"output {SCORE_SPEC.pbtxt()}",
-            "ensemble_scheduling {",
-            step(endpoint.features, raw_inputs, stage_outputs),
-            step(endpoint.ranker, stage_inputs, score_output),
-            "}",
             "",
         ]
     )
@@ -153,41 +126,52 @@ def next_version(repo: Path, endpoint: RankingEndpoint) -> int:
 
 
 def export_ranking(
-    features: FeatureSet, ranking: RankingModel, repo: Path, cfg: ServingConfig
+    features: FeatureSet,
+    ranking: RankingModel,
+    repo: Path,
+    cfg: ServingConfig,
+    retrieval=None,
+    interactions: Path | None = None,
 ) -> int:
-    """Write a new version of the ranking endpoint into ``repo``; return its number."""
+    """Write a new version of every endpoint into ``repo``; return its number.
+
+    Without ``retrieval`` (a ``models.two_tower.RetrievalModel``) only ``ranking`` is written.
+    ``interactions`` (parquet with ``user_id``, ``item_id``) are the items each user has seen,
+    which retrieval may exclude and recommend always excludes; the retrieval model's training
+    split is the natural choice.
+    """
     endpoint = RankingEndpoint(cfg.model_prefix)
     version = next_version(repo, endpoint)
-    workflow = serving_workflow(_load_workflow(features.workflow_dir))
-    stage_specs = stage_tensor_specs(workflow.output_schema)
+    stages = ["ranking"] if retrieval is None else list(CONTRACTS)
+    for stage in stages:
+        name = endpoint.model(stage)
+        with atomic_dir(repo / name / str(version)) as staging:
+            shutil.copy(TRITON_MODEL_SOURCE, staging / "model.py")
+            _write_stage_files(staging, stage, features, ranking, retrieval, interactions, cfg)
+        write_text_atomic(repo / name / "config.pbtxt", python_model_config(name, stage, cfg))
+    _write_catalog(features, repo)
+    return version
 
-    with atomic_dir(repo / endpoint.features / str(version)) as staging:
-        shutil.copy(TRITON_MODEL_SOURCE, staging / "model.py")
+
+def _write_stage_files(staging: Path, stage, features, ranking, retrieval, interactions, cfg):
+    settings = {"max_k": cfg.max_k, "retrieval_candidates": cfg.retrieval_candidates}
+    (staging / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
+    if stage in ("ranking", "retrieval", "recommend"):
+        workflow = serving_workflow(_load_workflow(features.workflow_dir))
         workflow.save(str(staging / runtime.WORKFLOW_DIR))
         shutil.copytree(features.lookup_dir, staging / runtime.LOOKUP_DIR)
-    write_text_atomic(
-        repo / endpoint.features / "config.pbtxt",
-        python_model_config(endpoint.features, "features", list(RAW_INPUT_SPECS), stage_specs, cfg),
-    )
-
-    with atomic_dir(repo / endpoint.ranker / str(version)) as staging:
-        shutil.copy(TRITON_MODEL_SOURCE, staging / "model.py")
+    if stage in ("ranking", "recommend"):
         shutil.copytree(ranking.model_dir, staging / runtime.MODEL_DIR)
         TensorflowMetadata.from_merlin_schema(workflow.output_schema).to_proto_text_file(
             str(staging)
         )
-    write_text_atomic(
-        repo / endpoint.ranker / "config.pbtxt",
-        python_model_config(endpoint.ranker, "ranker", stage_specs, [SCORE_SPEC], cfg),
-    )
-
-    with atomic_dir(repo / endpoint.ensemble / str(version)):
-        pass  # Triton wants a version directory even for an ensemble.
-    write_text_atomic(
-        repo / endpoint.ensemble / "config.pbtxt", ensemble_config(endpoint, stage_specs, cfg)
-    )
-    _write_catalog(features, repo)
-    return version
+    if stage in ("retrieval", "recommend"):
+        shutil.copytree(retrieval.query_encoder_dir, staging / runtime.QUERY_ENCODER_DIR)
+        shutil.copytree(retrieval.query_schema_dir, staging / runtime.QUERY_SCHEMA_DIR)
+        seen = pd.read_parquet(interactions, columns=[runtime.USER_ID, runtime.ITEM_ID])
+        seen.drop_duplicates().to_parquet(staging / runtime.SEEN, index=False)
+    if stage != "ranking":
+        shutil.copy(retrieval.item_embeddings, staging / runtime.ITEM_EMBEDDINGS)
 
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:

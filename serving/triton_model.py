@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.runtime import STAGES
+from serving.runtime import STAGES, BadRequest
 
 
 class TritonPythonModel:
@@ -20,23 +20,53 @@ class TritonPythonModel:
         version_dir = Path(args["model_repository"]) / args["model_version"]
         self.stage = STAGES[stage](version_dir)
         self.inputs = [spec["name"] for spec in config["input"]]
-        self.outputs = {spec["name"]: spec["data_type"] for spec in config["output"]}
+        self.outputs = [spec["name"] for spec in config["output"]]
+        # Stages that score rows independently take the dynamic batcher's requests as one
+        # batch; stages whose rows share per-request arguments (k) run request by request.
+        self.merge = getattr(self.stage, "merge_requests", True)
 
     def execute(self, requests):
-        responses = []
-        for request in requests:
+        batches = [self._inputs(request) for request in requests]
+        if self.merge and len(batches) > 1:
             try:
-                inputs = {
-                    name: pb_utils.get_input_tensor_by_name(request, name).as_numpy()
-                    for name in self.inputs
-                }
-                outputs = self.stage(inputs)
-                tensors = [
-                    pb_utils.Tensor(name, np.ascontiguousarray(outputs[name]))
-                    for name in self.outputs
-                ]
-                responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except Exception as error:  # noqa: BLE001 - every failure must reach the caller
-                message = f"{type(error).__name__}: {error}"
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
-        return responses
+                return self._merged(batches)
+            except Exception:  # noqa: BLE001 - run each alone so only the bad request fails
+                pass
+        return [self._respond(inputs) for inputs in batches]
+
+    def _inputs(self, request):
+        tensors = {}
+        for name in self.inputs:
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is not None:  # optional inputs may be absent
+                tensors[name] = tensor.as_numpy()
+        return tensors
+
+    def _merged(self, batches):
+        sizes = [len(next(iter(inputs.values()))) for inputs in batches]
+        merged = {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+        outputs = self.stage(merged)
+        bounds = np.cumsum(sizes)[:-1]
+        parts = {name: np.split(outputs[name], bounds) for name in self.outputs}
+        return [
+            self._response({name: parts[name][i] for name in self.outputs})
+            for i in range(len(batches))
+        ]
+
+    def _respond(self, inputs):
+        try:
+            return self._response(self.stage(inputs))
+        except BadRequest as error:
+            return _error(str(error), pb_utils.TritonError.INVALID_ARG)
+        except Exception as error:  # noqa: BLE001 - every failure must reach the caller
+            return _error(f"{type(error).__name__}: {error}", pb_utils.TritonError.INTERNAL)
+
+    def _response(self, outputs):
+        tensors = [
+            pb_utils.Tensor(name, np.ascontiguousarray(outputs[name])) for name in self.outputs
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -1,20 +1,18 @@
-"""Triton repository layout and configs, without a server."""
+"""Triton repository layout and configs, and the runtime's tensor plumbing, without a server."""
 
 import numpy as np
 import pandas as pd
 import pytest
-from merlin.schema import ColumnSchema, Schema
+from merlin.schema import ColumnSchema, Schema, Tags
 
 from recflow.config import ServingConfig
+from serving import runtime
 from serving.repository import (
     RankingEndpoint,
-    TensorSpec,
-    ensemble_config,
     next_version,
     python_model_config,
-    stage_tensor_specs,
 )
-from serving.runtime import decode_frame, encode_frame, tensor_names
+from serving.runtime import BadRequest, _request_k, encode_frame, model_inputs, tensor_names
 
 
 @pytest.fixture
@@ -24,67 +22,71 @@ def schema():
             ColumnSchema("user_id", dtype=np.int64),
             ColumnSchema("genres", dtype=np.int64, is_list=True, is_ragged=True),
             ColumnSchema("item_count", dtype=np.float64),
+            ColumnSchema("rating_binary", dtype=np.int32, tags=[Tags.TARGET]),
         ]
     )
 
 
-def test_list_columns_survive_the_stage_boundary(schema):
+def test_list_columns_become_merlin_values_and_offsets(schema):
     frame = pd.DataFrame(
         {
             "user_id": [3, 4, 5],
             "genres": [np.array([1, 2, 3]), np.array([7]), np.array([], dtype=np.int64)],
             "item_count": [0.5, -1.25, 2.0],
+            "rating_binary": [1, 0, 1],
         }
     )
     tensors = encode_frame(frame, schema)
     assert set(tensors) == set(tensor_names(schema))
     assert tensors["genres__values"].shape == (3, 3)
-    assert tensors["genres__lengths"].ravel().tolist() == [3, 1, 0]
     assert all(array.shape[0] == 3 for array in tensors.values())  # batchable by Triton
-    back = decode_frame(tensors, schema)
-    assert back["user_id"].tolist() == [3, 4, 5]
-    assert [list(v) for v in back["genres"]] == [[1, 2, 3], [7], []]
-    np.testing.assert_array_equal(back["item_count"], frame["item_count"])
 
-
-def test_stage_specs_match_encoded_tensors(schema):
-    specs = stage_tensor_specs(schema)
-    assert [s.name for s in specs] == tensor_names(schema)
-    dims = {s.name: s.dims for s in specs}
-    assert dims["genres__values"] == (-1,) and dims["genres__lengths"] == (1,)
+    inputs = model_inputs(tensors, schema)
+    assert "rating_binary" not in inputs  # targets are not model inputs
+    assert inputs["user_id"].tolist() == [3, 4, 5]
+    assert inputs["genres__values"].tolist() == [1, 2, 3, 7]
+    assert inputs["genres__offsets"].tolist() == [0, 3, 4, 4]
+    np.testing.assert_array_equal(inputs["item_count"], frame["item_count"])
 
 
 def test_python_model_config_declares_everything_explicitly():
-    cfg = ServingConfig(max_batch_size=64, instance_count=2)
-    text = python_model_config(
-        "m",
-        "features",
-        [TensorSpec("user_id", np.dtype("int64"))],
-        [TensorSpec("score", np.dtype("float32"))],
-        cfg,
-    )
+    cfg = ServingConfig(max_batch_size=64, instance_count=2, keep_versions=3)
+    text = python_model_config("m", "retrieval", cfg)
     assert 'backend: "python"' in text
     assert "max_batch_size: 64" in text
     assert 'input { name: "user_id" data_type: TYPE_INT64 dims: [ 1 ] }' in text
-    assert 'output { name: "score" data_type: TYPE_FP32 dims: [ 1 ] }' in text
+    assert 'input { name: "k" data_type: TYPE_INT32 dims: [ 1 ] }' in text
+    assert 'name: "exclude_seen" data_type: TYPE_BOOL dims: [ 1 ] optional: true' in text
+    assert 'output { name: "item_ids" data_type: TYPE_INT64 dims: [ -1 ] }' in text
     assert "count: 2 kind: KIND_CPU" in text
-    assert 'string_value: "features"' in text
+    assert "version_policy { latest { num_versions: 3 } }" in text
+    assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in text
+    assert 'string_value: "retrieval"' in text
 
 
-def test_ensemble_never_produces_a_tensor_twice(schema):
-    endpoint = RankingEndpoint("recflow")
-    text = ensemble_config(endpoint, stage_tensor_specs(schema), ServingConfig())
-    produced = [part.split('value: "')[1].split('"')[0] for part in text.split("output_map")[1:]]
-    assert len(produced) == len(set(produced))
-    assert 'value: "user_id"' in text  # the raw input feeds the first step
-    assert 'output_map { key: "user_id" value: "features.user_id" }' in text
-    assert text.index(endpoint.features) < text.index(endpoint.ranker)
+def test_fewer_than_two_kept_versions_are_rejected():
+    with pytest.raises(ValueError):
+        ServingConfig(keep_versions=1)
 
 
 def test_next_version_counts_across_all_models(tmp_path):
     endpoint = RankingEndpoint("recflow")
     assert next_version(tmp_path, endpoint) == 1
-    (tmp_path / endpoint.features / "3").mkdir(parents=True)
-    (tmp_path / endpoint.ensemble / "2").mkdir(parents=True)
-    (tmp_path / endpoint.ensemble / ".4.staging-x").mkdir()  # a crashed export is not a version
+    (tmp_path / endpoint.model("ranking") / "3").mkdir(parents=True)
+    (tmp_path / endpoint.model("ranking") / ".4.staging-x").mkdir()  # not a version
     assert next_version(tmp_path, endpoint) == 4
+
+
+@pytest.mark.parametrize(
+    ("k", "message"), [([5, 6], "equal"), ([0, 0], "between"), ([1001, 1001], "between")]
+)
+def test_k_must_be_one_sane_value_per_request(k, message):
+    with pytest.raises(BadRequest, match=message):
+        _request_k({"k": np.array(k).reshape(-1, 1)}, 2, 1000)
+    assert _request_k({"k": np.array([[7], [7]])}, 2, 1000) == 7
+
+
+def test_item_embedding_columns_match_the_retrieval_export():
+    from models import two_tower
+
+    assert (runtime.RAW_ITEM_ID, runtime.EMBEDDING) == (two_tower.RAW_ITEM_ID, two_tower.EMBEDDING)
