@@ -12,6 +12,7 @@ from rich.table import Table
 
 from recflow.cli_common import console, print_scores, settings_of
 from recflow.cli_data import data_app
+from recflow.cli_schedule import register as register_schedule
 from recflow.cli_serve import CATALOG_FILE, read_catalog
 from recflow.cli_serve import register as register_serving
 from recflow.config import Settings, load_settings
@@ -123,4 +124,5 @@ def _run_pipeline(settings: Settings):
 
 
 register_serving(app)
+register_schedule(app)
 app.add_typer(data_app, name="data")

@@ -1,34 +1,141 @@
-from pathlib import Path
+"""The gate's judgement and its configuration, on given metrics (no models, no servers)."""
+
+from __future__ import annotations
 
 import pytest
 
-from models.dlrm import RankingModel
-from recflow.config import GateConfig
-from tasks.gate import GateFailed, gate_task, judge
+from recflow.config import GateConfig, MetricBounds, Settings, load_settings
+from recflow.registry import Evaluation
+from tasks.gate import judge
 
 
-def ranking(auc: float) -> RankingModel:
-    return RankingModel(
-        path=Path("/nowhere"),
-        features_fingerprint="f",
-        params={},
-        metrics={"auc": auc, "logloss": 0.5},
-        baseline_metrics={"auc": 0.6, "logloss": 0.6},
-        history=[],
-        best_epoch=1,
-        train_seconds=1.0,
-        train_examples_per_s=1.0,
+def evaluation(metrics, blessed=None, baseline=None) -> Evaluation:
+    return Evaluation(
+        rows=1000,
+        metrics=metrics,
+        baseline_metrics=baseline or {},
+        compared_with=None if blessed is None else "20250101T000000Z-aaaaaa",
+        blessed_metrics=blessed or {},
     )
 
 
-def test_gate_blesses_at_and_above_the_bound():
-    assert judge(ranking(0.70), GateConfig(min_auc=0.70)).blessed
-    decision = judge(ranking(0.69), GateConfig(min_auc=0.70))
-    assert not decision.blessed
-    assert "auc = 0.6900 (bound >= 0.7000): FAIL" in decision.report()
+def only(**bounds: MetricBounds) -> GateConfig:
+    """A gate with exactly these ranking bounds (every default bound switched off)."""
+    off = {field: None for field in MetricBounds.model_fields if field != "higher_is_better"}
+    ranking = {name: off for name in GateConfig().ranking}
+    retrieval = {name: off for name in GateConfig().retrieval}
+    ranking.update({name: b.model_dump() for name, b in bounds.items()})
+    return GateConfig(ranking=ranking, retrieval=retrieval)
 
 
-def test_gate_task_raises_with_the_failed_checks():
-    with pytest.raises(GateFailed, match="auc = 0.5000.*FAIL"):
-        gate_task.fn(ranking(0.5), GateConfig(min_auc=0.7))
-    assert gate_task.fn(ranking(0.9), GateConfig(min_auc=0.7)).blessed
+def lines(decision) -> list[str]:
+    return [str(check) for check in decision.checks]
+
+
+def test_first_run_is_judged_on_absolute_bounds_and_says_so():
+    decision = judge(
+        evaluation({"ranking.auc": 0.80, "ranking.logloss": 0.5}, baseline={"ranking.auc": 0.7}),
+        GateConfig(),
+    )
+    assert decision.blessed and decision.status == "BLESSED"
+    assert decision.compared_with is None
+    assert lines(decision) == [
+        "ranking.auc = 0.8000 >= 0.6000 (absolute): pass",
+        "ranking.auc = 0.8000 >= 0.7000 (baseline: 0.7000 +0.0000): pass",
+    ]
+    assert any("first candidate" in note for note in decision.notes)
+    assert any("retrieval.recall@10: not evaluated" in note for note in decision.notes)
+
+
+def test_absolute_bounds_fail_at_either_side():
+    gate = only(auc=MetricBounds(min_value=0.7, max_value=0.99))
+    assert judge(evaluation({"ranking.auc": 0.70}), gate).blessed
+    decision = judge(evaluation({"ranking.auc": 0.695}), gate)
+    assert decision.status == "NOT_BLESSED"
+    assert [str(c) for c in decision.failed] == ["ranking.auc = 0.6950 >= 0.7000 (absolute): FAIL"]
+    assert not judge(evaluation({"ranking.auc": 0.995}), gate).blessed
+
+
+def test_change_bound_against_the_blessed_model_higher_is_better():
+    gate = only(auc=MetricBounds(min_change=-0.01))
+    blessed = {"ranking.auc": 0.80}
+    assert judge(evaluation({"ranking.auc": 0.7905}, blessed), gate).blessed
+    decision = judge(evaluation({"ranking.auc": 0.75}, blessed), gate)
+    (check,) = decision.failed
+    assert (check.kind, check.op, check.bound) == ("change", ">=", pytest.approx(0.79))
+    assert str(check) == (
+        "ranking.auc = 0.7500 >= 0.7900 (change: blessed 20250101T000000Z-aaaaaa 0.8000 -0.0100)"
+        ": FAIL"
+    )
+    assert decision.compared_with == "20250101T000000Z-aaaaaa"
+    assert not any("first candidate" in note for note in decision.notes)
+
+
+def test_relative_change_bound_lower_is_better():
+    gate = only(logloss=MetricBounds(higher_is_better=False, min_relative_change=-0.05))
+    blessed = {"ranking.logloss": 0.50}
+    assert judge(evaluation({"ranking.logloss": 0.52}, blessed), gate).blessed
+    (check,) = judge(evaluation({"ranking.logloss": 0.53}, blessed), gate).failed
+    assert (check.kind, check.op, check.bound) == ("relative change", "<=", pytest.approx(0.525))
+    assert "+5.0%" in check.reference
+
+
+def test_required_improvement_over_the_blessed_model():
+    gate = only(auc=MetricBounds(min_change=0.02))
+    assert not judge(evaluation({"ranking.auc": 0.81}, {"ranking.auc": 0.80}), gate).blessed
+    assert judge(evaluation({"ranking.auc": 0.825}, {"ranking.auc": 0.80}), gate).blessed
+
+
+def test_must_beat_its_baseline_by_a_margin():
+    gate = only(auc=MetricBounds(min_baseline_gain=0.05))
+    base = {"ranking.auc": 0.70}
+    assert judge(evaluation({"ranking.auc": 0.75}, baseline=base), gate).blessed
+    (check,) = judge(evaluation({"ranking.auc": 0.74}, baseline=base), gate).failed
+    assert (check.kind, check.bound) == ("baseline", pytest.approx(0.75))
+
+
+def test_retrieval_metrics_are_judged_when_present():
+    metrics = {"ranking.auc": 0.8, "ranking.logloss": 0.5, "retrieval.recall@10": 0.10}
+    decision = judge(evaluation(metrics, baseline={"retrieval.recall@10": 0.12}), GateConfig())
+    assert [str(c) for c in decision.failed] == [
+        "retrieval.recall@10 = 0.1000 >= 0.1200 (baseline: 0.1200 +0.0000): FAIL"
+    ]
+
+
+def test_decision_markdown_names_every_check():
+    decision = judge(
+        evaluation({"ranking.auc": 0.75, "ranking.logloss": 0.6}, {"ranking.auc": 0.8}),
+        only(auc=MetricBounds(min_value=0.6, min_change=-0.01)),
+    )
+    text = decision.markdown()
+    assert text.startswith("# Evaluation gate: **NOT_BLESSED** (1 failed)")
+    assert "| ranking.auc | absolute | 0.7500 | >= 0.6000 | pass |" in text
+    assert "| **FAIL** |" in text and "20250101T000000Z-aaaaaa" in text
+
+
+def test_partial_overrides_keep_the_other_defaults():
+    settings = load_settings(
+        overrides=[
+            "gate.ranking.auc.min_value=0.7",
+            "gate.ranking.logloss.min_relative_change=null",
+        ]
+    )
+    defaults = GateConfig()
+    auc = settings.gate.ranking["auc"]
+    assert auc.min_value == 0.7
+    assert auc.min_change == defaults.ranking["auc"].min_change
+    assert settings.gate.ranking["logloss"].min_relative_change is None
+    assert settings.gate.ranking["logloss"].higher_is_better is False
+    assert settings.gate.retrieval == defaults.retrieval
+
+
+def test_gate_settings_survive_a_json_round_trip(monkeypatch):
+    monkeypatch.setenv("RECFLOW_GATE__RANKING__AUC__MIN_CHANGE", "0.001")
+    settings = load_settings(overrides=["gate.ranking.ndcg.min_value=0.3"])
+    assert settings.gate.ranking["auc"].min_change == 0.001
+    assert settings.gate.ranking["ndcg"] == MetricBounds(min_value=0.3)
+    decision = judge(evaluation({"ranking.auc": 0.8, "ranking.logloss": 0.5}), settings.gate)
+    assert (
+        "ranking.ndcg: not evaluated (the candidate has no ranking.ndcg metric)" in decision.notes
+    )
+    assert Settings(**settings.model_dump(mode="json")) == settings

@@ -1,0 +1,213 @@
+"""``recflow models``: the registry's candidates, and promoting or rolling back what Triton serves.
+
+Mounted on the main app as ``app.add_typer(models_app, name="models")``. Listing and showing
+read the registry only (no TensorFlow import), so they answer at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from recflow.cli_common import console, settings_of
+from recflow.registry import (
+    CandidateRecord,
+    Event,
+    Registry,
+    RegistryError,
+    check_id,
+    promote,
+    rollback,
+)
+
+# recflow.cli's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
+EXIT_TRIAL_FAILED = 4
+# The metric `models list` shows for each candidate.
+HEADLINE_METRIC = "ranking.auc"
+TIME = "%Y-%m-%d %H:%M:%S"
+
+models_app = typer.Typer(
+    help="Candidate models in the registry: list, show, promote, roll back.",
+    no_args_is_help=True,
+)
+
+
+def _candidate_id(value: str | None) -> str | None:
+    try:
+        return value if value is None else check_id(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+def _reason(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("say why: the reason is recorded with the change")
+    return value.strip()
+
+
+CandidateArg = Annotated[str, typer.Argument(help="Candidate id", callback=_candidate_id)]
+ReasonOpt = Annotated[
+    str, typer.Option("--reason", "-r", help="Why (recorded in the history)", callback=_reason)
+]
+
+
+def _registry(ctx: typer.Context) -> Registry:
+    return Registry.from_settings(settings_of(ctx))
+
+
+def _metric(metrics: dict[str, float], name: str) -> str:
+    return f"{metrics[name]:.4f}" if name in metrics else ""
+
+
+@models_app.command("list")
+def list_candidates(ctx: typer.Context) -> None:
+    """Every candidate, oldest first; the one Triton serves is marked."""
+    registry = _registry(ctx)
+    state = registry.state()
+    table = Table(title=f"Candidates in {registry.root}")
+    for column in (
+        "id",
+        "created",
+        "decision",
+        "trial",
+        HEADLINE_METRIC,
+        "compared with",
+        "serving",
+    ):
+        table.add_column(column)
+    for record in registry.records():
+        trial = "" if record.trial is None else ("passed" if record.trial.passed else "FAILED")
+        serving = f"version {state.version}" if record.id == state.serving else ""
+        table.add_row(
+            record.id,
+            record.created.strftime(TIME),
+            record.status,
+            trial,
+            _metric(record.evaluation.metrics, HEADLINE_METRIC),
+            record.decision.compared_with or "",
+            serving,
+        )
+    console.print(table)
+
+
+@models_app.command()
+def show(
+    ctx: typer.Context,
+    candidate_id: CandidateArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw record")] = False,
+) -> None:
+    """A candidate's lineage, metrics, gate checks, trial serving and publications."""
+    record = _load(_registry(ctx), candidate_id)
+    if as_json:
+        typer.echo(record.model_dump_json(indent=2))
+        return
+    _print_record(record)
+
+
+@models_app.command("promote")
+def promote_command(ctx: typer.Context, candidate_id: CandidateArg, reason: ReasonOpt) -> None:
+    """Publish a blessed candidate as a new Triton version, after trial serving it."""
+    settings = settings_of(ctx)
+    _report(lambda: promote(Registry.from_settings(settings), candidate_id, settings, reason))
+
+
+@models_app.command("rollback")
+def rollback_command(
+    ctx: typer.Context,
+    reason: ReasonOpt,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="Candidate to serve; default the one before the current", callback=_candidate_id
+        ),
+    ] = None,
+) -> None:
+    """Serve the previous candidate again, as a new Triton version."""
+    settings = settings_of(ctx)
+    _report(lambda: rollback(Registry.from_settings(settings), settings, reason, to))
+
+
+def _load(registry: Registry, candidate_id: str) -> CandidateRecord:
+    try:
+        return registry.load(candidate_id)
+    except RegistryError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
+
+
+def _report(change) -> Event:
+    from serving.trial import TrialServingFailed
+
+    try:
+        event = change()
+    except TrialServingFailed as failure:
+        console.print(f"[red]{failure}[/]")
+        raise typer.Exit(EXIT_TRIAL_FAILED) from failure
+    except RegistryError as error:
+        console.print(f"[red]{error}[/]")
+        raise typer.Exit(1) from error
+    console.print(
+        f"{event.action}: candidate {event.candidate} serves as version {event.version} "
+        f"(was {event.previous or 'nothing'}); reason: {event.reason}"
+    )
+    return event
+
+
+def _print_record(record: CandidateRecord) -> None:
+    lineage = record.lineage
+    console.print(f"[bold]{record.id}[/]: {record.status}, created {record.created:{TIME}}")
+    console.print(
+        f"data {lineage.variant} ({lineage.data_checksum[:12]}), features "
+        f"{lineage.features_fingerprint}, workflow {lineage.workflow_sha256[:12]}, schema "
+        f"{lineage.schema_sha256[:12]}, code {lineage.code_version}"
+    )
+    for kind, path in {"features": record.features, **record.models}.items():
+        console.print(f"{kind}: {path}")
+
+    evaluation = record.evaluation
+    metrics = Table(title=f"Metrics on {evaluation.rows} held-out rows")
+    for column in (
+        "metric",
+        "candidate",
+        f"blessed {evaluation.compared_with or '-'}",
+        "baseline",
+        "at training",
+    ):
+        metrics.add_column(column)
+    for name in evaluation.metrics:
+        metrics.add_row(
+            name,
+            _metric(evaluation.metrics, name),
+            _metric(evaluation.blessed_metrics, name),
+            _metric(evaluation.baseline_metrics, name),
+            _metric(record.training_metrics, name),
+        )
+    console.print(metrics)
+
+    checks = Table(title=f"Gate: {record.status}")
+    for column in ("metric", "check", "value", "bound", "result"):
+        checks.add_column(column)
+    for check in record.decision.checks:
+        source = f"{check.kind}: {check.reference}" if check.reference else check.kind
+        result = "pass" if check.passed else "[red]FAIL[/]"
+        checks.add_row(
+            check.metric, source, f"{check.value:.4f}", f"{check.op} {check.bound:.4f}", result
+        )
+    console.print(checks)
+    for note in record.decision.notes:
+        console.print(f"note: {note}")
+
+    trial = record.trial
+    if trial is None:
+        console.print("trial serving: not run")
+    else:
+        verdict = "passed" if trial.passed else "FAILED"
+        console.print(f"trial serving {verdict} at {trial.at:{TIME}}: {trial.message}")
+    for event in record.events:
+        was = event.previous or "nothing"
+        console.print(
+            f"{event.at:{TIME}} {event.action} as version {event.version} (was {was}): "
+            f"{event.reason}"
+        )

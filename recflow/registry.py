@@ -1,0 +1,411 @@
+"""The local model registry: every candidate's lineage, gate decision, trial and publications.
+
+Layout under ``paths.registry_dir`` (docs/registry.md)::
+
+    state.json                      which candidate Triton serves, its version, the history
+    candidates/<id>/record.json     lineage, metrics, gate thresholds and decision, trial, events
+    candidates/<id>/trial_sample.parquet   held-out pairs and the in-process scores they must get
+    candidates/<id>/schema.pbtxt    the feature schema the model was trained on
+
+A candidate directory is created atomically; ``record.json`` and ``state.json`` are replaced
+atomically, under the publish lock, record first: ``state.json`` is the commit point.
+
+A record keeps pointers to its FeatureSet and model directories, so :func:`promote` and
+:func:`rollback` republish an older candidate by exporting it again as a new Triton version.
+Importing this module stays cheap (no TensorFlow): the CLI lists and shows records with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import re
+import subprocess
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from recflow.atomic import atomic_dir, write_text_atomic
+from recflow.config import ServingConfig, Settings
+from recflow.locks import exclusive_lock, publish_lock_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from models.dlrm import RankingModel
+    from tasks.features import FeatureSet
+
+# Letters, digits, '_' and '-' only: an id is a directory name and can never climb out of it.
+CANDIDATE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,79}$")
+BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
+RECORD, STATE, SAMPLE, SCHEMA = "record.json", "state.json", "trial_sample.parquet", "schema.pbtxt"
+RANKING = "ranking"
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done: unknown candidate, nothing to roll back, ..."""
+
+
+def check_id(candidate_id: str) -> str:
+    if not CANDIDATE_ID.fullmatch(candidate_id):
+        raise ValueError(f"{candidate_id!r} is not a candidate id (letters, digits, _ and -)")
+    return candidate_id
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Check(_Record):
+    """One line of a gate decision: a metric's value against one bound."""
+
+    metric: str
+    # absolute | change | relative change | baseline
+    kind: str
+    value: float
+    op: Literal[">=", "<="]
+    bound: float
+    passed: bool
+    # Where the bound comes from, e.g. "blessed X 0.8012 - 0.0100".
+    reference: str = ""
+
+    def __str__(self) -> str:
+        verdict = "pass" if self.passed else "FAIL"
+        source = f" ({self.kind}: {self.reference})" if self.reference else f" ({self.kind})"
+        return f"{self.metric} = {self.value:.4f} {self.op} {self.bound:.4f}{source}: {verdict}"
+
+
+class GateDecision(_Record):
+    checks: tuple[Check, ...]
+    # The blessed candidate the change bounds were measured against; None on a first run.
+    compared_with: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def blessed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def status(self) -> str:
+        return BLESSED if self.blessed else NOT_BLESSED
+
+    @property
+    def failed(self) -> tuple[Check, ...]:
+        return tuple(check for check in self.checks if not check.passed)
+
+    def report(self) -> str:
+        return "\n".join([*(str(check) for check in self.checks), *self.notes])
+
+    def markdown(self) -> str:
+        """The gate's Prefect artifact: the verdict, then one row per check."""
+        verdict = "**BLESSED**" if self.blessed else f"**NOT_BLESSED** ({len(self.failed)} failed)"
+        against = f"blessed `{self.compared_with}`" if self.compared_with else "no blessed model"
+        lines = [
+            f"# Evaluation gate: {verdict}",
+            "",
+            f"Compared with {against}, both scored on the candidate's held-out rows.",
+            "",
+            "| metric | check | value | bound | result |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for c in self.checks:
+            result = "pass" if c.passed else "**FAIL**"
+            source = f"{c.kind}: {c.reference}" if c.reference else c.kind
+            lines.append(
+                f"| {c.metric} | {source} | {c.value:.4f} | {c.op} {c.bound:.4f} | {result} |"
+            )
+        return "\n".join([*lines, "", *(f"- {note}" for note in self.notes)]).rstrip()
+
+
+class Evaluation(_Record):
+    """Metrics of the candidate and of the blessed model, scored on the same held-out rows."""
+
+    rows: int
+    # "<kind>.<metric>", e.g. "ranking.auc".
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    compared_with: str | None = None
+    blessed_metrics: dict[str, float] = {}
+
+
+class TrialResult(_Record):
+    """Trial serving (InfraValidator): did the candidate load in Triton and answer as in-process?"""
+
+    passed: bool
+    at: datetime
+    rows: int = 0
+    max_abs_diff: float | None = None
+    startup_s: float | None = None
+    log_file: Path | None = None
+    message: str = ""
+
+
+class Event(_Record):
+    at: datetime
+    action: Literal["publish", "promote", "rollback"]
+    candidate: str
+    version: int
+    # The candidate that served before this event.
+    previous: str | None
+    reason: str
+
+
+class Lineage(_Record):
+    run_id: str
+    variant: str
+    data_checksum: str
+    features_fingerprint: str
+    # Content hashes: the fitted NVTabular workflow and the feature schema, as trained on.
+    workflow_sha256: str
+    schema_sha256: str
+    features_config: dict
+    params: dict
+    code_version: str
+
+
+class CandidateRecord(_Record):
+    id: str
+    created: datetime
+    features: Path
+    # Model kind -> the model's artifact directory (its manifest.json is there).
+    models: dict[str, Path]
+    lineage: Lineage
+    evaluation: Evaluation
+    # The metrics training reported, on the same split, through the training data loader.
+    training_metrics: dict[str, float]
+    # The gate configuration the decision applied, as it was then.
+    gate: dict
+    decision: GateDecision
+    trial: TrialResult | None = None
+    events: tuple[Event, ...] = ()
+
+    @property
+    def status(self) -> str:
+        return self.decision.status
+
+    def artifacts(self) -> tuple[FeatureSet, RankingModel]:
+        from models.dlrm import RankingModel
+        from tasks.features import FeatureSet
+
+        for path in (self.features, *self.models.values()):
+            if not path.is_dir():
+                raise RegistryError(f"candidate {self.id}: {path} is gone")
+        return FeatureSet.load(self.features), RankingModel.load(self.models[RANKING])
+
+
+class RegistryState(_Record):
+    serving: str | None = None
+    version: int | None = None
+    history: tuple[Event, ...] = ()
+
+
+class Registry:
+    """Records under ``root``; every change happens under the repository's publish lock."""
+
+    def __init__(self, root: Path, lock_file: Path, lock_timeout_s: float):
+        self.root = Path(root)
+        self.lock_file = lock_file
+        self.lock_timeout_s = lock_timeout_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Registry:
+        return cls(
+            settings.paths.registry_dir,
+            publish_lock_file(settings.paths.triton_repo),
+            settings.orchestration.publish_lock_timeout_s,
+        )
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.root / "candidates"
+
+    def path(self, candidate_id: str) -> Path:
+        return self.candidates_dir / check_id(candidate_id)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with exclusive_lock(self.lock_file, self.lock_timeout_s):
+            yield
+
+    def ids(self) -> list[str]:
+        """Candidate ids, oldest first (run ids sort by time)."""
+        if not self.candidates_dir.is_dir():
+            return []
+        return sorted(
+            entry.name
+            for entry in self.candidates_dir.iterdir()
+            if CANDIDATE_ID.fullmatch(entry.name) and (entry / RECORD).is_file()
+        )
+
+    def load(self, candidate_id: str) -> CandidateRecord:
+        file = self.path(candidate_id) / RECORD
+        if not file.is_file():
+            raise RegistryError(f"no candidate {candidate_id} in {self.root}")
+        return CandidateRecord.model_validate_json(file.read_text())
+
+    def records(self) -> list[CandidateRecord]:
+        return [self.load(candidate_id) for candidate_id in self.ids()]
+
+    def state(self) -> RegistryState:
+        file = self.root / STATE
+        if not file.is_file():
+            return RegistryState()
+        return RegistryState.model_validate_json(file.read_text())
+
+    def serving(self) -> CandidateRecord | None:
+        """The candidate Triton serves: the last blessed one, which new candidates must match."""
+        serving = self.state().serving
+        return None if serving is None else self.load(serving)
+
+    def add(self, record: CandidateRecord, sample: pd.DataFrame, schema_file: Path) -> None:
+        with atomic_dir(self.path(record.id)) as staging:
+            sample.to_parquet(staging / SAMPLE, index=False)
+            (staging / SCHEMA).write_bytes(schema_file.read_bytes())
+            (staging / RECORD).write_text(record.model_dump_json(indent=2))
+
+    def save(self, record: CandidateRecord) -> None:
+        write_text_atomic(self.path(record.id) / RECORD, record.model_dump_json(indent=2))
+
+    def save_state(self, state: RegistryState) -> None:
+        write_text_atomic(self.root / STATE, state.model_dump_json(indent=2))
+
+    def trial_sample(self, candidate_id: str) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.read_parquet(self.path(candidate_id) / SAMPLE)
+
+    def record_trial(self, candidate_id: str, result: TrialResult) -> CandidateRecord:
+        with self.locked():
+            record = self.load(candidate_id).model_copy(update={"trial": result})
+            self.save(record)
+        return record
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def tree_sha256(root: Path) -> str:
+    """A content hash of a directory: relative paths and bytes of every file, in sorted order."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def code_version() -> str:
+    """The package version, plus the git commit (and whether the tree is dirty) when known."""
+    version = importlib.metadata.version("recflow")
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, timeout=30, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+g{commit}{'.dirty' if dirty else ''}"
+
+
+def export_candidate(record: CandidateRecord, repo: Path, cfg: ServingConfig) -> int:
+    """Export a registered candidate as a new version of ``repo``; return the version."""
+    from serving.repository import export_ranking
+
+    return export_ranking(*record.artifacts(), repo, cfg)
+
+
+def publish(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
+    """Publish a freshly gated candidate: blessed, trial-served, judged against what serves now."""
+    with registry.locked():
+        record, state = registry.load(candidate_id), registry.state()
+        _require_publishable(record, settings)
+        if state.serving != record.decision.compared_with:
+            raise RegistryError(
+                f"candidate {candidate_id} was judged against {record.decision.compared_with}, "
+                f"but {state.serving} serves now: gate it again, or promote it with a reason"
+            )
+        return _republish(registry, record, state, settings, "publish", reason)
+
+
+def promote(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
+    """Publish any blessed candidate, after trial serving it (unless trial serving is off)."""
+    from serving.trial import infra_validate
+
+    _require_blessed(registry.load(candidate_id))  # before paying for a server start
+    if settings.trial.enabled:
+        infra_validate(registry, candidate_id, settings)
+    with registry.locked():
+        record = registry.load(candidate_id)
+        _require_publishable(record, settings)
+        return _republish(registry, record, registry.state(), settings, "promote", reason)
+
+
+def rollback(registry: Registry, settings: Settings, reason: str, to: str | None = None) -> Event:
+    """Serve again the candidate that served before the current one (or ``to``, which must have
+    served before). No trial serving: it served these very artifacts already."""
+    with registry.locked():
+        state = registry.state()
+        if state.serving is None:
+            raise RegistryError("nothing is serving, so there is nothing to roll back")
+        served = [event.candidate for event in state.history]
+        if to is None:
+            earlier = [candidate for candidate in served if candidate != state.serving]
+            if not earlier:
+                raise RegistryError(f"{state.serving} is the only candidate that ever served")
+            to = earlier[-1]
+        elif check_id(to) not in served:
+            raise RegistryError(f"candidate {to} never served; promote it instead")
+        return _republish(registry, registry.load(to), state, settings, "rollback", reason)
+
+
+def _require_blessed(record: CandidateRecord) -> None:
+    if record.status != BLESSED:
+        raise RegistryError(f"candidate {record.id} is {record.status}: only blessed ones serve")
+
+
+def _require_publishable(record: CandidateRecord, settings: Settings) -> None:
+    """Blessed, and not failed trial serving; passed it, unless trial serving is off."""
+    _require_blessed(record)
+    trial = record.trial
+    if trial is not None and not trial.passed:
+        raise RegistryError(f"candidate {record.id} failed trial serving: {trial.message}")
+    if settings.trial.enabled and trial is None:
+        raise RegistryError(f"candidate {record.id} has not been through trial serving")
+
+
+def _republish(
+    registry: Registry,
+    record: CandidateRecord,
+    state: RegistryState,
+    settings: Settings,
+    action: Literal["publish", "promote", "rollback"],
+    reason: str,
+) -> Event:
+    # The caller holds the lock. The export is a new version, which Triton serves once its
+    # directory is renamed into place; the record and then the state follow it.
+    version = export_candidate(record, settings.paths.triton_repo, settings.serving)
+    event = Event(
+        at=now(),
+        action=action,
+        candidate=record.id,
+        version=version,
+        previous=state.serving,
+        reason=reason,
+    )
+    registry.save(record.model_copy(update={"events": (*record.events, event)}))
+    registry.save_state(
+        RegistryState(serving=record.id, version=version, history=(*state.history, event))
+    )
+    return event

@@ -1,0 +1,120 @@
+"""Trial serving, after TFX's InfraValidator: prove a candidate loads and answers in real Triton.
+
+The candidate is exported into a scratch repository (never the live one) and served by the
+bundled ``tritonserver`` on free loopback ports. After a few warm-up requests it scores the
+held-out pairs the gate sampled (``trial_sample.parquet`` in the registry, one cold pair
+included), and every served score must equal the in-process score the gate computed for that
+pair within ``trial.atol``. The server is stopped whatever happens. A failure to start, load,
+answer or agree blocks publishing: :func:`infra_validate` records it and raises
+:class:`TrialServingFailed`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from recflow.config import Settings
+from recflow.registry import CandidateRecord, Registry, TrialResult, export_candidate, now
+from serving.client import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT, RecflowClient, TritonRequestError
+from serving.repository import RankingEndpoint
+from serving.runtime import SCORE
+from serving.server import TritonServer, TritonServerError
+
+FREE_PORTS = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
+
+
+class TrialServingFailed(RuntimeError):
+    """The candidate did not load, answer, or agree with its in-process scores in Triton."""
+
+    def __init__(self, candidate_id: str, result: TrialResult):
+        self.candidate_id = candidate_id
+        self.result = result
+        super().__init__(
+            f"candidate {candidate_id} failed trial serving, nothing published: {result.message}"
+        )
+
+
+def trial_serve(record: CandidateRecord, sample: pd.DataFrame, settings: Settings) -> TrialResult:
+    """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
+    ``item_id``, ``score``) with the in-process scores."""
+    endpoint = RankingEndpoint(settings.serving.model_prefix)
+    log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
+    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=settings.paths.cache_dir) as scratch:
+        repo = Path(scratch)
+        export_candidate(record, repo, settings.serving)
+        server = TritonServer(
+            repo,
+            settings.serving.model_copy(update=FREE_PORTS),
+            log_file=log_file,
+            backend_cache_dir=settings.paths.cache_dir,
+            models=endpoint.all_models,
+        )
+        # The trial checks answers, not latency: the first requests pay for TensorFlow's graph
+        # tracing, which on a busy machine takes longer than a serving deadline.
+        patient = server.config.model_copy(
+            update={"request_timeout_s": settings.serving.startup_timeout_s}
+        )
+        try:
+            with server, RecflowClient.from_config(patient) as client:
+                startup_s = time.perf_counter() - started
+                served = _served_scores(client, sample, settings.trial.warmup_requests)
+        except (TritonServerError, TimeoutError, TritonRequestError) as error:
+            return TrialResult(passed=False, at=now(), log_file=log_file, message=str(error))
+    expected = sample[SCORE].to_numpy(np.float32)
+    result = {"at": now(), "rows": len(sample), "startup_s": startup_s, "log_file": log_file}
+    if served.shape != expected.shape or not np.isfinite(served).all():
+        return TrialResult(
+            passed=False,
+            message=f"served {served.shape} scores (finite: {np.isfinite(served).all()}) "
+            f"for {expected.shape} pairs",
+            **result,
+        )
+    diff = np.abs(served - expected)
+    worst = int(diff.argmax())
+    passed = bool(diff[worst] <= settings.trial.atol)
+    return TrialResult(
+        passed=passed,
+        max_abs_diff=float(diff[worst]),
+        message=(
+            f"{len(sample)} served scores equal the in-process ones within {settings.trial.atol}"
+            if passed
+            else f"user {sample[USER_INPUT].iloc[worst]} item {sample[ITEM_INPUT].iloc[worst]}: "
+            f"served {served[worst]:.6f}, in-process {expected[worst]:.6f}"
+        ),
+        **result,
+    )
+
+
+def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> np.ndarray:
+    pairs = {
+        name: sample[name].to_numpy(np.int64).reshape(-1, 1) for name in (USER_INPUT, ITEM_INPUT)
+    }
+    step = client.max_batch_size
+    batches = [
+        {name: column[start : start + step] for name, column in pairs.items()}
+        for start in range(0, len(sample), step)
+    ]
+    for _ in range(warmup):
+        client.infer(client.ranking_model, batches[0], [SCORE_OUTPUT])
+    scores = [
+        client.infer(client.ranking_model, batch, [SCORE_OUTPUT])[SCORE_OUTPUT].reshape(-1)
+        for batch in batches
+    ]
+    return np.concatenate(scores)
+
+
+def infra_validate(registry: Registry, candidate_id: str, settings: Settings) -> TrialResult:
+    """Trial-serve a registered candidate, record the outcome, and raise if it failed."""
+    record = registry.load(candidate_id)
+    result = trial_serve(record, registry.trial_sample(candidate_id), settings)
+    registry.record_trial(candidate_id, result)
+    if not result.passed:
+        raise TrialServingFailed(candidate_id, result)
+    return result

@@ -1,0 +1,222 @@
+"""Gate, trial serving and registry end to end, with real models, exports and Triton.
+
+One module-scoped story on small synthetic data, two trainings and three server starts:
+
+1. a good model, first of its kind: blessed on absolute bounds, trial-served, published (v1);
+2. a deliberately worse model (one epoch, 2-dim embeddings): NOT_BLESSED by the change bound
+   against the re-scored blessed model, nothing published;
+3. a blessed candidate whose model file is corrupted before trial serving: blocked;
+4. a blessed candidate published as v2, then `recflow models rollback`: the first model is
+   served again as v3, and a real Triton answers with its scores.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from models.dlrm import RankingModel, train_dlrm
+from recflow.registry import Registry, RegistryError, publish
+from serving.client import RecflowClient
+from serving.repository import RankingEndpoint
+from serving.server import TritonServer
+from serving.trial import TrialServingFailed, infra_validate
+from tasks.download import fetch_dataset
+from tasks.features import build_features
+from tasks.gate import GateFailed, gate
+from tests.conftest import small_settings
+from tests.unit.test_registry import cli_for
+
+pytestmark = pytest.mark.integration
+
+FIRST, WORSE, CORRUPT, SECOND = (
+    "20250101T000000Z-111111",
+    "20250102T000000Z-222222",
+    "20250103T000000Z-333333",
+    "20250104T000000Z-444444",
+)
+SERVING = [
+    "serving.grpc_port=0",
+    "serving.http_port=0",
+    "serving.metrics_port=0",
+    # The machine running the suite may be shared; start-up must not time out for that.
+    "serving.startup_timeout_s=900",
+]
+WORSE_MODEL = ["ranking.epochs=1", "ranking.embedding_dim=2", "ranking.bottom_mlp=[8,2]"]
+# A gate an operator loosened: no comparison with the blessed model or the baseline.
+LOOSE_GATE = [
+    "gate.ranking.auc.min_change=null",
+    "gate.ranking.auc.min_baseline_gain=null",
+    "gate.ranking.logloss.min_relative_change=null",
+]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    return tmp_path_factory.mktemp("registry-home")
+
+
+def settings_for(home, *overrides):
+    return small_settings(home, *SERVING, *overrides)
+
+
+@pytest.fixture(scope="module")
+def data(home):
+    settings = settings_for(home)
+    raw = fetch_dataset(settings.data, settings.paths)
+    features = build_features(
+        raw, settings.features, settings.paths.features_dir, validation=settings.validation
+    )
+    return raw, features
+
+
+def train(settings, features, run_id) -> RankingModel:
+    out = settings.paths.models_dir / run_id / "ranking"
+    return train_dlrm(
+        features.train_dir, features.valid_dir, settings.ranking, out, features.fingerprint
+    )
+
+
+def copy_of(ranking: RankingModel, settings, run_id) -> RankingModel:
+    """The same trained model under another run: a candidate without another training."""
+    target = settings.paths.models_dir / run_id / "ranking"
+    shutil.copytree(ranking.path, target)
+    return RankingModel.load(target)
+
+
+def live_versions(settings) -> set[str]:
+    repo = settings.paths.triton_repo
+    return {
+        child.name
+        for model in RankingEndpoint(settings.serving.model_prefix).all_models
+        for child in (repo / model).iterdir()
+        if child.is_dir()
+    }
+
+
+@pytest.fixture(scope="module")
+def first(home, data):
+    settings = settings_for(home)
+    raw, features = data
+    ranking = train(settings, features, FIRST)
+    record = gate(FIRST, raw, features, ranking, settings)
+    registry = Registry.from_settings(settings)
+    infra_validate(registry, FIRST, settings)
+    publish(registry, FIRST, settings, "first run")
+    return ranking, record
+
+
+@pytest.fixture(scope="module")
+def worse(home, data, first):
+    settings = settings_for(home, *WORSE_MODEL)
+    raw, features = data
+    ranking = train(settings, features, WORSE)
+    with pytest.raises(GateFailed) as failed:
+        gate(WORSE, raw, features, ranking, settings)
+    return ranking, failed.value
+
+
+def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
+    raw, features = data
+    ranking, record = first
+    registry = Registry.from_settings(settings_for(home))
+    stored = registry.load(FIRST)
+    assert stored.status == "BLESSED"
+    assert stored.decision.compared_with is None
+    assert {check.kind for check in stored.decision.checks} == {"absolute", "baseline"}
+    assert any("first candidate" in note for note in stored.decision.notes)
+    # The reproduced held-out rows are the validation split training scored.
+    assert stored.evaluation.rows == features.n_valid
+    assert stored.evaluation.metrics["ranking.auc"] == pytest.approx(
+        ranking.metrics["auc"], abs=1e-4
+    )
+    lineage = stored.lineage
+    assert (lineage.variant, lineage.data_checksum) == (raw.variant, raw.checksum)
+    assert lineage.features_fingerprint == features.fingerprint
+    assert lineage.params["epochs"] == ranking.params["epochs"]
+    assert lineage.code_version.startswith("0.")
+    assert stored.models["ranking"] == ranking.path
+
+    assert stored.trial.passed, stored.trial.message
+    assert stored.trial.rows == 257 and stored.trial.max_abs_diff <= 1e-5
+    state = registry.state()
+    assert (state.serving, state.version) == (FIRST, 1)
+    assert [event.reason for event in stored.events] == ["first run"]
+
+
+def test_worse_model_is_not_blessed_by_the_change_bound(home, first, worse):
+    settings = settings_for(home)
+    _, first_record = first
+    _, failure = worse
+    registry = Registry.from_settings(settings)
+    stored = registry.load(WORSE)
+    assert stored.status == "NOT_BLESSED"
+    assert stored.decision.compared_with == FIRST
+    failed = {(check.metric, check.kind) for check in stored.decision.failed}
+    assert ("ranking.auc", "change") in failed
+    assert "ranking.auc" in str(failure) and "FAIL" in str(failure)
+    # The blessed model re-scored on the worse candidate's held-out rows: the same rows here,
+    # so the same number as when it was judged itself.
+    assert stored.evaluation.blessed_metrics["ranking.auc"] == pytest.approx(
+        first_record.evaluation.metrics["ranking.auc"], abs=1e-6
+    )
+    assert stored.trial is None and stored.events == ()
+    assert (registry.state().serving, registry.state().version) == (FIRST, 1)
+    assert live_versions(settings) == {"1"}
+
+
+def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, worse):
+    settings = settings_for(home, *LOOSE_GATE)
+    raw, features = data
+    ranking = copy_of(worse[0], settings, CORRUPT)
+    assert gate(CORRUPT, raw, features, ranking, settings).status == "BLESSED"
+    (ranking.model_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
+
+    registry = Registry.from_settings(settings)
+    with pytest.raises(TrialServingFailed, match="(?s)tritonserver exited.*load failed"):
+        infra_validate(registry, CORRUPT, settings)
+    trial = registry.load(CORRUPT).trial
+    assert not trial.passed and trial.log_file.is_file()
+    with pytest.raises(RegistryError, match="trial serving"):
+        publish(registry, CORRUPT, settings, "should not happen")
+    assert registry.state().serving == FIRST
+    assert live_versions(settings) == {"1"}
+
+
+def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data, first, worse):
+    settings = settings_for(home, *LOOSE_GATE, "trial.enabled=false")
+    raw, features = data
+    ranking = copy_of(worse[0], settings, SECOND)
+    gate(SECOND, raw, features, ranking, settings)
+    registry = Registry.from_settings(settings)
+    assert publish(registry, SECOND, settings, "looser gate").version == 2
+
+    result = cli_for(settings)("rollback", "--reason", "AUC dropped")
+    assert result.exit_code == 0, result.output
+    state = registry.state()
+    assert (state.serving, state.version) == (FIRST, 3)
+    assert [(e.candidate, e.action) for e in state.history] == [
+        (FIRST, "publish"),
+        (SECOND, "publish"),
+        (FIRST, "rollback"),
+    ]
+    assert state.history[-1].reason == "AUC dropped" and state.history[-1].previous == SECOND
+
+    expected = registry.trial_sample(FIRST)
+    not_expected = registry.trial_sample(SECOND)["score"].to_numpy()
+    with (
+        TritonServer.from_settings(settings) as server,
+        RecflowClient.from_config(server.config) as client,
+    ):
+        served = client.infer(
+            client.ranking_model,
+            {
+                name: expected[name].to_numpy(np.int64).reshape(-1, 1)
+                for name in ("user_id", "item_id")
+            },
+            ["score"],
+        )["score"].reshape(-1)
+    np.testing.assert_allclose(served, expected["score"].to_numpy(), rtol=0, atol=1e-5)
+    assert np.abs(served - not_expected).max() > 1e-3

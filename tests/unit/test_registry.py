@@ -1,0 +1,247 @@
+"""The registry's records and state transitions, and `recflow models`, without models or servers.
+
+Exports are replaced by a counter: what is checked here is which candidate gets published when,
+and what is recorded. tests/integration/test_gate_registry.py does the same with real exports
+and a real Triton.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from recflow import registry as reg
+from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
+from recflow.config import Settings, load_settings
+from recflow.registry import (
+    CandidateRecord,
+    Check,
+    Evaluation,
+    GateDecision,
+    Lineage,
+    Registry,
+    RegistryError,
+    TrialResult,
+    check_id,
+    promote,
+    publish,
+    rollback,
+)
+
+A, B, C = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb", "20250103T000000Z-cccccc"
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return load_settings(overrides=[f"paths.home={tmp_path}", "trial.enabled=false"])
+
+
+@pytest.fixture
+def registry(settings) -> Registry:
+    return Registry.from_settings(settings)
+
+
+@pytest.fixture(autouse=True)
+def exports(monkeypatch) -> list[str]:
+    """Stand-in for exporting a candidate into the live repository: returns version N+1."""
+    exported: list[str] = []
+
+    def export(record, repo, cfg):
+        exported.append(record.id)
+        return len(exported)
+
+    monkeypatch.setattr(reg, "export_candidate", export)
+    return exported
+
+
+def record(candidate_id: str, blessed: bool = True, compared_with: str | None = None):
+    check = Check(
+        metric="ranking.auc", kind="absolute", value=0.8, op=">=", bound=0.6, passed=blessed
+    )
+    return CandidateRecord(
+        id=candidate_id,
+        created=datetime(2025, 1, 1, tzinfo=timezone.utc),
+        features=Path("/features/f"),
+        models={"ranking": Path(f"/models/{candidate_id}/ranking")},
+        lineage=Lineage(
+            run_id=candidate_id,
+            variant="synthetic",
+            data_checksum="d" * 64,
+            features_fingerprint="f" * 16,
+            workflow_sha256="w" * 64,
+            schema_sha256="s" * 64,
+            features_config={},
+            params={"epochs": 1},
+            code_version="0.1.0",
+        ),
+        evaluation=Evaluation(
+            rows=10,
+            metrics={"ranking.auc": 0.8},
+            baseline_metrics={"ranking.auc": 0.7},
+            compared_with=compared_with,
+        ),
+        training_metrics={"ranking.auc": 0.8},
+        gate={},
+        decision=GateDecision(checks=(check,), compared_with=compared_with),
+    )
+
+
+def add(registry: Registry, tmp_path: Path, *records: CandidateRecord) -> None:
+    schema = tmp_path / "schema.pbtxt"
+    schema.write_text("feature {}\n")
+    sample = pd.DataFrame({"user_id": [1], "item_id": [2], "score": [0.5]})
+    for one in records:
+        registry.add(one, sample, schema)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "../x", "a/b", ".hidden", "-x", "x" * 81, "a b", "a.b", "..", "/etc"]
+)
+def test_candidate_ids_are_checked_before_touching_the_file_system(registry, bad):
+    with pytest.raises(ValueError, match="not a candidate id"):
+        registry.path(bad)
+    with pytest.raises(ValueError):
+        registry.load(bad)
+
+
+def test_run_ids_are_candidate_ids():
+    assert check_id(A) == A
+
+
+def test_records_are_stored_listed_and_loaded(registry, tmp_path):
+    assert registry.ids() == [] and registry.serving() is None
+    add(registry, tmp_path, record(B), record(A))
+    (registry.candidates_dir / ".x.staging-123").mkdir()
+    assert registry.ids() == [A, B]
+    loaded = registry.load(A)
+    assert loaded == record(A)
+    assert (registry.path(A) / "schema.pbtxt").read_text() == "feature {}\n"
+    assert registry.trial_sample(A)["score"].tolist() == [0.5]
+    with pytest.raises(RegistryError, match="no candidate"):
+        registry.load(C)
+    with pytest.raises(FileExistsError):
+        add(registry, tmp_path, record(A))
+
+
+def test_publish_needs_a_blessing_a_trial_and_the_current_baseline(registry, settings, tmp_path):
+    add(registry, tmp_path, record(A), record(B, blessed=False), record(C, compared_with=B))
+    with pytest.raises(RegistryError, match="NOT_BLESSED"):
+        publish(registry, B, settings, "r")
+    with pytest.raises(RegistryError, match="judged against"):
+        publish(registry, C, settings, "r")
+    registry.record_trial(C, TrialResult(passed=False, at=reg.now(), message="no load"))
+    with pytest.raises(RegistryError, match="failed trial serving: no load"):
+        publish(registry, C, settings, "r")
+    trial_on = with_trial(settings)
+    with pytest.raises(RegistryError, match="not been through trial serving"):
+        publish(registry, A, trial_on, "r")
+    registry.record_trial(A, TrialResult(passed=True, at=reg.now()))
+    event = publish(registry, A, trial_on, "run A")
+    assert (event.candidate, event.version, event.previous, event.action) == (A, 1, None, "publish")
+    state = registry.state()
+    assert (state.serving, state.version) == (A, 1)
+    assert registry.serving() == registry.load(A)
+    assert registry.load(A).events == (event,)
+    assert registry.load(A).trial.passed
+
+
+def test_rollback_and_promote_record_who_why_and_when(registry, settings, tmp_path, exports):
+    add(registry, tmp_path, record(A), record(B, compared_with=A), record(C, blessed=False))
+    with pytest.raises(RegistryError, match="nothing is serving"):
+        rollback(registry, settings, "r")
+    publish(registry, A, settings, "run A")
+    with pytest.raises(RegistryError, match="only candidate"):
+        rollback(registry, settings, "r")
+    publish(registry, B, settings, "run B")
+
+    back = rollback(registry, settings, "B hurts CTR")
+    assert (back.candidate, back.version, back.previous, back.reason) == (A, 3, B, "B hurts CTR")
+    assert exports == [A, B, A]
+    assert (registry.state().serving, registry.state().version) == (A, 3)
+    assert [e.action for e in registry.load(A).events] == ["publish", "rollback"]
+    assert [e.candidate for e in registry.state().history] == [A, B, A]
+
+    with pytest.raises(RegistryError, match="never served"):
+        rollback(registry, settings, "r", to=C)
+    with pytest.raises(RegistryError, match="NOT_BLESSED"):
+        promote(registry, C, settings, "r")
+    again = promote(registry, B, settings, "fixed upstream")
+    assert (again.candidate, again.version, again.action, again.previous) == (B, 4, "promote", A)
+    assert rollback(registry, settings, "r", to=A).version == 5
+    state = json.loads((registry.root / "state.json").read_text())
+    assert state["serving"] == A and len(state["history"]) == 5
+
+
+def cli_for(settings: Settings):
+    """Invoke `models ...` under a root app whose settings are ``settings``."""
+    root = typer.Typer()
+
+    @root.callback()
+    def main(ctx: typer.Context) -> None:
+        ctx.obj = settings
+
+    root.add_typer(models_app, name="models")
+    # Wide enough that rich does not wrap candidate ids in table cells.
+    runner = CliRunner(env={"COLUMNS": "200"})
+    return lambda *args: runner.invoke(root, ["models", *args])
+
+
+def with_trial(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"trial": settings.trial.model_copy(update={"enabled": True})}
+    )
+
+
+@pytest.fixture
+def cli(settings):
+    return cli_for(settings)
+
+
+def test_cli_lists_shows_promotes_and_rolls_back(cli, registry, settings, tmp_path):
+    add(registry, tmp_path, record(A), record(B, compared_with=A), record(C, blessed=False))
+    publish(registry, A, settings, "run A")
+
+    listed = cli("list")
+    assert listed.exit_code == 0, listed.output
+    assert A in listed.output and "NOT_BLESSED" in listed.output and "version 1" in listed.output
+
+    shown = cli("show", A)
+    assert shown.exit_code == 0, shown.output
+    assert "ranking.auc" in shown.output and "publish as version 1" in shown.output
+    assert json.loads(cli("show", A, "--json").output)["id"] == A
+
+    assert cli("show", "../../etc").exit_code == 2
+    assert cli("show", C[:-1] + "d").exit_code == 1
+    assert cli("promote", C, "--reason", "try").exit_code == 1
+    assert cli("promote", B, "--reason", " ").exit_code == 2
+
+    promoted = cli("promote", B, "--reason", "better on the new data")
+    assert promoted.exit_code == 0, promoted.output
+    assert registry.state().serving == B
+    rolled = cli("rollback", "--reason", "latency regression")
+    assert rolled.exit_code == 0, rolled.output
+    assert "serves as version 3" in rolled.output
+    assert registry.load(A).events[-1].reason == "latency regression"
+    assert cli("rollback", "--reason", "x", "--to", "a/../b").exit_code == 2
+
+
+def test_cli_exit_code_when_trial_serving_blocks(registry, settings, tmp_path, monkeypatch):
+    from serving import trial
+
+    add(registry, tmp_path, record(A))
+    failed = TrialResult(passed=False, at=reg.now(), message="model did not load")
+
+    def failing(registry, candidate_id, settings):
+        raise trial.TrialServingFailed(candidate_id, failed)
+
+    monkeypatch.setattr(trial, "infra_validate", failing)
+    result = cli_for(with_trial(settings))("promote", A, "--reason", "go")
+    assert result.exit_code == EXIT_TRIAL_FAILED
+    assert "model did not load" in result.output
+    assert registry.state().serving is None
