@@ -1,0 +1,169 @@
+"""The pipeline's stages as Prefect subflows; each one also runs alone.
+
+A subflow given no upstream artifact makes it by running the subflow before it, so
+``build_features(settings)`` fetches the data first and ``train_models(settings)`` builds (or
+reuses) features first. Every stage reports to the dashboard (recflow/reporting.py) and says
+whether it did its work or found it done. docs/orchestration.md describes all of it.
+"""
+
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from models.dlrm import RankingModel
+from recflow import reporting
+from recflow.artifacts import MANIFEST, Artifact, RawDataset
+from recflow.config import Settings, load_settings
+from serving.repository import RankingEndpoint
+from serving.trial import TrialServingFailed
+from tasks.download import fetch_dataset_task
+from tasks.features import FeatureSet, build_features_task, fingerprint
+from tasks.gate import GateFailed, gate_task, publish_task, trial_task
+from tasks.train import RANKING_DIR, train_ranking_task
+from tasks.validate import REPORT, DataValidationError, ValidationReport, validate_features_task
+
+# Persisted task results (the features cache) live with the artifacts they point at, so
+# deleting an artifact directory and its cache go together.
+RESULTS_DIR = "prefect-results"
+
+
+def new_run_id() -> str:
+    # Sorts chronologically, so the newest run is the last one listed.
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def as_settings(value: Settings | dict[str, Any] | None) -> Settings:
+    """Flow parameters arrive as Settings (Python callers) or as JSON (deployments), or not at
+    all: then the environment and RECFLOW_CONFIG decide, as for ``recflow run``."""
+    if isinstance(value, Settings):
+        return value
+    return Settings(**value) if value else load_settings()
+
+
+def run_name(template: str) -> Callable[[], str]:
+    """A flow run name from ``template``, formatted with the run's parameters.
+
+    A callable rather than Prefect's plain template, because ``settings`` may be None or JSON.
+    """
+
+    def name() -> str:
+        parameters = dict(flow_run.parameters)
+        parameters["settings"] = as_settings(parameters.get("settings"))
+        return template.format(**parameters)
+
+    return name
+
+
+def made_before(artifact: Artifact, moment: float) -> bool:
+    """Whether the artifact on disk predates ``moment`` (a ``time.time()``): a stage reused it.
+
+    Stages write the manifest last, in a staging directory renamed into place, so its mtime is
+    when the artifact was completed. Whole seconds: some file systems store no more.
+    """
+    return (artifact.path / MANIFEST).stat().st_mtime < int(moment)
+
+
+@flow(name="fetch-data", flow_run_name=run_name("fetch-data-{settings.data.variant}"))
+def fetch_data(settings: Settings | None = None) -> RawDataset:
+    """Download (or generate), verify and normalise the dataset variant."""
+    settings = as_settings(settings)
+    started = time.time()
+    fetch = fetch_dataset_task.with_options(
+        task_run_name=f"fetch-{settings.data.variant}",
+        timeout_seconds=settings.orchestration.fetch_timeout_s,
+    )
+    raw = fetch(settings.data, settings.paths)
+    reused = made_before(raw, started)
+    get_run_logger().info(reporting.reuse_note("dataset", reused, raw.checksum))
+    reporting.report_dataset(raw, reused)
+    return raw
+
+
+@flow(name="build-features", flow_run_name=run_name("build-features-{settings.data.variant}"))
+def build_features(
+    settings: Settings | None = None, raw: RawDataset | None = None, force: bool = False
+) -> FeatureSet:
+    """NVTabular features on Dask, cached on what they depend on, then validated."""
+    settings = as_settings(settings)
+    raw = raw or fetch_data(settings)
+    # The data checksum, the features and cleaning configuration and the code version.
+    key = fingerprint(raw, settings.features, settings.validation)
+    started = time.time()
+    build = build_features_task.with_options(
+        task_run_name=f"build-features-{raw.variant}-{key}",
+        cache_key_fn=lambda *_: f"features-{key}",
+        persist_result=True,
+        result_storage=settings.paths.home / RESULTS_DIR,
+        # A cached result is only as good as the directory it names: rebuild if that is gone.
+        refresh_cache=force or not (settings.paths.features_dir / key / MANIFEST).is_file(),
+        timeout_seconds=settings.orchestration.features_timeout_s,
+    )
+    state = build(raw, settings, return_state=True)
+    features: FeatureSet = state.result()
+    reused = state.name == "Cached" or made_before(features, started)
+    get_run_logger().info(reporting.reuse_note("features", reused, features.fingerprint))
+    reporting.report_features(features, reused)
+    try:
+        reporting.report_validation(validate_features_task(features, settings))
+    except DataValidationError:
+        # The report on disk lists every anomaly, warnings included; the error only blockers.
+        reporting.report_validation(
+            ValidationReport.model_validate_json((features.path / REPORT).read_text())
+        )
+        raise
+    return features
+
+
+@flow(name="train-models", flow_run_name=run_name("train-models-{settings.data.variant}"))
+def train_models(
+    settings: Settings | None = None, features: FeatureSet | None = None, run_id: str | None = None
+) -> RankingModel:
+    """Train the ranking model into ``models/<run_id>/`` (a new run id by default)."""
+    settings = as_settings(settings)
+    features = features or build_features(settings)
+    run_id = run_id or new_run_id()
+    train = train_ranking_task.with_options(
+        task_run_name=f"train-dlrm-{run_id}",
+        timeout_seconds=settings.orchestration.train_timeout_s,
+    )
+    ranking = train(features, settings, run_id)
+    reporting.report_training(ranking)
+    return ranking
+
+
+@flow(name="evaluate-and-publish", flow_run_name=run_name("evaluate-and-publish-{run_id}"))
+def evaluate_and_publish(
+    run_id: str, settings: Settings | None = None, raw: RawDataset | None = None
+) -> reporting.Published:
+    """Gate the model trained in run ``run_id``; if blessed, trial-serve and publish it."""
+    settings = as_settings(settings)
+    ranking = RankingModel.load(settings.paths.models_dir / run_id / RANKING_DIR)
+    features = FeatureSet.load(settings.paths.features_dir / ranking.features_fingerprint)
+    raw = raw or fetch_data(settings)
+    try:
+        record = gate_task(run_id, raw, features, ranking, settings)
+    except GateFailed as failed:
+        reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision)
+        raise
+    reporting.report_evaluation(record.id, record.evaluation, record.decision)
+    if settings.trial.enabled:
+        try:
+            reporting.report_trial(record.id, trial_task(record.id, settings))
+        except TrialServingFailed as failed:
+            reporting.report_trial(record.id, failed.result)
+            raise
+    publish = publish_task.with_options(timeout_seconds=settings.orchestration.publish_timeout_s)
+    event = publish(record.id, settings, f"pipeline run {run_id}")
+    published = reporting.Published(
+        candidate=record.id,
+        version=event.version,
+        repository=settings.paths.triton_repo,
+        models=list(RankingEndpoint(settings.serving.model_prefix).all_models),
+    )
+    reporting.report_published(published)
+    return published

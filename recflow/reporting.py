@@ -1,0 +1,248 @@
+"""What a run shows in the Prefect dashboard: one artifact per stage, under a stable key.
+
+Each ``*_table`` / ``*_markdown`` function turns a stage's result into plain rows or markdown
+(easy to test, no Prefect needed); each ``report_*`` publishes that as a Prefect artifact of the
+current flow or task run. A stable key makes the dashboard's Artifacts page show the latest value
+and its history across runs. To report a new stage, add a key to ``Keys``, a builder and a
+``report_*`` function. docs/orchestration.md lists the keys and what each holds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pydantic import BaseModel
+
+from models.dlrm import RankingModel
+from recflow.artifacts import RawDataset
+from recflow.registry import Evaluation, GateDecision, TrialResult
+from tasks.features import FeatureSet
+from tasks.validate import FEATURES_TABLE, ValidationReport
+
+Row = dict[str, Any]
+
+
+class Keys:
+    """Artifact keys (Prefect allows lowercase letters, digits and dashes)."""
+
+    DATASET = "dataset-summary"
+    FEATURES = "feature-statistics"
+    ANOMALIES = "validation-anomalies"
+    TRAINING_CURVES = "training-curves"
+    METRICS = "metrics-vs-baselines"
+    GATE = "gate-decision"
+    SMOKE_TEST = "serving-smoke-test"
+    PUBLISHED = "published-model"
+
+
+class Published(BaseModel):
+    """A candidate written to the Triton repository as a new version."""
+
+    candidate: str
+    version: int
+    repository: Path
+    models: list[str]
+
+    def version_dirs(self) -> list[Path]:
+        return [self.repository / model / str(self.version) for model in self.models]
+
+
+def reuse_note(what: str, reused: bool, key: str) -> str:
+    """The one line that says whether a stage did its work or found it done."""
+    return f"{what} {'reused' if reused else 'built'}: {key}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Builders
+
+
+def dataset_table(raw: RawDataset, reused: bool) -> list[Row]:
+    fields = {
+        "variant": raw.variant,
+        "source checksum": raw.checksum,
+        "interactions": raw.n_interactions,
+        "users": raw.n_users,
+        "items": raw.n_items,
+        "user side table": raw.has_users,
+        "path": str(raw.path),
+        "this run": "reused" if reused else "built",
+    }
+    return [{"field": name, "value": value} for name, value in fields.items()]
+
+
+def features_table(features: FeatureSet) -> list[Row]:
+    """One row per column of every table the build read and of its output (table "features"):
+    the feature schema's tags and cardinality, then the statistics validation compares."""
+    schema = TensorflowMetadata.from_proto_text_file(
+        str(features.schema_file.parent), file_name=features.schema_file.name
+    ).to_merlin_schema()
+    rows = []
+    for table, columns in features.profile().tables.items():
+        for name, stats in columns.items():
+            in_schema = table == FEATURES_TABLE and name in schema.column_names
+            tags = sorted(str(tag.value) for tag in schema[name].tags) if in_schema else []
+            rows.append(
+                {
+                    "table": table,
+                    "column": name,
+                    "dtype": stats.dtype,
+                    "tags": ", ".join(tags),
+                    "cardinality": features.cardinalities.get(name, stats.cardinality)
+                    if table == FEATURES_TABLE
+                    else stats.cardinality,
+                    "count": stats.count,
+                    "nulls": stats.nulls,
+                    "min": _round(stats.min),
+                    "max": _round(stats.max),
+                }
+            )
+    return rows
+
+
+def anomalies_table(report: ValidationReport) -> list[Row]:
+    return [
+        {
+            "table": anomaly.table,
+            "column": anomaly.column,
+            "check": anomaly.check,
+            "expected": anomaly.expected,
+            "found": anomaly.found,
+            "blocking": anomaly.blocking,
+        }
+        for anomaly in report.anomalies
+    ]
+
+
+def anomalies_summary(report: ValidationReport) -> str:
+    against = f"accepted build {report.baseline}" if report.baseline else "no accepted build"
+    blocking = len(report.blocking)
+    verdict = f"{blocking} blocking, training stopped" if blocking else "accepted"
+    return f"{len(report.anomalies)} anomalies against {against}: {verdict}"
+
+
+def training_curves_table(ranking: RankingModel) -> list[Row]:
+    """The Keras history, one row per epoch; the epoch whose weights were kept is marked."""
+    return [
+        {
+            "epoch": epoch,
+            **{name: _round(value) for name, value in sorted(values.items())},
+            "kept": "best" if epoch == ranking.best_epoch else "",
+        }
+        for epoch, values in enumerate(ranking.history, start=1)
+    ]
+
+
+def metrics_table(evaluation: Evaluation) -> list[Row]:
+    """The candidate against its baselines and the blessed model, on the same held-out rows."""
+    blessed = f"blessed {evaluation.compared_with}" if evaluation.compared_with else "blessed"
+    return [
+        {
+            "metric": name,
+            "candidate": _round(value),
+            "baseline": _round(evaluation.baseline_metrics.get(name)),
+            blessed: _round(evaluation.blessed_metrics.get(name)),
+        }
+        for name, value in evaluation.metrics.items()
+    ]
+
+
+def trial_markdown(candidate: str, trial: TrialResult) -> str:
+    verdict = "answered as in-process" if trial.passed else "**FAILED**"
+    lines = [f"# Serving smoke test of {candidate}: {verdict}", ""]
+    facts = {
+        "held-out pairs scored by Triton": trial.rows,
+        "largest |served - in-process| score": trial.max_abs_diff,
+        "server start-up (s)": _round(trial.startup_s),
+        "server log": f"`{trial.log_file}`" if trial.log_file else None,
+        "message": trial.message,
+    }
+    lines += [f"- {name}: {value}" for name, value in facts.items() if value not in (None, "")]
+    return "\n".join(lines)
+
+
+def published_markdown(published: Published) -> str:
+    lines = [
+        f"# Published {published.candidate} as version {published.version}",
+        "",
+        f"Model repository: `{published.repository}`",
+        "",
+        "| model | version directory |",
+        "| --- | --- |",
+    ]
+    lines += [
+        f"| {model} | `{path}` |"
+        for model, path in zip(published.models, published.version_dirs(), strict=True)
+    ]
+    lines += ["", "`recflow serve` serves it; a running Triton loads it with a model reload."]
+    return "\n".join(lines)
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefect artifacts
+
+
+def report_dataset(raw: RawDataset, reused: bool) -> None:
+    create_table_artifact(
+        key=Keys.DATASET,
+        table=dataset_table(raw, reused),
+        description=reuse_note("dataset", reused, raw.checksum),
+    )
+
+
+def report_features(features: FeatureSet, reused: bool) -> None:
+    counts = f"{features.n_train} train / {features.n_valid} valid rows"
+    create_table_artifact(
+        key=Keys.FEATURES,
+        table=features_table(features),
+        description=f"{reuse_note('features', reused, features.fingerprint)} ({counts})",
+    )
+
+
+def report_validation(report: ValidationReport) -> None:
+    create_table_artifact(
+        key=Keys.ANOMALIES, table=anomalies_table(report), description=anomalies_summary(report)
+    )
+
+
+def report_training(ranking: RankingModel) -> None:
+    create_table_artifact(
+        key=Keys.TRAINING_CURVES,
+        table=training_curves_table(ranking),
+        description=f"{ranking.path.parent.name}: {len(ranking.history)} epochs, "
+        f"weights of epoch {ranking.best_epoch} kept",
+    )
+
+
+def report_evaluation(candidate: str, evaluation: Evaluation, decision: GateDecision) -> None:
+    create_table_artifact(
+        key=Keys.METRICS,
+        table=metrics_table(evaluation),
+        description=f"{candidate} on {evaluation.rows} held-out rows",
+    )
+    create_markdown_artifact(
+        key=Keys.GATE, markdown=decision.markdown(), description=f"{candidate}: {decision.status}"
+    )
+
+
+def report_trial(candidate: str, trial: TrialResult) -> None:
+    create_markdown_artifact(
+        key=Keys.SMOKE_TEST,
+        markdown=trial_markdown(candidate, trial),
+        description=f"{candidate}: {'passed' if trial.passed else 'FAILED'}",
+    )
+
+
+def report_published(published: Published) -> None:
+    create_markdown_artifact(
+        key=Keys.PUBLISHED,
+        markdown=published_markdown(published),
+        description=f"{published.candidate} is version {published.version} "
+        f"in {published.repository}",
+    )
