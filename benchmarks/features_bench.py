@@ -1,13 +1,16 @@
 """Benchmark of the features stage on synthetic data: throughput, peak memory, out-of-core runs.
 
-    .venv/bin/python benchmarks/features_bench.py --sizes 1M,10M,50M --memory-limit 1GB
+    .venv/bin/python benchmarks/features_bench.py --sizes 1M,10M,50M --compare-sizes 1M,10M
 
 For each size it generates synthetic interactions once (cached under ``--work-dir``), then runs
 ``build_features`` on a fresh ``LocalCluster`` whose workers have ``--memory-limit`` each, and
-records rows/s, the peak resident memory of the workers and of this process, and the peak size
-of the workers' spill directory. At ``--compare-size`` it also runs the same data with
-``HashBucket`` ids (two bucket counts) and trains a short DLRM on each encoding to compare
-validation AUC. Results are printed and written as markdown to ``--out``.
+records rows/s, the CPU time of the workers and of this process, the peak resident memory of
+each worker and of this process, the peak size of the workers' spill directory and of the
+build's own files on disk, and the machine's load. The workers import NVTabular (and with it
+TensorFlow) before the clock starts: that is cluster start-up, not feature engineering. At each
+of ``--compare-sizes`` it also runs the same data with ``HashBucket`` ids (each of
+``--hash-buckets``) and trains a short DLRM on every encoding to compare validation AUC.
+Results are printed and written as markdown to ``--out`` after every run.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,10 +65,16 @@ class Run:
     seconds: float
     cpu_seconds: float
     worker_peak_bytes: int
+    # The largest single worker's peak: what the memory limit applies to.
+    worker_max_bytes: int
     client_peak_bytes: int
     spill_peak_bytes: int
-    # The machine's 1-minute load average when the run ended: other work competes for the cores.
+    # The build's own scratch and output files (cleaned splits, joined splits, outputs).
+    disk_peak_bytes: int
+    # The machine's 1-minute load average, mean and max over the run: other work competes for
+    # the 2 cores, so wall time alone misleads.
     load: float
+    load_max: float
     auc: float | None = None
     features: FeatureSet | None = field(default=None, repr=False)
 
@@ -100,23 +109,28 @@ def dataset(rows: int, work_dir: Path) -> RawDataset:
 def in_memory_bytes(raw: RawDataset) -> int:
     """Estimated pandas size of the joined frame the workflow reads, from a sample."""
     import dask.dataframe as dd
+    import pyarrow.parquet as pq
 
-    sample = pd.read_parquet(raw.interactions).head(SIZE_SAMPLE_ROWS)
+    first = pq.ParquetFile(raw.interactions).read_row_group(0)
+    sample = first.slice(0, SIZE_SAMPLE_ROWS).to_pandas()
     items, users, _ = side_feature_tables(raw, dd.from_pandas(sample, npartitions=1))
     joined = attach_side_features(sample, items, users)
     return int(joined.memory_usage(deep=True).sum() / len(joined) * raw.n_interactions)
 
 
 class PeakSampler:
-    """Polls this process's children (the workers) and the spill dir: peak memory and bytes,
-    and the CPU time everything used (the machine may be shared, so wall time alone misleads).
+    """Polls this process's children (the workers), the spill dir and the output dir: peak
+    memory and bytes, the CPU time everything used from now on, and the load average.
     """
 
-    def __init__(self, spill_dir: Path):
-        self.spill_dir = spill_dir
-        self.worker_peak = self.client_peak = self.spill_peak = 0
+    def __init__(self, spill_dir: Path, out_dir: Path):
+        self.spill_dir, self.out_dir = spill_dir, out_dir
+        self.worker_peak = self.worker_max = self.client_peak = 0
+        self.spill_peak = self.disk_peak = 0
+        self.loads: list[float] = []
         self._cpu: dict[int, float] = {}
-        self._own_cpu_start = _cpu_seconds(psutil.Process())
+        # CPU the processes used before (start-up, imports) is not the build's.
+        self._cpu_start = {p.pid: _cpu_seconds(p) for p in _family()}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -140,17 +154,26 @@ class PeakSampler:
     def _sample(self) -> None:
         me = psutil.Process()
         rss = 0
-        for child in me.children(recursive=True):
+        for process in _family():
             try:
-                rss += child.memory_info().rss
                 # Cumulative per process: the last reading before it exits counts.
-                self._cpu[child.pid] = _cpu_seconds(child)
+                self._cpu[process.pid] = _cpu_seconds(process) - self._cpu_start.get(process.pid, 0)
+                if process.pid != me.pid:
+                    child = process.memory_info().rss
+                    rss += child
+                    self.worker_max = max(self.worker_max, child)
             except psutil.NoSuchProcess:
                 continue
-        self._cpu[me.pid] = _cpu_seconds(me) - self._own_cpu_start
         self.worker_peak = max(self.worker_peak, rss)
         self.client_peak = max(self.client_peak, me.memory_info().rss)
         self.spill_peak = max(self.spill_peak, _tree_bytes(self.spill_dir))
+        self.disk_peak = max(self.disk_peak, _tree_bytes(self.out_dir))
+        self.loads.append(os.getloadavg()[0])
+
+
+def _family() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [me, *me.children(recursive=True)]
 
 
 def _cpu_seconds(process: psutil.Process) -> float:
@@ -169,21 +192,33 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
+def _warm_up() -> None:
+    """Runs on each worker: the imports every NVTabular task needs (TensorFlow among them)."""
+    import nvtabular  # noqa: F401
+
+    import tasks.features  # noqa: F401
+
+
 def run_features(raw: RawDataset, cfg: FeaturesConfig, compute: ComputeConfig, out: Path) -> Run:
     spill = Path(compute.spill_dir)
-    with open_cluster(compute) as (_client, _device), PeakSampler(spill) as peaks:
-        started = time.perf_counter()
-        features = build_features(raw, cfg, out)
-        seconds = time.perf_counter() - started
+    with open_cluster(compute) as (client, _device):
+        client.run(_warm_up)
+        with PeakSampler(spill, out) as peaks:
+            started = time.perf_counter()
+            features = build_features(raw, cfg, out)
+            seconds = time.perf_counter() - started
     run = Run(
         rows=raw.n_interactions,
         encoding=_encoding(cfg),
         seconds=seconds,
         cpu_seconds=peaks.cpu_seconds,
         worker_peak_bytes=peaks.worker_peak,
+        worker_max_bytes=peaks.worker_max,
         client_peak_bytes=peaks.client_peak,
         spill_peak_bytes=peaks.spill_peak,
-        load=os.getloadavg()[0],
+        disk_peak_bytes=peaks.disk_peak,
+        load=sum(peaks.loads) / max(1, len(peaks.loads)),
+        load_max=max(peaks.loads, default=0.0),
         features=features,
     )
     log.info("%s", run)
@@ -213,7 +248,9 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def report(runs: list[Run], sizes: dict[int, int], args: argparse.Namespace, command: str) -> str:
+def report(
+    runs: list[Run], sizes: dict[int, int], args: argparse.Namespace, command: str, notes: str
+) -> str:
     lines = [
         "# Features stage benchmark",
         "",
@@ -223,50 +260,63 @@ def report(runs: list[Run], sizes: dict[int, int], args: argparse.Namespace, com
         command,
         "```",
         "",
-        f"Machine: {os.cpu_count()} cores, {gib(psutil.virtual_memory().total)} RAM, no GPU. "
+        f"Machine: {os.cpu_count()} cores, {gib(psutil.virtual_memory().total)} RAM, no GPU, "
+        "shared with other engineers' jobs (see the load columns). "
         f"Cluster: LocalCluster, {args.workers} worker processes x 1 thread, memory limit "
         f"{args.memory_limit} per worker (spilling to disk). Data: tasks/synthetic.py, "
-        f"{N_ITEMS} items, {RATINGS_PER_USER} ratings per user on average, random split. "
-        "Time is `build_features` alone (profile, clean + split, fit, transform, statistics), "
-        "not data generation or cluster start-up.",
+        f"{N_ITEMS} items, {RATINGS_PER_USER} ratings per user on average, random split, "
+        f"features.partition_rows={FeaturesConfig().partition_rows:,}. "
+        "Time is `build_features` alone (profile, clean + split, join, fit, transform, "
+        "statistics), not data generation, cluster start-up or the workers' imports. "
+        "CPU seconds: the workers, their nannies and this process, from the clock's start.",
         "",
         "| interactions | ids | seconds | rows/s | CPU seconds | rows per CPU second "
-        "| workers' peak RSS (sum) | client peak RSS | spill dir peak "
-        "| joined frame in memory (est.) | load avg | DLRM valid AUC |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| largest worker's peak RSS | workers' peak RSS (sum, with nannies) | client peak RSS "
+        "| spill dir peak | build files on disk, peak | joined frame in memory (est.) "
+        "| load avg (mean / max) | DLRM valid AUC |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
-    for run in runs:
+    for run in sorted(runs, key=lambda r: (r.rows, r.encoding != "Categorify")):
         auc = f"{run.auc:.4f}" if run.auc is not None else "-"
         lines.append(
             f"| {run.rows:,} | {run.encoding} | {run.seconds:.0f} | {run.rows_per_s:,.0f} | "
             f"{run.cpu_seconds:.0f} | {run.rows / run.cpu_seconds:,.0f} | "
-            f"{gib(run.worker_peak_bytes)} | {gib(run.client_peak_bytes)} | "
-            f"{gib(run.spill_peak_bytes)} | {gib(sizes[run.rows])} | {run.load:.1f} | {auc} |"
+            f"{gib(run.worker_max_bytes)} | {gib(run.worker_peak_bytes)} | "
+            f"{gib(run.client_peak_bytes)} | {gib(run.spill_peak_bytes)} | "
+            f"{gib(run.disk_peak_bytes)} | {gib(sizes[run.rows])} | "
+            f"{run.load:.1f} / {run.load_max:.1f} | {auc} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (f"\n{notes.strip()}\n" if notes.strip() else "")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1M,10M,50M")
-    parser.add_argument("--compare-size", default="1M", help="also run HashBucket and a DLRM here")
+    parser.add_argument(
+        "--compare-sizes", default="1M,10M", help="also run HashBucket and DLRMs at these sizes"
+    )
     parser.add_argument("--hash-buckets", default="100000,1000")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--memory-limit", default="1GB")
+    parser.add_argument("--memory-limit", default="2GB")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/recflow-bench"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/features.md")
+    parser.add_argument(
+        "--notes", type=Path, help="markdown appended to the report (what the numbers show)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = shlex.join([".venv/bin/python", "benchmarks/features_bench.py", *sys.argv[1:]])
+    notes = args.notes.read_text() if args.notes else ""
 
     runs, sizes = [], {}
-    compare = parse_size(args.compare_size)
+    compare = {parse_size(s) for s in args.compare_sizes.split(",") if s}
     for rows in [parse_size(s) for s in args.sizes.split(",")]:
         raw = dataset(rows, args.work_dir)
         sizes[rows] = in_memory_bytes(raw)
         configs = [FeaturesConfig()]
-        if rows == compare:
+        if rows in compare:
             configs += [
                 FeaturesConfig(id_encoding="hash", hash_buckets=int(n))
                 for n in args.hash_buckets.split(",")
@@ -282,11 +332,14 @@ def main() -> None:
             )
             out = args.work_dir / f"features-{time.time_ns()}"
             run = run_features(raw, cfg, compute, out)
-            if rows == compare:
+            if rows in compare:
                 run.auc = train_auc(run, args.work_dir, args.epochs)
+            # Large builds take gigabytes: keep only the numbers.
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(spill, ignore_errors=True)
             runs.append(run)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(report(runs, sizes, args, command))
+            args.out.write_text(report(runs, sizes, args, command, notes))
     print(args.out.read_text())
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import nvtabular as nvt
 import nvtabular.ops as ops
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from merlin.io import Dataset
 from merlin.schema import Schema, Tags
@@ -70,7 +71,9 @@ USER_INPUTS = (USER_ID, *USER_CATEGORICALS, USER_COUNT)
 ITEM_INPUTS = (ITEM_ID, *ITEM_CATEGORICALS, *ITEM_LISTS, ITEM_COUNT)
 # Ages in MovieLens-1M's own buckets, so ml-100k and ml-1m users land on the same scale.
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
-FEATURES_VERSION = "2"
+# 3: the splits are joined with their side features once and written as parquet partitions of
+# at most features.partition_rows rows, which NVTabular then fits and transforms from files.
+FEATURES_VERSION = "3"
 # What the columns the stage reads must hold: integer ids (signed: an id beyond int64 does not
 # fit the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
 REQUIRED = {
@@ -223,12 +226,16 @@ def clean_and_split(
     validation: ValidationConfig,
     timestamp_quantiles: list[float],
     work_dir: Path,
+    *,
+    npartitions: int | None = None,
 ) -> tuple[dd.DataFrame, dd.DataFrame, dict[str, int]]:
     """Apply the cleaning rules, split, and write the result to ``work_dir`` once.
 
     Rows are shuffled by user so that duplicates and each user's history meet in one partition;
     writing the outcome keeps later passes (fit, transform) from repeating that shuffle.
-    Returns the training and validation rows and the rows each rule dropped.
+    ``npartitions``: partitions after the shuffle (default: as many as ``interactions`` has);
+    see ``partition_count``. Returns the training and validation rows and the rows each rule
+    dropped.
     """
     bounds = (validation.rating_min, validation.rating_max)
     meta = pd.DataFrame({MISSING_VALUE: pd.Series(dtype="int64"), OUT_OF_RANGE: []}).astype("int64")
@@ -236,9 +243,11 @@ def clean_and_split(
     # The split's global cutoff, read off the profile's percentiles instead of another pass.
     cutoff = float(np.interp(1 - cfg.valid_fraction, QUANTILE_PROBS, timestamp_quantiles))
     kept = interactions.map_partitions(_keep_valid_rows, *bounds)
-    flagged = kept.shuffle(USER_ID).map_partitions(_dedupe_and_flag, cfg, cutoff)
+    shuffled = kept.shuffle(USER_ID, npartitions=npartitions or interactions.npartitions)
+    flagged = shuffled.map_partitions(_dedupe_and_flag, cfg, cutoff)
     n_raw = interactions.shape[0]
-    counts, n_raw, _ = dd.compute(counts, n_raw, flagged.to_parquet(str(work_dir), compute=False))
+    write = flagged.to_parquet(str(work_dir), compute=False, write_metadata_file=False)
+    counts, n_raw, _ = dd.compute(counts, n_raw, write)
     written = dd.read_parquet(str(work_dir))
     n_kept = sum(pq.read_metadata(part).num_rows for part in work_dir.glob("*.parquet"))
     cleaning = {rule: int(n) for rule, n in counts.items()}
@@ -254,6 +263,48 @@ def clean_and_split(
     is_valid = written[SPLIT_FLAG]
     train, valid = (written[mask].drop(columns=SPLIT_FLAG) for mask in (~is_valid, is_valid))
     return train, valid, cleaning
+
+
+def partition_count(n_rows: int, partition_rows: int) -> int:
+    """Partitions that hold ``n_rows`` rows with at most ``partition_rows`` in each."""
+    return max(1, -(-n_rows // partition_rows))
+
+
+def write_joined_splits(
+    splits: dict[str, dd.DataFrame],
+    items: pd.DataFrame,
+    users: pd.DataFrame | None,
+    work_dir: Path,
+) -> dict[str, list[Path]]:
+    """Join each split with its side features once and write it as parquet, one file (and one
+    row group) per partition; returns each split's non-empty files, in order.
+
+    The workflow's passes (dtype sampling, fit, transforms) then read these files instead of
+    repeating the join, and the workers write partitions rather than sending rows to the client.
+    """
+    # Dask infers string for object columns; the list columns hold lists of strings.
+    lists = {column: pa.list_(pa.string()) for column in ITEM_LISTS}
+    writes = [
+        attach_side_features(ddf, items, users).to_parquet(
+            str(work_dir / name),
+            compute=False,
+            write_index=False,
+            write_metadata_file=False,
+            schema=lists,
+        )
+        for name, ddf in splits.items()
+    ]
+    dd.compute(*writes)
+    files = {}
+    for name in splits:
+        parts = sorted((work_dir / name).glob("*.parquet"), key=_part_number)
+        # Empty partitions (a small split over many partitions) would be empty NVTabular ones.
+        files[name] = [part for part in parts if pq.read_metadata(part).num_rows]
+    return files
+
+
+def _part_number(path: Path) -> int:
+    return int(path.stem.rsplit(".", 1)[-1].rsplit("_", 1)[-1])
 
 
 def derive_raw_columns(df: pd.DataFrame) -> pd.DataFrame:
@@ -424,20 +475,39 @@ def build_features(
             tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
     with atomic_dir(target) as staging:
         work = staging / "work"
+        n_rows = pq.read_metadata(raw.interactions).num_rows
         train, valid, cleaning = clean_and_split(
-            interactions, cfg, validation, tables["interactions"][TIMESTAMP].quantiles, work
+            interactions,
+            cfg,
+            validation,
+            tables["interactions"][TIMESTAMP].quantiles,
+            work / "clean",
+            npartitions=partition_count(n_rows, cfg.partition_rows),
         )
         items, users, vocab = side_feature_tables(raw, train)
         (staging / "lookup").mkdir()
         items.to_parquet(staging / "lookup" / "items.parquet", index=False)
         if users is not None:
             users.to_parquet(staging / "lookup" / "users.parquet", index=False)
-        train = attach_side_features(train, items, users)
-        valid = attach_side_features(valid, items, users)
+        joined = write_joined_splits({"train": train, "valid": valid}, items, users, work)
+        for name, files in joined.items():
+            if not files:
+                raise input_error(
+                    "interactions",
+                    "*",
+                    "empty",
+                    f"rows in the {name} split",
+                    f"0 ({cfg.split} split)",
+                )
+        # One partition per file: write_joined_splits sized them (features.partition_rows).
+        datasets = {
+            name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
+            for name, files in joined.items()
+        }
         workflow = build_workflow(cfg, raw.has_users, staging / "categories")
-        workflow.fit(Dataset(train, cpu=cpu))
-        for name, ddf in (("train", train), ("valid", valid)):
-            workflow.transform(Dataset(ddf, cpu=cpu)).to_parquet(
+        workflow.fit(datasets["train"])
+        for name, dataset in datasets.items():
+            workflow.transform(dataset).to_parquet(
                 str(staging / name), shuffle=None, out_files_per_proc=None
             )
         shutil.rmtree(work)
@@ -447,15 +517,6 @@ def build_features(
             fitted = nvt.Workflow.load(str(staging / "workflow"))
             side_workflow(fitted, side).save(str(staging / f"workflow_{side}"))
         counts = {name: _rows(staging / name) for name in ("train", "valid")}
-        for name, n in counts.items():
-            if n == 0:
-                raise input_error(
-                    "interactions",
-                    "*",
-                    "empty",
-                    f"rows in the {name} split",
-                    f"0 ({cfg.split} split)",
-                )
         features = FeatureSet(
             path=target,
             fingerprint=fp,
@@ -487,7 +548,16 @@ def feature_statistics(split_dir: Path, schema: Schema) -> dict[str, ColumnStats
     for col in schema:
         name = np.dtype(col.dtype.to_numpy).name
         dtypes[col.name] = f"list<{name}>" if col.is_list else name
-    return profile_table(dd.read_parquet(str(split_dir)), dtypes)
+    frame = dd.read_parquet(str(split_dir))
+    # List columns (object arrays of arrays) are profiled apart from the rest: in one graph
+    # the workers pass whole partitions, list column included, to each other, which cost
+    # several times the statistics themselves.
+    lists = [name for name, dtype in dtypes.items() if dtype.startswith("list<")]
+    groups = [[name for name in dtypes if name not in lists], *([name] for name in lists)]
+    stats = {}
+    for columns in filter(None, groups):
+        stats |= profile_table(frame[columns], {name: dtypes[name] for name in columns})
+    return {name: stats[name] for name in dtypes}
 
 
 def _write_statistics(directory: Path, profile: Profile, vocab: dict[str, pd.Series]) -> None:

@@ -109,5 +109,6 @@ def test_features_stage_runs_on_an_existing_scheduler(
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: sorted(dask_scheduler.task_prefixes)
         )
-        assert {"shuffle", "fill_unknown", "transform", "write-processed"} <= set(prefixes)
+        # The join is fused into the tasks that write the joined splits ("to-parquet").
+        assert {"shuffle", "to-parquet", "transform", "write-processed"} <= set(prefixes)
         assert len(client.scheduler_info()["workers"]) == dask_cluster.n_workers

@@ -15,12 +15,23 @@ from tasks import synthetic
 from tasks.features import (
     SPLIT_FLAG,
     _dedupe_and_flag,
+    attach_side_features,
     build_features,
+    feature_statistics,
     input_dtypes,
+    partition_count,
+    side_feature_tables,
     side_workflow,
+    write_joined_splits,
 )
 from tasks.normalize import INTERACTIONS_SCHEMA
-from tasks.validate import DUPLICATES, MISSING_VALUE, OUT_OF_RANGE, DataValidationError
+from tasks.validate import (
+    DUPLICATES,
+    MISSING_VALUE,
+    OUT_OF_RANGE,
+    DataValidationError,
+    profile_table,
+)
 
 SMALL = SyntheticConfig(n_users=120, n_items=60, n_ratings=3_000)
 
@@ -198,3 +209,67 @@ def test_no_rows_left_after_cleaning_is_an_error(raw, tmp_path):
     with pytest.raises(DataValidationError, match="interactions.\\*: empty: expected rows left"):
         build_features(bad, FeaturesConfig(), tmp_path / "features")
     assert not any((tmp_path / "features").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("rows", "per_partition", "expected"), [(0, 10, 1), (1, 10, 1), (10, 10, 1), (11, 10, 2)]
+)
+def test_partition_count_bounds_rows_per_partition(rows, per_partition, expected):
+    assert partition_count(rows, per_partition) == expected
+
+
+def test_small_partitions_give_the_same_features(raw, built, dirty, tmp_path):
+    """partition_rows changes how the work is cut, not what comes out."""
+    dirty_raw, _ = dirty
+    small = build_features(dirty_raw, FeaturesConfig(partition_rows=500), tmp_path)
+    assert len(list(small.train_dir.glob("*.parquet"))) > 1
+    assert (small.n_train, small.n_valid) == (built.n_train, built.n_valid)
+    assert small.cardinalities == built.cardinalities
+    assert small.cleaning == built.cleaning
+    # Dask's quantiles are approximate and depend on the partitioning, and Categorify may
+    # order ids of equal frequency differently: the encoded values are not compared.
+    small_tables, tables = small.profile().tables, built.profile().tables
+    assert small_tables.keys() == tables.keys()
+    for table, columns in tables.items():
+        exclude = {"quantiles"} | ({"min", "max", "shares"} if table == "features" else set())
+        assert columns.keys() == small_tables[table].keys()
+        for name, stats in columns.items():
+            other = small_tables[table][name].model_dump(exclude=exclude)
+            assert other == stats.model_dump(exclude=exclude), (table, name)
+    for column in ("user_id", "item_id"):
+        pd.testing.assert_series_equal(
+            small.id_counts(column).sort_index(), built.id_counts(column).sort_index()
+        )
+
+
+def test_joined_splits_are_written_once_with_side_features(raw, tmp_path):
+    import dask.dataframe as dd
+
+    interactions = pd.read_parquet(raw.interactions)
+    splits = {
+        "train": dd.from_pandas(interactions, npartitions=3),
+        "valid": dd.from_pandas(interactions.head(0), npartitions=1),
+    }
+    items, users, _ = side_feature_tables(raw, splits["train"])
+    files = write_joined_splits(splits, items, users, tmp_path)
+    assert files["valid"] == []  # empty partitions are left out
+    assert len(files["train"]) == 3
+    assert all(pq.ParquetFile(f).num_row_groups == 1 for f in files["train"])
+    assert pa.types.is_list(pq.read_schema(files["train"][0]).field("genres").type)
+    joined = pd.concat(pd.read_parquet(f) for f in files["train"])
+    expected = attach_side_features(interactions, items, users)
+    assert list(joined.columns) == list(expected.columns)
+    assert len(joined) == len(interactions)
+    assert joined["user_count"].sum() == pytest.approx(expected["user_count"].sum())
+
+
+def test_list_columns_are_profiled_as_in_one_pass(built):
+    import dask.dataframe as dd
+    import nvtabular as nvt
+
+    schema = nvt.Workflow.load(str(built.workflow_dir)).output_schema
+    stats = feature_statistics(built.train_dir, schema)
+    assert list(stats) == schema.column_names
+    assert stats == built.profile().tables["features"]
+    genres = profile_table(dd.read_parquet(str(built.train_dir)), {"genres": "list<int64>"})
+    assert stats["genres"] == genres["genres"]
