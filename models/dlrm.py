@@ -23,7 +23,7 @@ from models.training import (
     seed_everything,
     split_dataset,
 )
-from recflow.artifacts import Artifact
+from recflow.artifacts import TrainedModel
 from recflow.atomic import atomic_dir
 from recflow.config import RankingConfig
 
@@ -33,17 +33,8 @@ log = logging.getLogger(__name__)
 MONITOR = "auc"
 
 
-class RankingModel(Artifact):
+class RankingModel(TrainedModel):
     """A trained DLRM (SavedModel in ``model/``) with its validation metrics."""
-
-    features_fingerprint: str
-    params: dict
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    history: list[dict[str, float]]
-    best_epoch: int
-    train_seconds: float
-    train_examples_per_s: float
 
     @property
     def model_dir(self) -> Path:
@@ -58,10 +49,16 @@ def model_schema(schema: Schema) -> Schema:
 def build_dlrm(schema: Schema, cfg: RankingConfig) -> mm.Model:
     schema = model_schema(schema)
     has_continuous = bool(schema.select_by_tag(Tags.CONTINUOUS).column_names)
+    # The tables are built here, not from ``embedding_options``: DLRMBlock reads only the
+    # dimension, combiner and initialiser from those and drops ``embeddings_l2_reg``.
+    embeddings = mm.Embeddings(
+        schema.select_by_tag(Tags.CATEGORICAL),
+        dim=cfg.embedding_dim,
+        embeddings_regularizer=tf.keras.regularizers.l2(cfg.embeddings_l2),
+    )
     return mm.DLRMModel(
         schema,
-        embedding_dim=cfg.embedding_dim,
-        embedding_options=mm.EmbeddingOptions(embeddings_l2_reg=cfg.embeddings_l2),
+        embeddings=embeddings,
         # The bottom MLP projects the continuous features; without any there is nothing to project.
         bottom_block=(
             mm.MLPBlock([*cfg.bottom_mlp, cfg.embedding_dim]) if has_continuous else None
@@ -82,7 +79,8 @@ def train_dlrm(
     schema = model_schema(read_schema(train_dir))
     train = split_dataset(train_dir, schema, schema.column_names)
     model = build_dlrm(schema, cfg)
-    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
+    # No Keras metrics: early stopping and the gate read our own (models/metrics.py).
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), metrics=[])
 
     def evaluate() -> dict[str, float]:
         return binary_metrics(*predict_split(model, valid_dir, schema, cfg.batch_size))
@@ -105,12 +103,8 @@ def train_dlrm(
             path=out_dir,
             features_fingerprint=fingerprint,
             params=cfg.model_dump(mode="json"),
-            metrics=fit.best_metrics,
             baseline_metrics=baseline,
-            history=fit.history,
-            best_epoch=fit.best_epoch,
-            train_seconds=fit.train_seconds,
-            train_examples_per_s=fit.train_examples_per_s,
+            **fit.manifest_fields(),
         )
         ranking.save_manifest(staging)
     return ranking

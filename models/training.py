@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dask.dataframe as dd
 import merlin.models.tf as mm
@@ -79,6 +80,16 @@ class FitResult:
     best_metrics: dict[str, float]
     train_seconds: float
     train_examples_per_s: float
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What a model's manifest (``recflow.artifacts.TrainedModel``) records of the fit."""
+        return {
+            "metrics": self.best_metrics,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "train_seconds": self.train_seconds,
+            "train_examples_per_s": self.train_examples_per_s,
+        }
 
 
 class _KeepBest(tf.keras.callbacks.Callback):

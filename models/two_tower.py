@@ -37,7 +37,7 @@ from models.training import (
     side_columns,
     split_dataset,
 )
-from recflow.artifacts import Artifact
+from recflow.artifacts import TrainedModel
 from recflow.atomic import atomic_dir
 from recflow.config import RetrievalConfig
 
@@ -48,17 +48,9 @@ RAW_ITEM_ID = "raw_item_id"
 EMBEDDING = "embedding"
 
 
-class RetrievalModel(Artifact):
+class RetrievalModel(TrainedModel):
     """A trained two-tower model: the query encoder (SavedModel), item embeddings, metrics."""
 
-    features_fingerprint: str
-    params: dict
-    metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
-    history: list[dict[str, float]]
-    best_epoch: int
-    train_seconds: float
-    train_examples_per_s: float
     n_items: int
     dim: int
 
@@ -146,7 +138,12 @@ def build_two_tower(
     items = schema.select_by_name(side_columns(schema, Tags.ITEM))
     correction = None
     if cfg.logq_correction:
-        correction = PopularityLogitsCorrection(item_frequencies, schema=items)
+        # Merlin subtracts reg_factor * log(q) *before* dividing by the temperature; scaling it
+        # by the temperature makes the trained logits cos/T - log(q), the sampled-softmax
+        # correction. With reg_factor 1 the correction would be 1/T times too strong.
+        correction = PopularityLogitsCorrection(
+            item_frequencies, schema=items, reg_factor=cfg.logits_temperature
+        )
     output = mm.ContrastiveOutput(
         DotProduct(),
         negative_samplers="in-batch",
@@ -193,7 +190,9 @@ def train_two_tower(
 
     n_ids = int(schema[item_id].int_domain.max) + 1
     model = build_two_tower(schema, cfg, np.bincount(positives, minlength=n_ids))
-    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate))
+    # No Keras metrics: Merlin's default ones (top-k over every batch's logits) would be
+    # computed each step and never read; validation is scored by our own code per epoch.
+    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), metrics=[])
 
     def evaluate() -> dict[str, float]:
         query_vectors = predict_rows(model.query_encoder, queries, user_schema)
@@ -237,14 +236,10 @@ def train_two_tower(
             path=out_dir,
             features_fingerprint=fingerprint,
             params=cfg.model_dump(mode="json"),
-            metrics=fit.best_metrics,
             baseline_metrics=baseline,
-            history=fit.history,
-            best_epoch=fit.best_epoch,
-            train_seconds=fit.train_seconds,
-            train_examples_per_s=fit.train_examples_per_s,
             n_items=len(embeddings),
             dim=int(vectors.shape[1]),
+            **fit.manifest_fields(),
         )
         retrieval.save_manifest(staging)
     return retrieval

@@ -62,3 +62,17 @@ class RawDataset(Artifact):
     @property
     def users(self) -> Path:
         return self.path / "users.parquet"
+
+
+class TrainedModel(Artifact):
+    """A model fit on one feature build, with its validation metrics and its baseline's."""
+
+    features_fingerprint: str
+    params: dict
+    metrics: dict[str, float]
+    baseline_metrics: dict[str, float]
+    # One entry per epoch; the weights of ``best_epoch`` (counted from 1) were kept.
+    history: list[dict[str, float]]
+    best_epoch: int
+    train_seconds: float
+    train_examples_per_s: float

@@ -10,9 +10,8 @@ from models.evaluation import RetrievalTask
 from models.metrics import top_k_metrics
 from models.training import binary_target, read_columns, read_schema, side_columns
 from models.two_tower import RAW_ITEM_ID, Retriever
-from recflow.compute import dataset_cpu_flag, open_cluster
 from tasks.download import fetch_dataset
-from tasks.features import build_features
+from tasks.features import build_features_task
 from tasks.train import item_catalogue, train_ranking, train_retrieval
 from tests.conftest import small_settings
 
@@ -26,15 +25,7 @@ def settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features(settings):
-    raw = fetch_dataset(settings.data, settings.paths)
-    with open_cluster(settings.compute) as (_client, device):
-        return build_features(
-            raw,
-            settings.features,
-            settings.paths.features_dir,
-            cpu=dataset_cpu_flag(device),
-            validation=settings.validation,
-        )
+    return build_features_task.fn(fetch_dataset(settings.data, settings.paths), settings)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +53,13 @@ def test_same_seed_and_data_give_the_same_metrics(features, settings):
     first, second = (train_ranking(features, short, run_id) for run_id in ("once", "twice"))
     assert second.metrics == pytest.approx(first.metrics, abs=1e-5)
     assert second.baseline_metrics == first.baseline_metrics
+
+
+def test_same_seed_and_data_give_the_same_two_tower_metrics(features, settings):
+    one_epoch = settings.retrieval.model_copy(update={"epochs": 1})
+    short = settings.model_copy(update={"retrieval": one_epoch})
+    first, second = (train_retrieval(features, short, run_id) for run_id in ("once", "twice"))
+    assert second.metrics == pytest.approx(first.metrics, abs=1e-6)
 
 
 def test_two_tower_beats_most_popular(retrieval):
