@@ -23,7 +23,8 @@ class PipelineResult(BaseModel):
     variant: str
     raw: RawDataset
     features: Path
-    model: Path
+    # The run's models directory: ranking/ and retrieval/.
+    models: Path
     triton_repo: Path
     version: int
     metrics: dict[str, float]
@@ -37,16 +38,16 @@ def pipeline(settings: Settings | None = None, force: bool = False) -> PipelineR
     run_id = new_run_id()
     raw = fetch_data(settings)
     features = build_features(settings, raw, force)
-    ranking = train_models(settings, features, run_id)
+    candidate = train_models(settings, features, run_id)
     published = evaluate_and_publish(run_id, settings, raw)
     return PipelineResult(
         run_id=run_id,
         variant=raw.variant,
         raw=raw,
         features=features.path,
-        model=ranking.path,
+        models=candidate.ranking.path.parent,
         triton_repo=published.repository,
         version=published.version,
-        metrics=ranking.metrics,
-        baseline_metrics=ranking.baseline_metrics,
+        metrics=published.metrics,
+        baseline_metrics=published.baseline_metrics,
     )

@@ -24,7 +24,13 @@ from serving.trial import TrialServingFailed
 from tasks.download import fetch_dataset_task
 from tasks.features import FeatureSet, build_features_task, fingerprint
 from tasks.gate import GateFailed, gate_task, publish_task, trial_task
-from tasks.train import RANKING_DIR, train_ranking_task
+from tasks.train import (
+    RANKING_DIR,
+    RETRIEVAL_DIR,
+    Candidate,
+    train_ranking_task,
+    train_retrieval_task,
+)
 from tasks.validate import REPORT, DataValidationError, ValidationReport, validate_features_task
 
 # Persisted task results (the features cache) live with the artifacts they point at, so
@@ -122,31 +128,35 @@ def build_features(
 @flow(name="train-models", flow_run_name=run_name("train-models-{settings.data.variant}"))
 def train_models(
     settings: Settings | None = None, features: FeatureSet | None = None, run_id: str | None = None
-) -> RankingModel:
-    """Train the ranking model into ``models/<run_id>/`` (a new run id by default)."""
+) -> Candidate:
+    """Train the ranking and retrieval models into ``models/<run_id>/`` (a new run id by
+    default)."""
     settings = as_settings(settings)
     features = features or build_features(settings)
     run_id = run_id or new_run_id()
-    train = train_ranking_task.with_options(
-        task_run_name=f"train-dlrm-{run_id}",
-        timeout_seconds=settings.orchestration.train_timeout_s,
+    timeout = {"timeout_seconds": settings.orchestration.train_timeout_s}
+    ranking = train_ranking_task.with_options(task_run_name=f"train-dlrm-{run_id}", **timeout)(
+        features, settings, run_id
     )
-    ranking = train(features, settings, run_id)
-    reporting.report_training(ranking)
-    return ranking
+    retrieval = train_retrieval_task.with_options(
+        task_run_name=f"train-two-tower-{run_id}", **timeout
+    )(features, settings, run_id)
+    reporting.report_training({RANKING_DIR: ranking, RETRIEVAL_DIR: retrieval})
+    return Candidate(features, ranking, retrieval)
 
 
 @flow(name="evaluate-and-publish", flow_run_name=run_name("evaluate-and-publish-{run_id}"))
 def evaluate_and_publish(
     run_id: str, settings: Settings | None = None, raw: RawDataset | None = None
 ) -> reporting.Published:
-    """Gate the model trained in run ``run_id``; if blessed, trial-serve and publish it."""
+    """Gate the models trained in run ``run_id``; if blessed, trial-serve and publish them."""
     settings = as_settings(settings)
-    ranking = RankingModel.load(settings.paths.models_dir / run_id / RANKING_DIR)
+    run_dir = settings.paths.models_dir / run_id
+    ranking = RankingModel.load(run_dir / RANKING_DIR)
     features = FeatureSet.load(settings.paths.features_dir / ranking.features_fingerprint)
     raw = raw or fetch_data(settings)
     try:
-        record = gate_task(run_id, raw, features, ranking, settings)
+        record = gate_task(run_id, raw, Candidate.load(features, run_dir), settings)
     except GateFailed as failed:
         reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision)
         raise
@@ -164,6 +174,8 @@ def evaluate_and_publish(
         version=event.version,
         repository=settings.paths.triton_repo,
         models=list(RankingEndpoint(settings.serving.model_prefix).all_models),
+        metrics=record.evaluation.metrics,
+        baseline_metrics=record.evaluation.baseline_metrics,
     )
     reporting.report_published(published)
     return published

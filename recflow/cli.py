@@ -12,8 +12,8 @@ from rich.table import Table
 
 from recflow.cli_common import console, print_scores, settings_of
 from recflow.cli_data import data_app
+from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
 from recflow.cli_schedule import register as register_schedule
-from recflow.cli_serve import CATALOG_FILE, read_catalog
 from recflow.cli_serve import register as register_serving
 from recflow.config import Settings, load_settings
 
@@ -69,9 +69,14 @@ def main(
 
 
 @app.command()
-def run(ctx: typer.Context) -> None:
-    """Run the pipeline once: download, features, train, gate, export."""
-    _run_pipeline(settings_of(ctx))
+def run(
+    ctx: typer.Context,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild the features even if a cached build matches")
+    ] = False,
+) -> None:
+    """Run the pipeline once: download, features, train, gate, publish."""
+    _run_pipeline(settings_of(ctx), force)
 
 
 @app.command()
@@ -83,7 +88,7 @@ def demo(
     k: Annotated[int, typer.Option("-k", min=1, help="How many items")] = 10,
 ) -> None:
     """The whole product in one go: run the pipeline, serve it on Triton, recommend over gRPC."""
-    from recflow.demo import most_active_user, seen_items
+    from recflow.demo import most_active_user
     from serving.client import RecflowClient
     from serving.server import TritonServer
 
@@ -93,9 +98,11 @@ def demo(
     with TritonServer.from_settings(settings, None) as server:
         console.print(f"Triton ready on {server.grpc_url} (log: {server.log_file})")
         with RecflowClient.from_config(server.config) as client:
-            catalog = read_catalog(settings.paths.triton_repo / CATALOG_FILE)
-            top = client.recommend(user, catalog, k, exclude=seen_items(result.raw, user))
-        console.print(f"Top {k} for user {user}, served by Triton over gRPC:")
+            top = client.recommend(user, k=k)
+        console.print(
+            f"Top {k} for user {user} (retrieval, then ranking; rated items left out), "
+            "served by Triton over gRPC:"
+        )
         print_scores(f"user {user}", top)
     console.print(
         "Triton stopped. Serve the models again and query them with:\n"
@@ -104,20 +111,25 @@ def demo(
     )
 
 
-def _run_pipeline(settings: Settings):
+def _run_pipeline(settings: Settings, force: bool = False):
     from flows.pipeline import pipeline
+    from serving.trial import TrialServingFailed
     from tasks.gate import GateFailed
 
     try:
-        result = pipeline(settings)
+        result = pipeline(settings, force)
     except GateFailed as failure:
         console.print(f"[red]{failure}[/]")
         raise typer.Exit(EXIT_NOT_BLESSED) from failure
+    except TrialServingFailed as failure:
+        console.print(f"[red]{failure}[/]")
+        raise typer.Exit(EXIT_TRIAL_FAILED) from failure
     table = Table(title=f"Pipeline run {result.run_id} ({result.variant})")
     for column in ("metric", "model", "baseline"):
         table.add_column(column)
     for name, value in result.metrics.items():
-        table.add_row(name, f"{value:.4f}", f"{result.baseline_metrics[name]:.4f}")
+        baseline = result.baseline_metrics.get(name)
+        table.add_row(name, f"{value:.4f}", "" if baseline is None else f"{baseline:.4f}")
     console.print(table)
     console.print(f"Published version {result.version} to {result.triton_repo}")
     return result
@@ -126,3 +138,4 @@ def _run_pipeline(settings: Settings):
 register_serving(app)
 register_schedule(app)
 app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")

@@ -25,7 +25,7 @@ from recflow.registry import (
 # recflow.cli's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
 EXIT_TRIAL_FAILED = 4
 # The metric `models list` shows for each candidate.
-HEADLINE_METRIC = "ranking.auc"
+HEADLINE_METRICS = ("ranking.auc", "retrieval.recall@10")
 TIME = "%Y-%m-%d %H:%M:%S"
 
 models_app = typer.Typer(
@@ -72,7 +72,7 @@ def list_candidates(ctx: typer.Context) -> None:
         "created",
         "decision",
         "trial",
-        HEADLINE_METRIC,
+        *HEADLINE_METRICS,
         "compared with",
         "serving",
     ):
@@ -85,7 +85,7 @@ def list_candidates(ctx: typer.Context) -> None:
             record.created.strftime(TIME),
             record.status,
             trial,
-            _metric(record.evaluation.metrics, HEADLINE_METRIC),
+            *(_metric(record.evaluation.metrics, name) for name in HEADLINE_METRICS),
             record.decision.compared_with or "",
             serving,
         )

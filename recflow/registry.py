@@ -6,6 +6,8 @@ Layout under ``paths.registry_dir`` (docs/registry.md)::
     candidates/<id>/record.json     lineage, metrics, gate thresholds and decision, trial, events
     candidates/<id>/trial_sample.parquet   held-out pairs and the in-process scores they must get
     candidates/<id>/schema.pbtxt    the feature schema the model was trained on
+    candidates/<id>/seen.parquet    raw user_id, item_id pairs the serving endpoints treat as
+                                    already seen (every interaction of the candidate's dataset)
 
 A candidate directory is created atomically; ``record.json`` and ``state.json`` are replaced
 atomically, under the publish lock, record first: ``state.json`` is the commit point.
@@ -25,7 +27,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,13 +39,15 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from models.dlrm import RankingModel
+    from models.two_tower import RetrievalModel
     from tasks.features import FeatureSet
 
 # Letters, digits, '_' and '-' only: an id is a directory name and can never climb out of it.
 CANDIDATE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,79}$")
 BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 RECORD, STATE, SAMPLE, SCHEMA = "record.json", "state.json", "trial_sample.parquet", "schema.pbtxt"
-RANKING = "ranking"
+SEEN = "seen.parquet"
+RANKING, RETRIEVAL = "ranking", "retrieval"
 
 
 class RegistryError(RuntimeError):
@@ -187,14 +191,15 @@ class CandidateRecord(_Record):
     def status(self) -> str:
         return self.decision.status
 
-    def artifacts(self) -> tuple[FeatureSet, RankingModel]:
-        from models.dlrm import RankingModel
-        from tasks.features import FeatureSet
 
-        for path in (self.features, *self.models.values()):
-            if not path.is_dir():
-                raise RegistryError(f"candidate {self.id}: {path} is gone")
-        return FeatureSet.load(self.features), RankingModel.load(self.models[RANKING])
+class CandidateArtifacts(NamedTuple):
+    """What exporting a candidate needs, loaded from the directories its record points at."""
+
+    features: FeatureSet
+    ranking: RankingModel
+    retrieval: RetrievalModel | None
+    # Parquet of raw ``user_id``, ``item_id`` pairs: the items each user has already seen.
+    seen: Path
 
 
 class RegistryState(_Record):
@@ -261,9 +266,12 @@ class Registry:
         serving = self.state().serving
         return None if serving is None else self.load(serving)
 
-    def add(self, record: CandidateRecord, sample: pd.DataFrame, schema_file: Path) -> None:
+    def add(
+        self, record: CandidateRecord, sample: pd.DataFrame, seen: pd.DataFrame, schema_file: Path
+    ) -> None:
         with atomic_dir(self.path(record.id)) as staging:
             sample.to_parquet(staging / SAMPLE, index=False)
+            seen.to_parquet(staging / SEEN, index=False)
             (staging / SCHEMA).write_bytes(schema_file.read_bytes())
             (staging / RECORD).write_text(record.model_dump_json(indent=2))
 
@@ -277,6 +285,22 @@ class Registry:
         import pandas as pd
 
         return pd.read_parquet(self.path(candidate_id) / SAMPLE)
+
+    def artifacts(self, record: CandidateRecord) -> CandidateArtifacts:
+        from models.dlrm import RankingModel
+        from models.two_tower import RetrievalModel
+        from tasks.features import FeatureSet
+
+        for path in (record.features, *record.models.values()):
+            if not path.is_dir():
+                raise RegistryError(f"candidate {record.id}: {path} is gone")
+        retrieval = record.models.get(RETRIEVAL)
+        return CandidateArtifacts(
+            FeatureSet.load(record.features),
+            RankingModel.load(record.models[RANKING]),
+            None if retrieval is None else RetrievalModel.load(retrieval),
+            self.path(record.id) / SEEN,
+        )
 
     def record_trial(self, candidate_id: str, result: TrialResult) -> CandidateRecord:
         with self.locked():
@@ -319,11 +343,14 @@ def code_version() -> str:
     return f"{version}+g{commit}{'.dirty' if dirty else ''}"
 
 
-def export_candidate(record: CandidateRecord, repo: Path, cfg: ServingConfig) -> int:
+def export_candidate(
+    registry: Registry, record: CandidateRecord, repo: Path, cfg: ServingConfig
+) -> int:
     """Export a registered candidate as a new version of ``repo``; return the version."""
     from serving.repository import export_ranking
 
-    return export_ranking(*record.artifacts(), repo, cfg)
+    features, ranking, retrieval, seen = registry.artifacts(record)
+    return export_ranking(features, ranking, repo, cfg, retrieval, seen)
 
 
 def publish(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
@@ -395,7 +422,7 @@ def _republish(
 ) -> Event:
     # The caller holds the lock. The export is a new version, which Triton serves once its
     # directory is renamed into place; the record and then the state follow it.
-    version = export_candidate(record, settings.paths.triton_repo, settings.serving)
+    version = export_candidate(registry, record, settings.paths.triton_repo, settings.serving)
     event = Event(
         at=now(),
         action=action,

@@ -9,6 +9,7 @@ and its history across runs. To report a new stage, add a key to ``Keys``, a bui
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,7 @@ from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
-from models.dlrm import RankingModel
-from recflow.artifacts import RawDataset
+from recflow.artifacts import RawDataset, TrainedModel
 from recflow.registry import Evaluation, GateDecision, TrialResult
 from tasks.features import FeatureSet
 from tasks.validate import FEATURES_TABLE, ValidationReport
@@ -45,6 +45,9 @@ class Published(BaseModel):
     version: int
     repository: Path
     models: list[str]
+    # What the gate measured on the held-out rows ("ranking.auc", "retrieval.recall@10", ...).
+    metrics: dict[str, float] = {}
+    baseline_metrics: dict[str, float] = {}
 
     def version_dirs(self) -> list[Path]:
         return [self.repository / model / str(self.version) for model in self.models]
@@ -123,15 +126,18 @@ def anomalies_summary(report: ValidationReport) -> str:
     return f"{len(report.anomalies)} anomalies against {against}: {verdict}"
 
 
-def training_curves_table(ranking: RankingModel) -> list[Row]:
-    """The Keras history, one row per epoch; the epoch whose weights were kept is marked."""
+def training_curves_table(models: Mapping[str, TrainedModel]) -> list[Row]:
+    """Each model's Keras history, one row per epoch; the epochs whose weights were kept are
+    marked."""
     return [
         {
+            "model": kind,
             "epoch": epoch,
             **{name: _round(value) for name, value in sorted(values.items())},
-            "kept": "best" if epoch == ranking.best_epoch else "",
+            "kept": "best" if epoch == model.best_epoch else "",
         }
-        for epoch, values in enumerate(ranking.history, start=1)
+        for kind, model in models.items()
+        for epoch, values in enumerate(model.history, start=1)
     ]
 
 
@@ -211,12 +217,13 @@ def report_validation(report: ValidationReport) -> None:
     )
 
 
-def report_training(ranking: RankingModel) -> None:
+def report_training(models: Mapping[str, TrainedModel]) -> None:
+    kept = ", ".join(f"{kind} epoch {model.best_epoch}" for kind, model in models.items())
+    run = next(iter(models.values())).path.parent.name
     create_table_artifact(
         key=Keys.TRAINING_CURVES,
-        table=training_curves_table(ranking),
-        description=f"{ranking.path.parent.name}: {len(ranking.history)} epochs, "
-        f"weights of epoch {ranking.best_epoch} kept",
+        table=training_curves_table(models),
+        description=f"{run}: weights kept from {kept}",
     )
 
 

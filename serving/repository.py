@@ -87,13 +87,12 @@ class RankingEndpoint:
 
     @property
     def all_models(self) -> tuple[str, ...]:
-        """What every publish writes: the ranking endpoint."""
-        return (self.model("ranking"),)
+        """Every endpoint's model, as a publish with a retrieval model writes them."""
+        return tuple(self.model(endpoint) for endpoint in CONTRACTS)
 
-    @property
-    def retrieval_models(self) -> tuple[str, ...]:
-        """What a publish with a retrieval model writes as well."""
-        return tuple(self.model(endpoint) for endpoint in CONTRACTS if endpoint != "ranking")
+    def published(self, with_retrieval: bool) -> tuple[str, ...]:
+        """The models a publish writes: without a retrieval model, ranking alone."""
+        return self.all_models if with_retrieval else (self.model("ranking"),)
 
 
 def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:

@@ -4,9 +4,11 @@ The candidate is exported into a scratch repository (never the live one) and ser
 bundled ``tritonserver`` on free loopback ports. After a few warm-up requests it scores the
 held-out pairs the gate sampled (``trial_sample.parquet`` in the registry, one cold pair
 included), and every served score must equal the in-process score the gate computed for that
-pair within ``trial.atol``. The server is stopped whatever happens. A failure to start, load,
-answer or agree blocks publishing: :func:`infra_validate` records it and raises
-:class:`TrialServingFailed`.
+pair within ``trial.atol``. The retrieval, recommend and similar endpoints answer top-k requests
+for a few of those users and items, which must equal what the same version directories answer
+in-process: the same ids, scores within ``trial.atol``. The server is stopped whatever
+happens. A failure to start, load, answer or agree blocks publishing: :func:`infra_validate`
+records it and raises :class:`TrialServingFailed`.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ import numpy as np
 import pandas as pd
 
 from recflow.config import Settings
-from recflow.registry import CandidateRecord, Registry, TrialResult, export_candidate, now
+from recflow.registry import (
+    RETRIEVAL,
+    CandidateRecord,
+    Registry,
+    TrialResult,
+    export_candidate,
+    now,
+)
 from serving.client import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT, RecflowClient, TritonRequestError
-from serving.repository import RankingEndpoint
-from serving.runtime import SCORE
+from serving.repository import CONTRACTS, RankingEndpoint
+from serving.runtime import EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, STAGES, K
 from serving.server import TritonServer, TritonServerError
 
 FREE_PORTS = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
@@ -39,22 +48,25 @@ class TrialServingFailed(RuntimeError):
         )
 
 
-def trial_serve(record: CandidateRecord, sample: pd.DataFrame, settings: Settings) -> TrialResult:
+def trial_serve(
+    registry: Registry, record: CandidateRecord, sample: pd.DataFrame, settings: Settings
+) -> TrialResult:
     """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
     ``item_id``, ``score``) with the in-process scores."""
     endpoint = RankingEndpoint(settings.serving.model_prefix)
+    models = endpoint.published(with_retrieval=RETRIEVAL in record.models)
     log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trial-", dir=settings.paths.cache_dir) as scratch:
         repo = Path(scratch)
-        export_candidate(record, repo, settings.serving)
+        version = export_candidate(registry, record, repo, settings.serving)
         server = TritonServer(
             repo,
             settings.serving.model_copy(update=FREE_PORTS),
             log_file=log_file,
             backend_cache_dir=settings.paths.cache_dir,
-            models=endpoint.all_models,
+            models=models,
         )
         # The trial checks answers, not latency: the first requests pay for TensorFlow's graph
         # tracing, which on a busy machine takes longer than a serving deadline.
@@ -65,6 +77,13 @@ def trial_serve(record: CandidateRecord, sample: pd.DataFrame, settings: Setting
             with server, RecflowClient.from_config(patient) as client:
                 startup_s = time.perf_counter() - started
                 served = _served_scores(client, sample, settings.trial.warmup_requests)
+                disagreement = _ranked_disagreement(
+                    client,
+                    endpoint,
+                    {name: repo / name / str(version) for name in models},
+                    sample,
+                    settings,
+                )
         except (TritonServerError, TimeoutError, TritonRequestError) as error:
             return TrialResult(passed=False, at=now(), log_file=log_file, message=str(error))
     expected = sample[SCORE].to_numpy(np.float32)
@@ -78,18 +97,56 @@ def trial_serve(record: CandidateRecord, sample: pd.DataFrame, settings: Setting
         )
     diff = np.abs(served - expected)
     worst = int(diff.argmax())
-    passed = bool(diff[worst] <= settings.trial.atol)
-    return TrialResult(
-        passed=passed,
-        max_abs_diff=float(diff[worst]),
-        message=(
-            f"{len(sample)} served scores equal the in-process ones within {settings.trial.atol}"
-            if passed
-            else f"user {sample[USER_INPUT].iloc[worst]} item {sample[ITEM_INPUT].iloc[worst]}: "
+    if diff[worst] > settings.trial.atol:
+        message = (
+            f"user {sample[USER_INPUT].iloc[worst]} item {sample[ITEM_INPUT].iloc[worst]}: "
             f"served {served[worst]:.6f}, in-process {expected[worst]:.6f}"
-        ),
-        **result,
-    )
+        )
+    else:
+        message = disagreement or (
+            f"{len(sample)} served scores equal the in-process ones within {settings.trial.atol}"
+            f", and {', '.join(models[1:]) or 'no other endpoint'} answered as in-process"
+        )
+    passed = bool(diff[worst] <= settings.trial.atol) and disagreement is None
+    return TrialResult(passed=passed, max_abs_diff=float(diff[worst]), message=message, **result)
+
+
+def _ranked_disagreement(
+    client: RecflowClient,
+    endpoint: RankingEndpoint,
+    version_dirs: dict[str, Path],
+    sample: pd.DataFrame,
+    settings: Settings,
+) -> str | None:
+    """Ask each top-k endpoint about a few sampled users (items, for ``similar``) and compare
+    with the same version directory run in-process; the first disagreement, or None."""
+    n, k = settings.trial.ranked_rows, settings.trial.ranked_k
+    # The sample's last pair is the cold one: cold users must be served too, cold items not
+    # (``similar`` rejects an item without an embedding).
+    users = [*sample[USER_INPUT].iloc[:-1].drop_duplicates()[: n - 1], sample[USER_INPUT].iloc[-1]]
+    probes = {USER_INPUT: users, ITEM_INPUT: list(sample[ITEM_INPUT].iloc[:-1].unique()[:n])}
+    for stage in ("retrieval", "recommend", "similar"):
+        name = endpoint.model(stage)
+        if name not in version_dirs:
+            continue
+        version_dir = version_dirs[name]
+        key = CONTRACTS[stage][0][0].name
+        local = STAGES[stage](version_dir)
+        for value in probes[key]:
+            request = {key: np.array([[value]], np.int64), K: np.array([[k]], np.int32)}
+            if stage == "retrieval":
+                request[EXCLUDE_SEEN] = np.array([[True]])
+            expected = local(request)
+            served = client.infer(name, request, [ITEM_IDS, SCORES])
+            same_ids = np.array_equal(served[ITEM_IDS], expected[ITEM_IDS])
+            if not same_ids or not np.allclose(
+                served[SCORES], expected[SCORES], atol=settings.trial.atol, rtol=0
+            ):
+                return (
+                    f"{name} for {key} {value}: served {served[ITEM_IDS].ravel()[:5].tolist()}..., "
+                    f"in-process {expected[ITEM_IDS].ravel()[:5].tolist()}..."
+                )
+    return None
 
 
 def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> np.ndarray:
@@ -113,7 +170,7 @@ def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> 
 def infra_validate(registry: Registry, candidate_id: str, settings: Settings) -> TrialResult:
     """Trial-serve a registered candidate, record the outcome, and raise if it failed."""
     record = registry.load(candidate_id)
-    result = trial_serve(record, registry.trial_sample(candidate_id), settings)
+    result = trial_serve(registry, record, registry.trial_sample(candidate_id), settings)
     registry.record_trial(candidate_id, result)
     if not result.passed:
         raise TrialServingFailed(candidate_id, result)

@@ -1,14 +1,15 @@
 """Evaluation gate (TFX's Evaluator): is the candidate good, and no worse than what serves now?
 
-``evaluate_candidate`` scores the candidate and the blessed model (the one Triton serves, from
-the registry) on the **same** rows: the candidate's held-out split, reproduced from the raw
-interactions with the feature stage's own cleaning and split. Each model sees those raw rows
-through its own serving artifacts (its lookup tables, its fitted workflow, its model), exported
-into a scratch repository and run in-process by the ranking endpoint's own code, so the numbers
-are what Triton would compute. ``judge`` applies ``GateConfig``'s bounds and returns one check
-per bound; ``register_candidate`` files the lineage and the decision in the registry
-(recflow/registry.py, docs/registry.md). Trial serving and publishing follow in
-serving/trial.py and ``recflow.registry.publish``.
+``evaluate_candidate`` scores the candidate and the blessed models (the ones Triton serves, from
+the registry) on the **same** rows: the candidate's split, reproduced from the raw interactions
+with the feature stage's own cleaning and split. Each model sees those raw rows through its own
+serving artifacts (its lookup tables, its fitted workflow, its models), exported into a scratch
+repository and run in-process by the endpoints' own code, so the numbers are what Triton would
+compute: ranking AUC and log loss on the held-out pairs, retrieval recall/ndcg/mrr@k over the
+whole catalogue with each user's training items excluded. ``judge`` applies ``GateConfig``'s
+bounds and returns one check per bound; ``register_candidate`` files the lineage and the
+decision in the registry (recflow/registry.py, docs/registry.md). Trial serving and publishing
+follow in serving/trial.py and ``recflow.registry.publish``.
 """
 
 from __future__ import annotations
@@ -23,12 +24,16 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from models.baselines import popularity_scores
 from models.dlrm import RankingModel
+from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.metrics import binary_metrics
+from models.two_tower import RAW_ITEM_ID, RetrievalModel
 from recflow.artifacts import RawDataset
 from recflow.config import GateConfig, MetricBounds, Settings
 from recflow.registry import (
     RANKING,
+    RETRIEVAL,
     CandidateRecord,
     Check,
     Evaluation,
@@ -42,8 +47,8 @@ from recflow.registry import (
     publish,
     tree_sha256,
 )
-from serving.repository import RankingEndpoint, export_ranking
-from serving.runtime import SCORE, RankingPipeline
+from serving.repository import CONTRACTS, RankingEndpoint, export_ranking
+from serving.runtime import SCORE, RankingPipeline, RetrievalStage
 from serving.trial import infra_validate
 from tasks.features import (
     ITEM_ID,
@@ -54,6 +59,7 @@ from tasks.features import (
     clean_and_split,
     fingerprint,
 )
+from tasks.train import Candidate
 
 LABEL = "label"
 # Rows per in-process scoring call: bounds memory on large validation splits.
@@ -81,12 +87,17 @@ class Evaluated(NamedTuple):
     sample: pd.DataFrame
 
 
-def held_out(raw: RawDataset, features: FeatureSet, settings: Settings) -> pd.DataFrame:
-    """The candidate's validation rows as raw ``user_id, item_id, label``, in a stable order.
+class HeldOut(NamedTuple):
+    """The candidate's split as raw ``user_id, item_id, label`` rows, in a stable order."""
 
-    Reproduced with the feature stage's own cleaning and split (deterministic for a given
-    configuration) and checked against the row count the feature build recorded.
-    """
+    train: pd.DataFrame
+    valid: pd.DataFrame
+
+
+def held_out(raw: RawDataset, features: FeatureSet, settings: Settings) -> HeldOut:
+    """The candidate's training and validation rows, reproduced with the feature stage's own
+    cleaning and split (deterministic for a given configuration) and checked against the row
+    counts the feature build recorded."""
     if fingerprint(raw, settings.features, settings.validation) != features.fingerprint:
         raise ValueError(
             f"features {features.fingerprint} were not built from {raw.variant} "
@@ -96,32 +107,45 @@ def held_out(raw: RawDataset, features: FeatureSet, settings: Settings) -> pd.Da
     quantiles = features.profile().tables["interactions"][TIMESTAMP].quantiles
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="held-out-", dir=settings.paths.cache_dir) as work:
-        _, valid, _ = clean_and_split(
+        train, valid, _ = clean_and_split(
             interactions, settings.features, settings.validation, quantiles, Path(work) / "split"
         )
-        rows = valid[[USER_ID, ITEM_ID, RATING]].compute()
-    if len(rows) != features.n_valid:
+        columns = [USER_ID, ITEM_ID, RATING]
+        train, valid = dd.compute(train[columns], valid[columns])
+    if (len(train), len(valid)) != (features.n_train, features.n_valid):
         raise RuntimeError(
-            f"reproduced {len(rows)} held-out rows, but features {features.fingerprint} has "
-            f"{features.n_valid}: the data or the features configuration changed since the build"
+            f"reproduced {len(train)} training and {len(valid)} held-out rows, but features "
+            f"{features.fingerprint} has {features.n_train} and {features.n_valid}: the data or "
+            "the features configuration changed since the build"
         )
-    rows = rows.sort_values([USER_ID, ITEM_ID, RATING], kind="stable", ignore_index=True)
-    labels = (rows[RATING] >= settings.features.rating_threshold).astype("int8")
-    return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels})
+
+    def labelled(rows: pd.DataFrame) -> pd.DataFrame:
+        rows = rows.sort_values(columns, kind="stable", ignore_index=True)
+        labels = (rows[RATING] >= settings.features.rating_threshold).astype("int8")
+        return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels})
+
+    return HeldOut(labelled(train), labelled(valid))
 
 
-def exported_scores(
+def export_scratch(
     features: FeatureSet,
     ranking: RankingModel,
-    pairs: pd.DataFrame,
+    retrieval: RetrievalModel | None,
+    seen: Path,
     settings: Settings,
     scratch: Path,
-) -> np.ndarray:
-    """Scores of raw pairs as Triton computes them: export the model into ``scratch`` and run
-    the ranking endpoint's stages in-process on that version."""
-    version = export_ranking(features, ranking, scratch, settings.serving)
+) -> dict[str, Path]:
+    """Export a model pair into ``scratch`` as Triton would serve it; the version directory of
+    each endpoint, by endpoint name (``ranking``, ``retrieval``, ...)."""
+    version = export_ranking(features, ranking, scratch, settings.serving, retrieval, seen)
     endpoint = RankingEndpoint(settings.serving.model_prefix)
-    stages = RankingPipeline(scratch / endpoint.ensemble / str(version))
+    stages = CONTRACTS if retrieval is not None else ("ranking",)
+    return {stage: scratch / endpoint.model(stage) / str(version) for stage in stages}
+
+
+def ranking_scores(version_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
+    """Scores of raw pairs by the ranking endpoint's own stages, run in-process."""
+    stages = RankingPipeline(version_dir)
     users, items = (pairs[column].to_numpy(np.int64) for column in (USER_ID, ITEM_ID))
     return np.concatenate(
         [
@@ -133,36 +157,84 @@ def exported_scores(
     )
 
 
-def evaluate_candidate(
-    raw: RawDataset,
-    features: FeatureSet,
-    ranking: RankingModel,
-    settings: Settings,
-    blessed: CandidateRecord | None,
-) -> Evaluated:
-    """The candidate's and the blessed model's metrics on the candidate's held-out rows.
+def retrieval_task(split: HeldOut, catalogue: np.ndarray) -> RetrievalTask:
+    """Top-k evaluation in raw ids: every catalogue item, each user's training items excluded,
+    the held-out positives relevant (the training-time evaluation, on raw rows)."""
+    positives = split.valid[split.valid[LABEL] == 1]
+    return RetrievalTask.build(split.train, positives, catalogue, USER_ID, ITEM_ID)
 
-    Only the ranking model is scored so far. A retrieval model plugs in as one more
-    ``retrieval.<metric>`` entry of each metrics dict (recall@10 from its in-process top-k);
-    ``judge`` and ``GateConfig.retrieval`` already handle it.
+
+def retrieval_metrics(
+    version_dir: Path, task: RetrievalTask, ks: tuple[int, ...]
+) -> dict[str, float]:
+    """recall/ndcg/mrr@k of the retrieval endpoint's own stage, run in-process.
+
+    A catalogue item the exported model has no embedding for (an older model, newer items) is
+    one it can never return: it scores -inf.
     """
-    rows = held_out(raw, features, settings)
+    stage = RetrievalStage(version_dir)
+    positions = pd.Index(stage.item_ids).get_indexer(task.candidates)
+    known = positions >= 0
+    vectors = stage.vectors[positions[known]]
+
+    def scores(rows: slice) -> np.ndarray:
+        queries = stage.query(task.users[rows])
+        out = np.full((len(queries), len(task.candidates)), -np.inf, dtype=np.float32)
+        out[:, known] = queries @ vectors.T
+        return out
+
+    return evaluate_retrieval(task, scores, ks)
+
+
+def evaluate_candidate(
+    raw: RawDataset, candidate: Candidate, settings: Settings, registry: Registry
+) -> Evaluated:
+    """The candidate's and the blessed models' metrics on the candidate's held-out rows.
+
+    Ranking: AUC and log loss of the ranking endpoint's scores. Retrieval: top-k metrics of
+    the retrieval endpoint over the whole catalogue, training items excluded. Baselines
+    (per-item mean, most popular) are scored on the same rows by the same code.
+    """
+    blessed = registry.serving()
+    split = held_out(raw, candidate.features, settings)
+    rows = split.valid
     cold = pd.DataFrame({USER_ID: [COLD_ID], ITEM_ID: [COLD_ID]})
     pairs = pd.concat([rows[[USER_ID, ITEM_ID]], cold], ignore_index=True)
+    ks = settings.retrieval.top_k
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gate-", dir=settings.paths.cache_dir) as scratch:
-        scores = exported_scores(features, ranking, pairs, settings, Path(scratch) / "candidate")
+        # Seen items are the training rows: what evaluation excludes from each user's top k.
+        seen = Path(scratch) / "train_pairs.parquet"
+        split.train[[USER_ID, ITEM_ID]].to_parquet(seen, index=False)
+        exported = export_scratch(*candidate, seen, settings, Path(scratch) / "candidate")
+        scores = ranking_scores(exported["ranking"], pairs)
+        metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
+        catalogue = pd.read_parquet(candidate.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
+        task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
+        metrics |= _prefixed(RETRIEVAL, retrieval_metrics(exported["retrieval"], task, ks))
+        positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
+        popular = popularity_scores(positives, task.candidates)
+        baseline = evaluate_retrieval(
+            task, lambda users: np.tile(popular, (len(task.users[users]), 1)), ks
+        )
+        baseline_metrics = _prefixed(RETRIEVAL, baseline)
+        # Training computed the per-item-mean baseline on this same validation split.
+        baseline_metrics |= _prefixed(RANKING, candidate.ranking.baseline_metrics)
         blessed_metrics = {}
         if blessed is not None:
-            blessed_scores = exported_scores(
-                *blessed.artifacts(), rows, settings, Path(scratch) / "blessed"
+            features, ranking, retrieval, _ = registry.artifacts(blessed)
+            old = export_scratch(
+                features, ranking, retrieval, seen, settings, Path(scratch) / "blessed"
             )
-            blessed_metrics = _ranking_metrics(rows[LABEL], blessed_scores)
+            blessed_metrics = _ranking_metrics(rows[LABEL], ranking_scores(old["ranking"], rows))
+            if "retrieval" in old:
+                blessed_metrics |= _prefixed(
+                    RETRIEVAL, retrieval_metrics(old["retrieval"], task, ks)
+                )
     evaluation = Evaluation(
         rows=len(rows),
-        metrics=_ranking_metrics(rows[LABEL], scores[: len(rows)]),
-        # Training computed the per-item-mean baseline on this same validation split.
-        baseline_metrics=_as_ranking(ranking.baseline_metrics),
+        metrics=metrics,
+        baseline_metrics=baseline_metrics,
         compared_with=None if blessed is None else blessed.id,
         blessed_metrics=blessed_metrics,
     )
@@ -172,11 +244,11 @@ def evaluate_candidate(
 
 
 def _ranking_metrics(labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
-    return _as_ranking(binary_metrics(labels.to_numpy(), scores))
+    return _prefixed(RANKING, binary_metrics(labels.to_numpy(), scores))
 
 
-def _as_ranking(metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{RANKING}.{name}": value for name, value in metrics.items()}
+def _prefixed(kind: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{kind}.{name}": value for name, value in metrics.items()}
 
 
 def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
@@ -244,18 +316,22 @@ def register_candidate(
     registry: Registry,
     run_id: str,
     raw: RawDataset,
-    features: FeatureSet,
-    ranking: RankingModel,
+    candidate: Candidate,
     evaluated: Evaluated,
     decision: GateDecision,
     settings: Settings,
 ) -> CandidateRecord:
-    """File the candidate (id = run id) with its lineage and decision; returns the record."""
+    """File the candidate (id = run id) with its lineage and decision; returns the record.
+
+    What its endpoints treat as seen is every interaction of its dataset, kept with the record
+    so a later rollback serves the same answers.
+    """
+    features, ranking, retrieval = candidate
     record = CandidateRecord(
         id=run_id,
         created=now(),
         features=features.path,
-        models={RANKING: ranking.path},
+        models={RANKING: ranking.path, RETRIEVAL: retrieval.path},
         lineage=Lineage(
             run_id=run_id,
             variant=raw.variant,
@@ -264,28 +340,26 @@ def register_candidate(
             workflow_sha256=tree_sha256(features.workflow_dir),
             schema_sha256=hashlib.sha256(features.schema_file.read_bytes()).hexdigest(),
             features_config=settings.features.model_dump(mode="json"),
-            params=ranking.params,
+            params={RANKING: ranking.params, RETRIEVAL: retrieval.params},
             code_version=code_version(),
         ),
         evaluation=evaluated.evaluation,
-        training_metrics=_as_ranking(ranking.metrics),
+        training_metrics=_prefixed(RANKING, ranking.metrics)
+        | _prefixed(RETRIEVAL, retrieval.metrics),
         gate=settings.gate.model_dump(mode="json"),
         decision=decision,
     )
-    registry.add(record, evaluated.sample, features.schema_file)
+    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
+    registry.add(record, evaluated.sample, seen, features.schema_file)
     return record
 
 
-def gate(
-    run_id: str, raw: RawDataset, features: FeatureSet, ranking: RankingModel, settings: Settings
-) -> CandidateRecord:
+def gate(run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings) -> CandidateRecord:
     """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED."""
     registry = Registry.from_settings(settings)
-    evaluated = evaluate_candidate(raw, features, ranking, settings, registry.serving())
+    evaluated = evaluate_candidate(raw, candidate, settings, registry)
     decision = judge(evaluated.evaluation, settings.gate)
-    record = register_candidate(
-        registry, run_id, raw, features, ranking, evaluated, decision, settings
-    )
+    record = register_candidate(registry, run_id, raw, candidate, evaluated, decision, settings)
     if not decision.blessed:
         raise GateFailed(record)
     return record
@@ -293,9 +367,9 @@ def gate(
 
 @task(name="gate", task_run_name="gate-{run_id}")
 def gate_task(
-    run_id: str, raw: RawDataset, features: FeatureSet, ranking: RankingModel, settings: Settings
+    run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings
 ) -> CandidateRecord:
-    return gate(run_id, raw, features, ranking, settings)
+    return gate(run_id, raw, candidate, settings)
 
 
 @task(name="trial-serving", task_run_name="trial-serving-{candidate_id}")

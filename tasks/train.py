@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import NamedTuple
+
 import nvtabular as nvt
 import pandas as pd
 from prefect import task
@@ -12,6 +15,23 @@ from recflow.config import Settings
 from tasks.features import ITEM_ID, FeatureSet, side_workflow
 
 RANKING_DIR, RETRIEVAL_DIR = "ranking", "retrieval"
+
+
+class Candidate(NamedTuple):
+    """What one training run hands to the gate: the features and the two models fit on them."""
+
+    features: FeatureSet
+    ranking: RankingModel
+    retrieval: RetrievalModel
+
+    @classmethod
+    def load(cls, features: FeatureSet, run_dir: Path) -> Candidate:
+        """The models a run wrote into ``run_dir`` (``models/<run_id>/``)."""
+        return cls(
+            features,
+            RankingModel.load(run_dir / RANKING_DIR),
+            RetrievalModel.load(run_dir / RETRIEVAL_DIR),
+        )
 
 
 def item_catalogue(features: FeatureSet) -> pd.DataFrame:

@@ -23,6 +23,7 @@ SMALL_DATA = [
     "compute.threads_per_worker=2",
     "ranking.epochs=6",
     "ranking.batch_size=512",
+    "retrieval.epochs=6",
 ]
 
 

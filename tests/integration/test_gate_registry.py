@@ -17,7 +17,6 @@ import shutil
 import numpy as np
 import pytest
 
-from models.dlrm import RankingModel, train_dlrm
 from recflow.registry import Registry, RegistryError, publish
 from serving.client import RecflowClient
 from serving.repository import RankingEndpoint
@@ -26,6 +25,7 @@ from serving.trial import TrialServingFailed, infra_validate
 from tasks.download import fetch_dataset
 from tasks.features import build_features
 from tasks.gate import GateFailed, gate
+from tasks.train import RETRIEVAL_DIR, Candidate, train_ranking, train_retrieval
 from tests.conftest import small_settings
 from tests.unit.test_registry import cli_for
 
@@ -72,18 +72,23 @@ def data(home):
     return raw, features
 
 
-def train(settings, features, run_id) -> RankingModel:
-    out = settings.paths.models_dir / run_id / "ranking"
-    return train_dlrm(
-        features.train_dir, features.valid_dir, settings.ranking, out, features.fingerprint
-    )
+def train(settings, features, run_id, retrieval_from: Candidate | None = None) -> Candidate:
+    """Train a candidate; with ``retrieval_from``, only its ranking model, and reuse that
+    candidate's retrieval model (this story is about the ranking model)."""
+    run_dir = settings.paths.models_dir / run_id
+    train_ranking(features, settings, run_id)
+    if retrieval_from is None:
+        train_retrieval(features, settings, run_id)
+    else:
+        shutil.copytree(retrieval_from.retrieval.path, run_dir / RETRIEVAL_DIR)
+    return Candidate.load(features, run_dir)
 
 
-def copy_of(ranking: RankingModel, settings, run_id) -> RankingModel:
-    """The same trained model under another run: a candidate without another training."""
-    target = settings.paths.models_dir / run_id / "ranking"
-    shutil.copytree(ranking.path, target)
-    return RankingModel.load(target)
+def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
+    """The same trained models under another run: a candidate without another training."""
+    target = settings.paths.models_dir / run_id
+    shutil.copytree(candidate.ranking.path.parent, target)
+    return Candidate.load(candidate.features, target)
 
 
 def live_versions(settings) -> set[str]:
@@ -100,27 +105,28 @@ def live_versions(settings) -> set[str]:
 def first(home, data):
     settings = settings_for(home)
     raw, features = data
-    ranking = train(settings, features, FIRST)
-    record = gate(FIRST, raw, features, ranking, settings)
+    candidate = train(settings, features, FIRST)
+    record = gate(FIRST, raw, candidate, settings)
     registry = Registry.from_settings(settings)
     infra_validate(registry, FIRST, settings)
     publish(registry, FIRST, settings, "first run")
-    return ranking, record
+    return candidate, record
 
 
 @pytest.fixture(scope="module")
 def worse(home, data, first):
     settings = settings_for(home, *WORSE_MODEL)
     raw, features = data
-    ranking = train(settings, features, WORSE)
+    candidate = train(settings, features, WORSE, retrieval_from=first[0])
     with pytest.raises(GateFailed) as failed:
-        gate(WORSE, raw, features, ranking, settings)
-    return ranking, failed.value
+        gate(WORSE, raw, candidate, settings)
+    return candidate, failed.value
 
 
 def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     raw, features = data
-    ranking, record = first
+    candidate, record = first
+    ranking = candidate.ranking
     registry = Registry.from_settings(settings_for(home))
     stored = registry.load(FIRST)
     assert stored.status == "BLESSED"
@@ -132,12 +138,18 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     assert stored.evaluation.metrics["ranking.auc"] == pytest.approx(
         ranking.metrics["auc"], abs=1e-4
     )
+    # Retrieval is judged too, against most-popular on the same users, in raw ids.
+    recall = stored.evaluation.metrics["retrieval.recall@10"]
+    assert recall > stored.evaluation.baseline_metrics["retrieval.recall@10"]
+    assert ("retrieval.recall@10", "baseline") in {
+        (check.metric, check.kind) for check in stored.decision.checks
+    }
     lineage = stored.lineage
     assert (lineage.variant, lineage.data_checksum) == (raw.variant, raw.checksum)
     assert lineage.features_fingerprint == features.fingerprint
-    assert lineage.params["epochs"] == ranking.params["epochs"]
+    assert lineage.params["ranking"]["epochs"] == ranking.params["epochs"]
     assert lineage.code_version.startswith("0.")
-    assert stored.models["ranking"] == ranking.path
+    assert stored.models == {"ranking": ranking.path, "retrieval": candidate.retrieval.path}
 
     assert stored.trial.passed, stored.trial.message
     assert stored.trial.rows == 257 and stored.trial.max_abs_diff <= 1e-5
@@ -170,9 +182,9 @@ def test_worse_model_is_not_blessed_by_the_change_bound(home, first, worse):
 def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, worse):
     settings = settings_for(home, *LOOSE_GATE)
     raw, features = data
-    ranking = copy_of(worse[0], settings, CORRUPT)
-    assert gate(CORRUPT, raw, features, ranking, settings).status == "BLESSED"
-    (ranking.model_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
+    candidate = copy_of(worse[0], settings, CORRUPT)
+    assert gate(CORRUPT, raw, candidate, settings).status == "BLESSED"
+    (candidate.ranking.model_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
 
     registry = Registry.from_settings(settings)
     with pytest.raises(TrialServingFailed, match="(?s)tritonserver exited.*load failed"):
@@ -188,8 +200,8 @@ def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, wors
 def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data, first, worse):
     settings = settings_for(home, *LOOSE_GATE, "trial.enabled=false")
     raw, features = data
-    ranking = copy_of(worse[0], settings, SECOND)
-    gate(SECOND, raw, features, ranking, settings)
+    candidate = copy_of(worse[0], settings, SECOND)
+    gate(SECOND, raw, candidate, settings)
     registry = Registry.from_settings(settings)
     assert publish(registry, SECOND, settings, "looser gate").version == 2
 
@@ -204,10 +216,12 @@ def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data,
     ]
     assert state.history[-1].reason == "AUC dropped" and state.history[-1].previous == SECOND
 
+    ranking_model = RankingEndpoint(settings.serving.model_prefix).model("ranking")
     expected = registry.trial_sample(FIRST)
     not_expected = registry.trial_sample(SECOND)["score"].to_numpy()
     with (
-        TritonServer.from_settings(settings) as server,
+        # Ranking alone: with two versions kept, all four endpoints would start eight stubs.
+        TritonServer.from_settings(settings, [ranking_model]) as server,
         RecflowClient.from_config(server.config) as client,
     ):
         served = client.infer(

@@ -94,11 +94,7 @@ def endpoint(published: Published) -> RankingEndpoint:
 
 @pytest.fixture(scope="module")
 def server(published: Published, endpoint: RankingEndpoint) -> Iterator[TritonServer]:
-    # One model at a time: four stubs importing TensorFlow at once on a starved 2-core machine
-    # crashed the Python backend (boost::interprocess::lock_exception) in testing.
     with TritonServer.from_settings(published.settings, models=endpoint.all_models) as running:
-        for name in endpoint.retrieval_models:
-            running.load(name)
         yield running
 
 
@@ -115,8 +111,7 @@ def users(published: Published) -> np.ndarray:
 
 
 def test_every_endpoint_is_served(server: TritonServer, endpoint: RankingEndpoint) -> None:
-    names = endpoint.all_models + endpoint.retrieval_models
-    assert all(server.is_model_ready(name) for name in names)
+    assert all(server.is_model_ready(name) for name in endpoint.all_models)
 
 
 def test_served_ranking_scores_equal_in_process_scores(

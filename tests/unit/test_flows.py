@@ -22,6 +22,7 @@ import tasks.download
 from flows.pipeline import pipeline
 from flows.stages import as_settings, fetch_data
 from models.dlrm import RankingModel
+from models.two_tower import RetrievalModel
 from recflow.artifacts import MANIFEST, RawDataset
 from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
@@ -47,6 +48,7 @@ class FakeStages:
             "build_features_task": self.features,
             "validate_features_task": self.validate,
             "train_ranking_task": self.train,
+            "train_retrieval_task": self.train_retrieval,
             "gate_task": self.gate,
             "publish_task": self.publish,
         }
@@ -127,7 +129,27 @@ class FakeStages:
         ranking.save_manifest()
         return ranking
 
-    def gate(self, run_id, raw, features, ranking, settings) -> CandidateRecord:
+    def train_retrieval(self, features: FeatureSet, settings: Settings, run_id: str):
+        out = settings.paths.models_dir / run_id / "retrieval"
+        out.mkdir(parents=True)
+        retrieval = RetrievalModel(
+            path=out,
+            features_fingerprint=features.fingerprint,
+            params={},
+            metrics={"recall@10": 0.3},
+            baseline_metrics={"recall@10": 0.2},
+            history=[{"loss": 2.0, "recall@10": 0.3}],
+            best_epoch=1,
+            train_seconds=1.0,
+            train_examples_per_s=3.0,
+            n_items=2,
+            dim=4,
+        )
+        retrieval.save_manifest()
+        return retrieval
+
+    def gate(self, run_id, raw, candidate, settings) -> CandidateRecord:
+        ranking = candidate.ranking
         evaluation = Evaluation(
             rows=1,
             metrics={"ranking.auc": ranking.metrics["auc"]},
@@ -184,7 +206,7 @@ def test_rerun_reuses_cached_features_and_force_rebuilds_them(
     stages.install(monkeypatch)
 
     first = pipeline(settings)
-    assert first.version == 1 and first.metrics == {"auc": 0.9}
+    assert first.version == 1 and first.metrics == {"ranking.auc": 0.9}
     assert latest_artifact(Keys.FEATURES)["description"].startswith("features built: ")
     for key in (Keys.DATASET, Keys.ANOMALIES, Keys.TRAINING_CURVES, Keys.METRICS, Keys.GATE):
         assert latest_artifact(key)["data"]

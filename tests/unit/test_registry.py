@@ -52,7 +52,7 @@ def exports(monkeypatch) -> list[str]:
     """Stand-in for exporting a candidate into the live repository: returns version N+1."""
     exported: list[str] = []
 
-    def export(record, repo, cfg):
+    def export(registry, record, repo, cfg):
         exported.append(record.id)
         return len(exported)
 
@@ -96,8 +96,9 @@ def add(registry: Registry, tmp_path: Path, *records: CandidateRecord) -> None:
     schema = tmp_path / "schema.pbtxt"
     schema.write_text("feature {}\n")
     sample = pd.DataFrame({"user_id": [1], "item_id": [2], "score": [0.5]})
+    seen = pd.DataFrame({"user_id": [1], "item_id": [2]})
     for one in records:
-        registry.add(one, sample, schema)
+        registry.add(one, sample, seen, schema)
 
 
 @pytest.mark.parametrize(
