@@ -103,10 +103,13 @@ def test_run_tells_its_story_in_artifacts(first, scheduled_pipeline):
     columns = {(row["table"], row["column"]) for row in table(found[Keys.FEATURES])}
     assert {("features", "user_id"), ("features", "item_id")} <= columns
     assert "accepted" in found[Keys.ANOMALIES]["description"]
-    curves = table(found[Keys.TRAINING_CURVES])
-    assert [row["epoch"] for row in curves] == list(range(1, len(curves) + 1))
-    assert "loss" in curves[0]
-    assert [row["kept"] for row in curves].count("best") == 1
+    rows = table(found[Keys.TRAINING_CURVES])
+    assert {row["model"] for row in rows} == {"ranking", "retrieval"}
+    for model in ("ranking", "retrieval"):
+        curves = [row for row in rows if row["model"] == model]
+        assert [row["epoch"] for row in curves] == list(range(1, len(curves) + 1))
+        assert "loss" in curves[0]
+        assert [row["kept"] for row in curves].count("best") == 1
     metrics = {row["metric"]: row for row in table(found[Keys.METRICS])}
     assert metrics["ranking.auc"]["candidate"] > metrics["ranking.auc"]["baseline"]
     assert "**BLESSED**" in found[Keys.GATE]["data"]
