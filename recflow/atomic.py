@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +27,8 @@ def atomic_dir(target: Path, *, replace: bool = False) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists() and not replace:
         raise FileExistsError(f"{target} already exists")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    remove_orphaned_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{_tag()}", dir=target.parent))
     try:
         yield staging
         _fsync_tree(staging)
@@ -47,7 +50,8 @@ def atomic_file(target: Path, mode: str = "wb") -> Iterator:
     """Open a temp file beside ``target``; it replaces ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_orphaned_staging(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_tag()}", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -66,6 +70,49 @@ def write_text_atomic(target: Path, text: str) -> None:
         handle.write(text)
 
 
+def _tag() -> str:
+    # Who is writing: a writer killed outright (SIGKILL, OOM, power loss) cannot remove its
+    # staging directory or temp file, and the next writer beside it can then tell it is orphaned.
+    return f"{_HOST}-{os.getpid()}-"
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())
+# .NAME.staging-HOST-PID-RANDOM (atomic_dir) and .NAME.HOST-PID-RANDOM.tmp (atomic_file).
+_ORPHAN = re.compile(r"\..+\.(?:staging-)?" + re.escape(_HOST) + r"-(\d+)-[a-z0-9_]+(?:\.tmp)?")
+
+
+def remove_orphaned_staging(target: Path) -> list[Path]:
+    """Remove staging directories and temp files beside ``target`` whose writers have died.
+
+    Only writers on this host are judged (a pid means nothing elsewhere), and a live pid, even
+    one reused by another process, keeps its entry: nothing in progress is ever removed.
+    """
+    removed = []
+    for entry in Path(target).parent.glob(".*"):
+        match = _ORPHAN.fullmatch(entry.name)
+        if match is not None and not _alive(int(match.group(1))):
+            removed.append(_remove(entry))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return True
+
+
+def _remove(entry: Path) -> Path:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+    return entry
+
+
 def remove_stale_staging(parent: Path) -> list[Path]:
     """Delete leftovers of interrupted ``atomic_dir``/``atomic_file`` calls under ``parent``."""
     removed = []
@@ -75,11 +122,7 @@ def remove_stale_staging(parent: Path) -> list[Path]:
         if entry.name.startswith(".") and (
             ".staging-" in entry.name or ".retired-" in entry.name or entry.name.endswith(".tmp")
         ):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed.append(entry)
+            removed.append(_remove(entry))
     return removed
 
 

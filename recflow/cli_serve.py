@@ -6,6 +6,7 @@ import, which every other ``recflow`` command (and ``--help``) would otherwise p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,8 @@ from recflow.cli_common import console, print_scores, settings_of
 CATALOG_FILE = "catalog.parquet"
 CATALOG_COLUMN = "item_id"
 MAX_PORT = 65535
+# A Triton model is a directory of the repository: one path component, no '..', no separators.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def register(app: typer.Typer) -> None:
@@ -50,6 +53,23 @@ def _ids(csv: str, option: str) -> list[int]:
     except ValueError as exc:
         message = f"expected comma-separated integers, got {csv!r}"
         raise typer.BadParameter(message, param_hint=option) from exc
+
+
+def model_names(csv: str, repository: Path) -> list[str]:
+    """``--models``: names of model directories that exist in ``repository``."""
+    from serving.server import discover_models
+
+    names = _split(csv)
+    bad = [name for name in names if not MODEL_NAME.fullmatch(name) or ".." in name]
+    if bad:
+        message = f"not model names (letters, digits, '_', '.', '-'): {bad!r}"
+        raise typer.BadParameter(message, param_hint="--models")
+    available = discover_models(repository) if repository.is_dir() else []
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        message = f"{unknown} not in {repository}; it holds {available or 'no models'}"
+        raise typer.BadParameter(message, param_hint="--models")
+    return names
 
 
 def read_catalog(path: Path) -> list[int]:
@@ -85,8 +105,9 @@ def serve(
     )
     settings = settings.model_copy(update={"serving": serving})
 
+    chosen = None if models is None else model_names(models, settings.paths.triton_repo)
     with _exit_on(TritonServerError, TimeoutError):
-        server = TritonServer.from_settings(settings, None if models is None else _split(models))
+        server = TritonServer.from_settings(settings, chosen)
 
         def announce() -> None:
             console.print(

@@ -17,6 +17,7 @@ when fewer items qualify (docs/serving.md).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -37,9 +38,12 @@ K_INPUT = "k"
 EXCLUDE_SEEN_INPUT = "exclude_seen"
 RANKED_OUTPUTS = ("item_ids", "scores")
 
-DEFAULT_RETRIES = 3
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 1.0
+# retries=None: retry UNAVAILABLE for as long as the call's deadline allows. A server restart
+# takes minutes when its models import TensorFlow; a fixed count of 3 gave up after 0.7 s.
+DEFAULT_RETRIES: int | None = None
+_BACKOFF_STEPS = 4  # attempts before the backoff reaches BACKOFF_MAX_S
 # gRPC's own reconnect backoff grows to 2 minutes, during which calls fail without even trying
 # to connect; capping it lets retries and readiness polls find a restarted server within ~1 s.
 RECONNECT_BACKOFF_MAX_MS = 1000
@@ -161,22 +165,25 @@ class _ClientBase:
         self,
         url: str,
         timeout_s: float = _DEFAULTS.request_timeout_s,
-        retries: int = DEFAULT_RETRIES,
+        retries: int | None = DEFAULT_RETRIES,
         *,
         model_prefix: str = _DEFAULTS.model_prefix,
         max_batch_size: int = _DEFAULTS.max_batch_size,
     ) -> None:
-        if timeout_s <= 0 or retries < 0 or max_batch_size <= 0:
+        if timeout_s <= 0 or (retries is not None and retries < 0) or max_batch_size <= 0:
             raise ValueError("need timeout_s > 0, retries >= 0 and max_batch_size > 0")
         self.url = url
         self.timeout_s = timeout_s
-        self.retries = retries
+        # None: as many as fit in the deadline (the backoff is capped at BACKOFF_MAX_S).
+        self.retries = (
+            math.ceil(timeout_s / BACKOFF_MAX_S) + _BACKOFF_STEPS if retries is None else retries
+        )
         self.model_prefix = model_prefix
         self.max_batch_size = max_batch_size
         self._grpc = self._client_class(url, channel_args=_CHANNEL_ARGS)
 
     @classmethod
-    def from_config(cls, config: ServingConfig, retries: int = DEFAULT_RETRIES) -> Self:
+    def from_config(cls, config: ServingConfig, retries: int | None = DEFAULT_RETRIES) -> Self:
         return cls(
             f"{config.host}:{config.grpc_port}",
             config.request_timeout_s,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.runtime import STAGES, BadRequest
+from serving.runtime import STAGES, BadRequest, require_trusted
 
 
 class TritonPythonModel:
@@ -18,7 +18,8 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         stage = config["parameters"]["recflow_stage"]["string_value"]
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.stage = STAGES[stage](version_dir)
+        # Refused before anything is unpickled or imported from it (serving/runtime.py).
+        self.stage = STAGES[stage](require_trusted(version_dir))
         self.inputs = [spec["name"] for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
         # Stages that score rows independently take the dynamic batcher's requests as one

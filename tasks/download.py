@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
@@ -56,6 +57,8 @@ MIRROR_CHECKSUMS = "SHA256SUMS"
 PUBLISHED_MD5_SUFFIX = ".md5"
 # Members smaller than this are not ratio-checked: tiny files compress absurdly well and harmlessly.
 RATIO_CHECK_MIN_BYTES = 1 << 20
+# Rows each normalisation cleaning rule dropped, beside the tables (validation reports them).
+SOURCE_CLEANING = "cleaning.json"
 # Prefect-level retries, on top of the per-request retries of DownloadConfig.
 TASK_RETRIES = 2
 TASK_RETRY_BACKOFF_S = 30.0
@@ -559,6 +562,19 @@ def _unsafe_kind(info: zipfile.ZipInfo) -> str | None:
 # Entry points
 
 
+def dataset_dir(data: DataConfig, paths: PathsConfig) -> Path:
+    """Where ``fetch_dataset`` puts the tables of ``data.variant``."""
+    if data.variant == SYNTHETIC:
+        return paths.raw_dir / synthetic.dataset_name(data.synthetic)
+    return paths.raw_dir / get_variant(data.variant).name
+
+
+def source_cleaning(dataset: Path) -> dict[str, int]:
+    """Rows each cleaning rule dropped while the tables in ``dataset`` were normalised."""
+    file = Path(dataset) / SOURCE_CLEANING
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
 def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
     """The canonical tables of ``data.variant`` in ``paths.raw_dir``, made unless already there."""
     if data.variant == SYNTHETIC:
@@ -622,6 +638,7 @@ def _publish(
             n_items=report.n_items,
             has_users=report.has_users,
         )
+        (staging / SOURCE_CLEANING).write_text(json.dumps(report.dropped, indent=2))
         dataset.save_manifest(staging)
     log.info(
         "%s: %d interactions, %d users, %d items -> %s",

@@ -357,12 +357,16 @@ def accept(features: FeatureSet, features_dir: Path) -> None:
 
 
 def validate_features(
-    features: FeatureSet, features_dir: Path, cfg: ValidationConfig
+    features: FeatureSet,
+    features_dir: Path,
+    cfg: ValidationConfig,
+    source_cleaning: Mapping[str, int] | None = None,
 ) -> ValidationReport:
     """Check ``features`` against the accepted build; write the report; accept it if it passes.
 
     Raises ``DataValidationError`` listing the blocking anomalies; the report is written first,
-    to ``<features>/validation.json``.
+    to ``<features>/validation.json``. ``source_cleaning`` (the rows normalisation dropped from
+    the source, ``tasks.download.source_cleaning``) is counted in the report as ``source: ...``.
     """
     from tasks.features import FeatureSet
 
@@ -384,7 +388,10 @@ def validate_features(
         baseline=baseline.fingerprint if baseline else None,
         checked_at=_now(),
         anomalies=compare(new, baseline.profile() if baseline else None, cfg, unseen),
-        cleaning=new.cleaning,
+        cleaning={
+            **{f"source: {rule}": int(n) for rule, n in (source_cleaning or {}).items()},
+            **new.cleaning,
+        },
     )
     where = features.path / REPORT
     write_text_atomic(where, report.model_dump_json(indent=2))
@@ -403,4 +410,28 @@ def _now() -> str:
 
 @task(name="validate-features", task_run_name="validate-features-{features.fingerprint}")
 def validate_features_task(features: FeatureSet, settings: Settings) -> ValidationReport:
-    return validate_features(features, settings.paths.features_dir, settings.validation)
+    return validate_features(
+        features,
+        settings.paths.features_dir,
+        settings.validation,
+        _source_cleaning(features, settings),
+    )
+
+
+def _source_cleaning(features: FeatureSet, settings: Settings) -> dict[str, int]:
+    """What normalisation dropped from the dataset ``features`` was built from, if on disk."""
+    from recflow.artifacts import MANIFEST, RawDataset
+    from tasks.download import DownloadError, dataset_dir, source_cleaning
+    from tasks.features import fingerprint
+
+    try:
+        dataset = dataset_dir(settings.data, settings.paths)
+        raw = RawDataset.load(dataset) if (dataset / MANIFEST).is_file() else None
+    except (DownloadError, OSError, ValueError):
+        return {}
+    if raw is None:
+        return {}
+    # The same fingerprint proves these are the tables the build read.
+    if fingerprint(raw, settings.features, settings.validation) != features.fingerprint:
+        return {}
+    return source_cleaning(dataset)
