@@ -71,6 +71,11 @@ CONTRACTS = {
 }
 
 
+def published_stages(with_retrieval: bool) -> tuple[str, ...]:
+    """The endpoints a publish writes: every one, or without a retrieval model ranking alone."""
+    return tuple(CONTRACTS) if with_retrieval else ("ranking",)
+
+
 @dataclass(frozen=True)
 class RankingEndpoint:
     """Names of recflow's Triton models for one ``model_prefix``."""
@@ -89,10 +94,6 @@ class RankingEndpoint:
     def all_models(self) -> tuple[str, ...]:
         """Every endpoint's model, as a publish with a retrieval model writes them."""
         return tuple(self.model(endpoint) for endpoint in CONTRACTS)
-
-    def published(self, with_retrieval: bool) -> tuple[str, ...]:
-        """The models a publish writes: without a retrieval model, ranking alone."""
-        return self.all_models if with_retrieval else (self.model("ranking"),)
 
 
 def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
@@ -141,8 +142,7 @@ def export_ranking(
     """
     endpoint = RankingEndpoint(cfg.model_prefix)
     version = next_version(repo, endpoint)
-    stages = ["ranking"] if retrieval is None else list(CONTRACTS)
-    for stage in stages:
+    for stage in published_stages(retrieval is not None):
         name = endpoint.model(stage)
         with atomic_dir(repo / name / str(version)) as staging:
             shutil.copy(TRITON_MODEL_SOURCE, staging / "model.py")

@@ -30,7 +30,7 @@ from recflow.registry import (
     now,
 )
 from serving.client import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT, RecflowClient, TritonRequestError
-from serving.repository import CONTRACTS, RankingEndpoint
+from serving.repository import CONTRACTS, RankingEndpoint, published_stages
 from serving.runtime import EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, STAGES, K
 from serving.server import TritonServer, TritonServerError
 
@@ -54,7 +54,8 @@ def trial_serve(
     """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
     ``item_id``, ``score``) with the in-process scores."""
     endpoint = RankingEndpoint(settings.serving.model_prefix)
-    models = endpoint.published(with_retrieval=RETRIEVAL in record.models)
+    stages = published_stages(RETRIEVAL in record.models)
+    models = [endpoint.model(stage) for stage in stages]
     log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -80,7 +81,7 @@ def trial_serve(
                 disagreement = _ranked_disagreement(
                     client,
                     endpoint,
-                    {name: repo / name / str(version) for name in models},
+                    {stage: repo / endpoint.model(stage) / str(version) for stage in stages},
                     sample,
                     settings,
                 )
@@ -114,7 +115,7 @@ def trial_serve(
 def _ranked_disagreement(
     client: RecflowClient,
     endpoint: RankingEndpoint,
-    version_dirs: dict[str, Path],
+    version_dirs: dict[str, Path],  # by stage
     sample: pd.DataFrame,
     settings: Settings,
 ) -> str | None:
@@ -125,11 +126,10 @@ def _ranked_disagreement(
     # (``similar`` rejects an item without an embedding).
     users = [*sample[USER_INPUT].iloc[:-1].drop_duplicates()[: n - 1], sample[USER_INPUT].iloc[-1]]
     probes = {USER_INPUT: users, ITEM_INPUT: list(sample[ITEM_INPUT].iloc[:-1].unique()[:n])}
-    for stage in ("retrieval", "recommend", "similar"):
+    for stage, version_dir in version_dirs.items():
+        if stage == "ranking":
+            continue  # its scores were compared with the gate's already
         name = endpoint.model(stage)
-        if name not in version_dirs:
-            continue
-        version_dir = version_dirs[name]
         key = CONTRACTS[stage][0][0].name
         local = STAGES[stage](version_dir)
         for value in probes[key]:

@@ -47,7 +47,7 @@ from recflow.registry import (
     publish,
     tree_sha256,
 )
-from serving.repository import CONTRACTS, RankingEndpoint, export_ranking
+from serving.repository import RankingEndpoint, export_ranking, published_stages
 from serving.runtime import SCORE, RankingPipeline, RetrievalStage
 from serving.trial import infra_validate
 from tasks.features import (
@@ -139,8 +139,10 @@ def export_scratch(
     each endpoint, by endpoint name (``ranking``, ``retrieval``, ...)."""
     version = export_ranking(features, ranking, scratch, settings.serving, retrieval, seen)
     endpoint = RankingEndpoint(settings.serving.model_prefix)
-    stages = CONTRACTS if retrieval is not None else ("ranking",)
-    return {stage: scratch / endpoint.model(stage) / str(version) for stage in stages}
+    return {
+        stage: scratch / endpoint.model(stage) / str(version)
+        for stage in published_stages(retrieval is not None)
+    }
 
 
 def ranking_scores(version_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
