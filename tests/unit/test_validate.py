@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,10 +15,13 @@ from tasks.validate import (
     ACCEPTED,
     DUPLICATES,
     FEATURES_TABLE,
+    MAX_SHARES,
     REPORT,
+    SKETCH_SIZE,
     DataValidationError,
     Profile,
     compare,
+    distinct_count,
     ks_statistic,
     profile_table,
     unseen_share,
@@ -91,6 +95,25 @@ def test_statistics_per_column(baseline):
     assert len(rating.quantiles) == 101 and rating.quantiles[50] in (3.0, 4.0)
     assert set(rating.shares) == {"1.0", "2.0", "3.0", "4.0", "5.0"}
     assert baseline.tables["users"]["gender"].quantiles is None  # not numeric
+
+
+@pytest.mark.parametrize("per_partition", [32, 33, 5_000])
+def test_value_shares_up_to_the_cap_and_exact_cardinality_up_to_the_sketch(per_partition):
+    # Two partitions with disjoint values: only their union can cross MAX_SHARES.
+    values = np.concatenate([np.arange(per_partition), per_partition + np.arange(per_partition)])
+    frame = dd.from_pandas(pd.DataFrame({"v": np.repeat(values, 3)}), npartitions=2, sort=False)
+    stats = profile_table(frame, {"v": "int64"})["v"]
+    n = 2 * per_partition
+    assert (stats.cardinality, stats.cardinality_approximate) == (n, False)
+    assert stats.shares == ({str(v): 1 / n for v in values} if n <= MAX_SHARES else None)
+
+
+def test_cardinality_beyond_the_sketch_is_estimated_within_a_few_percent():
+    rng = np.random.default_rng(0)
+    for n in (SKETCH_SIZE + 1, 200_000, 3_000_000):
+        hashes = np.sort(rng.integers(0, 2**64, size=n, dtype=np.uint64))
+        count, approximate = distinct_count(np.array_split(hashes, 7))
+        assert approximate and abs(count - n) <= 0.03 * n
 
 
 def test_missing_and_extra_columns(baseline):
