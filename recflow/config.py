@@ -167,11 +167,10 @@ class FeaturesConfig(_Section):
     # Also emit the raw rating as a REGRESSION target next to the binary one. Off by default:
     # a second TARGET column makes Merlin's loader yield a dict of targets.
     rating_target: bool = False
-    # Dask partitions of the raw interactions as read (parquet's uncompressed bytes).
-    part_size: str = "64MB"
-    # Rows per partition once cleaned and joined with the side features, which NVTabular fits
-    # and transforms one at a time per worker thread: a joined row takes ~300 bytes in pandas
-    # (the genre lists dominate), so this bounds a worker's memory whatever the dataset's size.
+    # Rows per Dask partition, from the raw interactions as read to the splits joined with their
+    # side features, which NVTabular fits and transforms one at a time per worker thread: a
+    # joined row takes ~300 bytes in pandas (the genre lists dominate), so this bounds a
+    # worker's memory whatever the dataset's size.
     partition_rows: PositiveInt = 250_000
 
 

@@ -188,6 +188,18 @@ def input_dtypes(raw: RawDataset) -> dict[str, dict[str, str]]:
     return dtypes
 
 
+def read_interactions(raw: RawDataset, cfg: FeaturesConfig) -> dd.DataFrame:
+    """The raw interactions in partitions of at most ``cfg.partition_rows`` rows.
+
+    Dask reads whole row groups (files from other tools may hold millions of rows in one);
+    larger ones are split after the read, so later tasks never hold more than a partition.
+    """
+    frame = dd.read_parquet(str(raw.interactions), split_row_groups=True)
+    n_rows = pq.read_metadata(raw.interactions).num_rows
+    wanted = partition_count(n_rows, cfg.partition_rows)
+    return frame.repartition(npartitions=wanted) if wanted > frame.npartitions else frame
+
+
 def _keep_valid_rows(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
     df = df[list(REQUIRED["interactions"])].dropna()
     df = df[(df[RATING] >= rating_min) & (df[RATING] <= rating_max)]
@@ -226,16 +238,13 @@ def clean_and_split(
     validation: ValidationConfig,
     timestamp_quantiles: list[float],
     work_dir: Path,
-    *,
-    npartitions: int | None = None,
 ) -> tuple[dd.DataFrame, dd.DataFrame, dict[str, int]]:
     """Apply the cleaning rules, split, and write the result to ``work_dir`` once.
 
     Rows are shuffled by user so that duplicates and each user's history meet in one partition;
-    writing the outcome keeps later passes (fit, transform) from repeating that shuffle.
-    ``npartitions``: partitions after the shuffle (default: as many as ``interactions`` has);
-    see ``partition_count``. Returns the training and validation rows and the rows each rule
-    dropped.
+    writing the outcome keeps later passes (fit, transform) from repeating that shuffle. The
+    shuffle keeps the partition count of ``interactions`` (see ``read_interactions``). Returns
+    the training and validation rows and the rows each rule dropped.
     """
     bounds = (validation.rating_min, validation.rating_max)
     meta = pd.DataFrame({MISSING_VALUE: pd.Series(dtype="int64"), OUT_OF_RANGE: []}).astype("int64")
@@ -243,7 +252,7 @@ def clean_and_split(
     # The split's global cutoff, read off the profile's percentiles instead of another pass.
     cutoff = float(np.interp(1 - cfg.valid_fraction, QUANTILE_PROBS, timestamp_quantiles))
     kept = interactions.map_partitions(_keep_valid_rows, *bounds)
-    shuffled = kept.shuffle(USER_ID, npartitions=npartitions or interactions.npartitions)
+    shuffled = kept.shuffle(USER_ID)
     flagged = shuffled.map_partitions(_dedupe_and_flag, cfg, cutoff)
     n_raw = interactions.shape[0]
     write = flagged.to_parquet(str(work_dir), compute=False, write_metadata_file=False)
@@ -468,21 +477,19 @@ def build_features(
         return FeatureSet.load(target)
 
     dtypes = input_dtypes(raw)
-    interactions = dd.read_parquet(str(raw.interactions), blocksize=cfg.part_size)
+    interactions = read_interactions(raw, cfg)
     tables = {"interactions": profile_table(interactions, dtypes["interactions"])}
     for name in ("items", "users"):
         if name in dtypes:
             tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
     with atomic_dir(target) as staging:
         work = staging / "work"
-        n_rows = pq.read_metadata(raw.interactions).num_rows
         train, valid, cleaning = clean_and_split(
             interactions,
             cfg,
             validation,
             tables["interactions"][TIMESTAMP].quantiles,
             work / "clean",
-            npartitions=partition_count(n_rows, cfg.partition_rows),
         )
         items, users, vocab = side_feature_tables(raw, train)
         (staging / "lookup").mkdir()

@@ -58,6 +58,7 @@ from tasks.features import (
     FeatureSet,
     clean_and_split,
     fingerprint,
+    read_interactions,
 )
 from tasks.train import Candidate
 
@@ -103,7 +104,7 @@ def held_out(raw: RawDataset, features: FeatureSet, settings: Settings) -> HeldO
             f"features {features.fingerprint} were not built from {raw.variant} "
             f"({raw.checksum[:12]}) with these settings: their held-out rows cannot be reproduced"
         )
-    interactions = dd.read_parquet(str(raw.interactions), blocksize=settings.features.part_size)
+    interactions = read_interactions(raw, settings.features)
     quantiles = features.profile().tables["interactions"][TIMESTAMP].quantiles
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="held-out-", dir=settings.paths.cache_dir) as work:

@@ -20,6 +20,7 @@ from tasks.features import (
     feature_statistics,
     input_dtypes,
     partition_count,
+    read_interactions,
     side_feature_tables,
     side_workflow,
     write_joined_splits,
@@ -216,6 +217,17 @@ def test_no_rows_left_after_cleaning_is_an_error(raw, tmp_path):
 )
 def test_partition_count_bounds_rows_per_partition(rows, per_partition, expected):
     assert partition_count(rows, per_partition) == expected
+
+
+def test_interactions_are_read_in_partitions_of_at_most_partition_rows(raw, tmp_path):
+    # One row group holding every row, as other tools may write it.
+    frame = pd.read_parquet(raw.interactions)
+    one_group = with_interactions(raw, tmp_path / "one-group", frame)
+    frame.to_parquet(one_group.interactions, index=False, row_group_size=len(frame))
+    limit = -(-len(frame) // 3)
+    parts = read_interactions(one_group, FeaturesConfig(partition_rows=limit))
+    sizes = parts.map_partitions(len).compute().tolist()
+    assert len(sizes) == 3 and max(sizes) <= limit and sum(sizes) == len(frame)
 
 
 def test_small_partitions_give_the_same_features(raw, built, dirty, tmp_path):
