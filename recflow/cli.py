@@ -17,7 +17,9 @@ from recflow.cli_schedule import register as register_schedule
 from recflow.cli_serve import register as register_serving
 from recflow.config import Settings, load_settings
 
-# Exit codes: 1 is an error; a candidate that fails the gate is an expected outcome, not a crash.
+# Exit codes: 1 is an error, 2 a command line or settings the CLI refuses (as click does); a
+# candidate that fails the gate is an expected outcome, not a crash.
+EXIT_USAGE = 2
 EXIT_NOT_BLESSED = 3
 
 # Prefect settings recflow needs unless the user chose otherwise. A fresh ephemeral API server
@@ -65,7 +67,11 @@ def main(
     pairs = list(overrides or [])
     if home is not None:
         pairs.append(f"paths.home={home}")
-    ctx.obj = load_settings(config, pairs)
+    try:
+        ctx.obj = load_settings(config, pairs)
+    except ValueError as error:  # pydantic's ValidationError included
+        console.print(f"[red]invalid settings: {error}[/]")
+        raise typer.Exit(EXIT_USAGE) from error
 
 
 @app.command()
@@ -113,6 +119,8 @@ def demo(
 
 def _run_pipeline(settings: Settings, force: bool = False):
     from flows.pipeline import pipeline
+    from recflow.locks import LockTimeout
+    from recflow.registry import RegistryError
     from serving.trial import TrialServingFailed
     from tasks.gate import GateFailed
 
@@ -124,6 +132,10 @@ def _run_pipeline(settings: Settings, force: bool = False):
     except TrialServingFailed as failure:
         console.print(f"[red]{failure}[/]")
         raise typer.Exit(EXIT_TRIAL_FAILED) from failure
+    except (RegistryError, LockTimeout) as refusal:
+        # E.g. the second of two concurrent runs: another candidate was published meanwhile.
+        console.print(f"[red]{type(refusal).__name__}: {refusal}[/]")
+        raise typer.Exit(1) from refusal
     table = Table(title=f"Pipeline run {result.run_id} ({result.variant})")
     for column in ("metric", "model", "baseline"):
         table.add_column(column)

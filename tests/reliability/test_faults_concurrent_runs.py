@@ -103,7 +103,7 @@ def finish_quietly(run: subprocess.Popen[bytes]) -> int:
 
 
 def reason(text: str) -> str:
-    """The refusal, out of the traceback the CLI prints around it."""
+    """The refusal the CLI printed: its last line naming the error."""
     lines = [line.strip() for line in text.splitlines()]
     found = [line for line in lines if "RegistryError:" in line or "LockTimeout:" in line]
     return found[-1] if found else tail(text, 3)

@@ -19,6 +19,23 @@ def test_malformed_override_is_rejected(bad):
         parse_overrides([bad])
 
 
+@pytest.mark.parametrize("value", ["evil\x00x", "[1, 2", "{a: 1"])
+def test_override_values_that_are_not_yaml_are_rejected_by_name(value):
+    with pytest.raises(ValueError, match="ranking.epochs.*is not YAML"):
+        parse_overrides([f"ranking.epochs={value}"])
+
+
+@pytest.mark.parametrize("override", ["ranking.epochz=3", "ranking.epochs=[1, 2"])
+def test_the_cli_refuses_bad_settings_with_a_message_and_exit_code_2(tmp_path, override):
+    from typer.testing import CliRunner
+
+    from recflow.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "--set", override, "models", "list"])
+    assert result.exit_code == 2 and "invalid settings" in result.output
+    assert "Traceback" not in result.output and not any(tmp_path.iterdir())
+
+
 def test_precedence_cli_over_env_over_yaml(tmp_path, monkeypatch):
     config = tmp_path / "recflow.yaml"
     config.write_text("ranking:\n  epochs: 5\n  batch_size: 64\nserving:\n  grpc_port: 9000\n")
