@@ -26,6 +26,7 @@ from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from models.dlrm import RankingModel
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import ServingConfig
+from recflow.trust import load_workflow
 from serving import runtime
 from tasks.features import FeatureSet, serving_workflow
 
@@ -156,7 +157,7 @@ def _write_stage_files(staging: Path, stage, features, ranking, retrieval, inter
     settings = {"max_k": cfg.max_k, "retrieval_candidates": cfg.retrieval_candidates}
     (staging / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
     if stage in ("ranking", "retrieval", "recommend"):
-        workflow = serving_workflow(_load_workflow(features.workflow_dir))
+        workflow = serving_workflow(load_workflow(features.workflow_dir))
         workflow.save(str(staging / runtime.WORKFLOW_DIR))
         shutil.copytree(features.lookup_dir, staging / runtime.LOOKUP_DIR)
     if stage in ("ranking", "recommend"):
@@ -179,9 +180,3 @@ def _write_catalog(features: FeatureSet, repo: Path) -> None:
     staging = repo / f".{CATALOG}.tmp"
     items.to_parquet(staging, index=False)
     staging.replace(repo / CATALOG)
-
-
-def _load_workflow(path: Path):
-    import nvtabular as nvt
-
-    return nvt.Workflow.load(str(path))

@@ -21,13 +21,13 @@ retrace Merlin's graph.
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from merlin.schema import Schema, Tags
+
+from recflow.trust import load_workflow
 
 WORKFLOW_DIR = "workflow"
 LOOKUP_DIR = "lookup"
@@ -51,31 +51,6 @@ SIDES = {USER_ID: Tags.USER, ITEM_ID: Tags.ITEM}
 
 class BadRequest(ValueError):
     """Input the model cannot serve; Triton reports it as INVALID_ARG."""
-
-
-class UntrustedLocation(PermissionError):
-    """Code-bearing artifacts in a place other users may write to: refused, never loaded."""
-
-
-def require_trusted(path: Path) -> Path:
-    """``path``, once it is clear that no other user can have changed what it holds.
-
-    A version directory holds code: ``model.py`` and the pickled NVTabular workflow, which
-    ``Workflow.load`` unpickles. Model repositories and artifact directories are therefore
-    trusted inputs (README, "Security and exposure"), and loading is refused when ``path`` or
-    anything under it is world-writable, or when a directory above it is world-writable
-    without the sticky bit (anyone could swap ``path`` for their own).
-    """
-    path = Path(path).resolve()
-    for directory in path.parents:
-        mode = directory.stat().st_mode
-        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-            raise UntrustedLocation(f"refusing to load {path}: {directory} is world-writable")
-    for root, dirs, files in os.walk(path):
-        for entry in [root, *(os.path.join(root, name) for name in dirs + files)]:
-            if not os.path.islink(entry) and os.stat(entry).st_mode & stat.S_IWOTH:
-                raise UntrustedLocation(f"refusing to load {path}: {entry} is world-writable")
-    return path
 
 
 def encode_frame(df: pd.DataFrame, schema: Schema) -> dict[str, np.ndarray]:
@@ -132,12 +107,10 @@ def _fill(known: np.ndarray, rows: np.ndarray, cold: np.ndarray, fresh: np.ndarr
 
 class FeatureStage:
     def __init__(self, version_dir: Path):
-        import nvtabular as nvt
-
         from tasks.features import attach_side_features
 
         self._attach = attach_side_features
-        self.workflow = nvt.Workflow.load(str(require_trusted(version_dir / WORKFLOW_DIR)))
+        self.workflow = load_workflow(version_dir / WORKFLOW_DIR)
         lookup = version_dir / LOOKUP_DIR
         self.items = pd.read_parquet(lookup / "items.parquet")
         users = lookup / "users.parquet"

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from serving.runtime import STAGES, BadRequest, require_trusted
+from recflow.trust import require_trusted
+from serving.runtime import STAGES, BadRequest
 
 
 class TritonPythonModel:

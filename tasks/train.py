@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
-import nvtabular as nvt
 import pandas as pd
 from prefect import task
 
 from models.dlrm import RankingModel, train_dlrm
 from models.two_tower import RAW_ITEM_ID, RetrievalModel, train_two_tower
 from recflow.config import Settings
+from recflow.trust import load_workflow
 from tasks.features import ITEM_ID, FeatureSet, side_workflow
 
 RANKING_DIR, RETRIEVAL_DIR = "ranking", "retrieval"
@@ -41,7 +41,7 @@ def item_catalogue(features: FeatureSet) -> pd.DataFrame:
     branch, so items never rated in training are in the catalogue too (as cold items).
     """
     items = pd.read_parquet(features.lookup_dir / "items.parquet")
-    workflow = side_workflow(nvt.Workflow.load(str(features.workflow_dir)), "item")
+    workflow = side_workflow(load_workflow(features.workflow_dir), "item")
     encoded = workflow.transform(items[workflow.input_schema.column_names])
     encoded.insert(0, RAW_ITEM_ID, items[ITEM_ID].to_numpy())
     return encoded.reset_index(drop=True)

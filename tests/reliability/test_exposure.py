@@ -10,8 +10,9 @@ from urllib.parse import urlparse
 import pytest
 
 from recflow.config import ComputeConfig
+from recflow.trust import UntrustedLocation, require_trusted
 from serving.client import TritonRequestError
-from serving.runtime import FeatureStage, UntrustedLocation, require_trusted
+from serving.runtime import FeatureStage
 from tests.integration.test_triton_server import listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
