@@ -73,7 +73,8 @@ ITEM_INPUTS = (ITEM_ID, *ITEM_CATEGORICALS, *ITEM_LISTS, ITEM_COUNT)
 AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
 # 3: the splits are joined with their side features once and written as parquet partitions of
 # at most features.partition_rows rows, which NVTabular then fits and transforms from files.
-FEATURES_VERSION = "3"
+# 4: hashed ids are a function of the id alone (ValueHashBucket).
+FEATURES_VERSION = "4"
 # What the columns the stage reads must hold: integer ids (signed: an id beyond int64 does not
 # fit the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
 REQUIRED = {
@@ -403,6 +404,24 @@ def _fill_unknown(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+class ValueHashBucket(ops.HashBucket):
+    """``HashBucket`` whose bucket depends on the value alone, on pandas as on cuDF.
+
+    On CPU, merlin-core's ``hash_series`` goes through dask's ``hash_object_dispatch``, which
+    hashes the pandas index with the values: the same id landed in a different bucket on every
+    row (and again at serving time), so its embedding learned nothing. cuDF's ``hash_values``
+    hashes values only and needs no change.
+    """
+
+    def transform(self, col_selector, df):
+        if not isinstance(df, pd.DataFrame):
+            return super().transform(col_selector, df)
+        for col in col_selector.names:
+            hashes = pd.util.hash_pandas_object(df[col], index=False).to_numpy()
+            df[col] = (hashes % self.num_buckets).astype(self.output_dtype)
+        return df
+
+
 def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -> nvt.Workflow:
     def categorify(cols, *tags, freq_threshold=0):
         encode = ops.Categorify(freq_threshold=freq_threshold, out_path=str(categories_dir))
@@ -410,7 +429,7 @@ def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -
 
     def encode_id(col, *tags):
         if cfg.id_encoding == "hash":
-            return [col] >> ops.HashBucket(cfg.hash_buckets) >> ops.AddTags(list(tags))
+            return [col] >> ValueHashBucket(cfg.hash_buckets) >> ops.AddTags(list(tags))
         return categorify([col], *tags, freq_threshold=cfg.freq_threshold)
 
     def log_normalized(cols, *tags):

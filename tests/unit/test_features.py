@@ -11,6 +11,7 @@ from merlin.schema import Tags
 
 from recflow.artifacts import RawDataset
 from recflow.config import FeaturesConfig, SyntheticConfig
+from recflow.trust import load_workflow
 from tasks import synthetic
 from tasks.features import (
     SPLIT_FLAG,
@@ -125,12 +126,25 @@ def test_statistics_of_the_transformed_split(built):
     assert features["genres"].dtype == "list<int64>"
 
 
-def test_hashed_ids(raw, tmp_path):
-    built = build_features(raw, FeaturesConfig(id_encoding="hash", hash_buckets=50), tmp_path)
+def test_hashed_ids_depend_on_the_id_alone(raw, tmp_path):
+    # More buckets than users: a hash of anything but the id shows up as extra buckets.
+    buckets = 10_000
+    built = build_features(raw, FeaturesConfig(id_encoding="hash", hash_buckets=buckets), tmp_path)
+    assert built.cardinalities["user_id"] == buckets + 1 and built.id_encoding == "hash"
+    users = pd.read_parquet(built.lookup_dir / "users.parquet")
     train = pd.concat(pd.read_parquet(part) for part in built.train_dir.glob("*.parquet"))
-    assert train["user_id"].between(0, 49).all() and train["user_id"].nunique() == 50
-    assert built.cardinalities["user_id"] == 51
-    assert built.id_encoding == "hash"
+    assert train["user_id"].nunique() <= users["user_id"].nunique()
+
+    workflow = load_workflow(built.user_workflow_dir)
+    inputs = users[workflow.input_schema.column_names]
+    # The same rows in another order and under another index, as a serving request has them.
+    shuffled = inputs.sample(frac=1.0, random_state=0).set_axis(range(7, 7 + len(inputs)))
+    buckets_of = [
+        dict(zip(frame["user_id"], workflow.transform(frame)["user_id"], strict=True))
+        for frame in (inputs, shuffled)
+    ]
+    assert buckets_of[0] == buckets_of[1]
+    assert set(train["user_id"]) <= set(buckets_of[0].values())
 
 
 def test_side_workflows_hold_one_side_each(built):
