@@ -57,9 +57,9 @@ QUANTILE_PROBS = tuple(np.linspace(0.0, 1.0, 101).round(2))
 # better caught by the unseen-id share.
 MAX_SHARES = 64
 # Distinct values are counted with a k-minimum-values sketch: each partition sends the
-# SKETCH_SIZE smallest hashes of its values. Exact up to SKETCH_SIZE distinct values, an estimate
-# within ~1/sqrt(SKETCH_SIZE) (0.8%) above. Exact distinct counts of a column such as 50M rows'
-# timestamps would meet on one worker and exceed its memory.
+# SKETCH_SIZE smallest hashes of its values. Exact up to SKETCH_SIZE distinct values, above that
+# an estimate with a standard error of ~1/sqrt(SKETCH_SIZE) (0.8%). Exact distinct counts of a
+# column such as 50M rows' timestamps would meet on one worker and exceed its memory.
 SKETCH_SIZE = 2**14
 # Table of the transformed training split in a profile: only its columns and dtypes are checked,
 # because encoded ids legitimately change between builds.
