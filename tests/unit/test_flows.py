@@ -23,7 +23,7 @@ from flows.pipeline import pipeline
 from flows.stages import as_settings, fetch_data
 from models.dlrm import RankingModel
 from models.two_tower import RetrievalModel
-from recflow.artifacts import MANIFEST, RawDataset
+from recflow.artifacts import MANIFEST, RawDataset, TrainedModel
 from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
 from recflow.registry import CandidateRecord, Evaluation, Event
@@ -33,6 +33,24 @@ from tasks.features import FeatureSet, fingerprint
 from tasks.gate import GateFailed, judge
 from tasks.validate import ColumnStats, Profile, ValidationReport
 from tests.prefect_server import PrefectServer
+
+
+def saved_model(
+    kind: type[TrainedModel], features: FeatureSet, out: Path, **fields
+) -> TrainedModel:
+    """A trained-model manifest for ``features`` at ``out``, as a trainer would leave it."""
+    out.mkdir(parents=True)
+    model = kind(
+        path=out,
+        features_fingerprint=features.fingerprint,
+        params={},
+        best_epoch=1,
+        train_seconds=1.0,
+        train_examples_per_s=3.0,
+        **fields,
+    )
+    model.save_manifest()
+    return model
 
 
 class FakeStages:
@@ -113,40 +131,26 @@ class FakeStages:
 
     def train(self, features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
         self.calls["train"] += 1
-        out = settings.paths.models_dir / run_id / "ranking"
-        out.mkdir(parents=True)
-        ranking = RankingModel(
-            path=out,
-            features_fingerprint=features.fingerprint,
-            params={},
+        return saved_model(
+            RankingModel,
+            features,
+            settings.paths.models_dir / run_id / "ranking",
             metrics={"auc": self.auc},
             baseline_metrics={"auc": 0.55},
             history=[{"loss": 0.7, "auc": 0.6, "val_auc": self.auc}],
-            best_epoch=1,
-            train_seconds=1.0,
-            train_examples_per_s=3.0,
         )
-        ranking.save_manifest()
-        return ranking
 
     def train_retrieval(self, features: FeatureSet, settings: Settings, run_id: str):
-        out = settings.paths.models_dir / run_id / "retrieval"
-        out.mkdir(parents=True)
-        retrieval = RetrievalModel(
-            path=out,
-            features_fingerprint=features.fingerprint,
-            params={},
+        return saved_model(
+            RetrievalModel,
+            features,
+            settings.paths.models_dir / run_id / "retrieval",
             metrics={"recall@10": 0.3},
             baseline_metrics={"recall@10": 0.2},
             history=[{"loss": 2.0, "recall@10": 0.3}],
-            best_epoch=1,
-            train_seconds=1.0,
-            train_examples_per_s=3.0,
             n_items=2,
             dim=4,
         )
-        retrieval.save_manifest()
-        return retrieval
 
     def gate(self, run_id, raw, candidate, settings) -> CandidateRecord:
         ranking = candidate.ranking
