@@ -113,19 +113,6 @@ def _remove(entry: Path) -> Path:
     return entry
 
 
-def remove_stale_staging(parent: Path) -> list[Path]:
-    """Delete leftovers of interrupted ``atomic_dir``/``atomic_file`` calls under ``parent``."""
-    removed = []
-    if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
-        if entry.name.startswith(".") and (
-            ".staging-" in entry.name or ".retired-" in entry.name or entry.name.endswith(".tmp")
-        ):
-            removed.append(_remove(entry))
-    return removed
-
-
 def _fsync_tree(root: Path) -> None:
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:

@@ -1,6 +1,6 @@
 import pytest
 
-from recflow.atomic import atomic_dir, atomic_file, remove_stale_staging
+from recflow.atomic import atomic_dir, atomic_file
 
 
 def test_atomic_dir_publishes_complete_directory(tmp_path):
@@ -40,12 +40,3 @@ def test_atomic_file_keeps_old_content_on_error(tmp_path):
         raise ValueError
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
-
-
-def test_remove_stale_staging_only_touches_leftovers(tmp_path):
-    (tmp_path / ".v2.staging-abc").mkdir()
-    (tmp_path / ".f.txt.xyz.tmp").write_text("")
-    (tmp_path / "v1").mkdir()
-    removed = remove_stale_staging(tmp_path)
-    assert len(removed) == 2
-    assert [p.name for p in tmp_path.iterdir()] == ["v1"]
