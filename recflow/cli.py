@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from recflow.cli_common import console, print_scores, settings_of
+from recflow.cli_common import console, error, print_scores, settings_of
 from recflow.cli_data import data_app
 from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
 from recflow.cli_schedule import register as register_schedule
@@ -69,9 +69,9 @@ def main(
         pairs.append(f"paths.home={home}")
     try:
         ctx.obj = load_settings(config, pairs)
-    except ValueError as error:  # pydantic's ValidationError included
-        console.print(f"[red]invalid settings: {error}[/]")
-        raise typer.Exit(EXIT_USAGE) from error
+    except ValueError as problem:  # pydantic's ValidationError included
+        error(f"invalid settings: {problem}")
+        raise typer.Exit(EXIT_USAGE) from problem
 
 
 @app.command()
@@ -127,14 +127,14 @@ def _run_pipeline(settings: Settings, force: bool = False):
     try:
         result = pipeline(settings, force)
     except GateFailed as failure:
-        console.print(f"[red]{failure}[/]")
+        error(str(failure))
         raise typer.Exit(EXIT_NOT_BLESSED) from failure
     except TrialServingFailed as failure:
-        console.print(f"[red]{failure}[/]")
+        error(str(failure))
         raise typer.Exit(EXIT_TRIAL_FAILED) from failure
     except (RegistryError, LockTimeout) as refusal:
         # E.g. the second of two concurrent runs: another candidate was published meanwhile.
-        console.print(f"[red]{type(refusal).__name__}: {refusal}[/]")
+        error(f"{type(refusal).__name__}: {refusal}")
         raise typer.Exit(1) from refusal
     table = Table(title=f"Pipeline run {result.run_id} ({result.variant})")
     for column in ("metric", "model", "baseline"):

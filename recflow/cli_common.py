@@ -6,11 +6,18 @@ from collections.abc import Sequence
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recflow.config import Settings
 
 console = Console()
+
+
+def error(message: str) -> None:
+    """One red line of ``message`` as written: rich would read ``[...]`` in it as markup and drop
+    it (a refused pattern such as ``^[A-Za-z0-9_-]{0,40}$`` printed as ``^{0,40}$``)."""
+    console.print(escape(message), style="red")
 
 
 def settings_of(ctx: typer.Context) -> Settings:

@@ -9,7 +9,7 @@ from rich.filesize import decimal
 from rich.table import Table
 
 from recflow.artifacts import MANIFEST
-from recflow.cli_common import console, settings_of
+from recflow.cli_common import console, error, settings_of
 from tasks.download import SYNTHETIC, VARIANTS, DownloadError, fetch_dataset
 from tasks.normalize import MalformedSource
 from tasks.synthetic import dataset_name
@@ -35,7 +35,7 @@ def fetch(
     try:
         dataset = fetch_dataset(data, settings.paths)
     except (DownloadError, MalformedSource, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        error(f"error: {exc}")
         raise typer.Exit(1) from exc
     console.print(
         f"{dataset.variant}: {dataset.n_interactions:,} interactions, {dataset.n_users:,} users, "

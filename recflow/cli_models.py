@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from recflow.cli_common import console, settings_of
+from recflow.cli_common import console, error, settings_of
 from recflow.registry import (
     CandidateRecord,
     Event,
@@ -37,8 +37,8 @@ models_app = typer.Typer(
 def _candidate_id(value: str | None) -> str | None:
     try:
         return value if value is None else check_id(value)
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+    except ValueError as invalid:
+        raise typer.BadParameter(str(invalid)) from invalid
 
 
 def _reason(value: str) -> str:
@@ -132,9 +132,9 @@ def rollback_command(
 def _load(registry: Registry, candidate_id: str) -> CandidateRecord:
     try:
         return registry.load(candidate_id)
-    except RegistryError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from error
+    except RegistryError as refusal:
+        error(str(refusal))
+        raise typer.Exit(1) from refusal
 
 
 def _report(change) -> Event:
@@ -143,11 +143,11 @@ def _report(change) -> Event:
     try:
         event = change()
     except TrialServingFailed as failure:
-        console.print(f"[red]{failure}[/]")
+        error(str(failure))
         raise typer.Exit(EXIT_TRIAL_FAILED) from failure
-    except RegistryError as error:
-        console.print(f"[red]{error}[/]")
-        raise typer.Exit(1) from error
+    except RegistryError as refusal:
+        error(str(refusal))
+        raise typer.Exit(1) from refusal
     console.print(
         f"{event.action}: candidate {event.candidate} serves as version {event.version} "
         f"(was {event.previous or 'nothing'}); reason: {event.reason}"

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from recflow.cli_common import console, print_scores, settings_of
+from recflow.cli_common import console, error, print_scores, settings_of
 
 # The exporter writes the candidate items next to the model repository: one row per item,
 # column item_id (int64). `recommend` ranks all of them.
@@ -39,7 +39,7 @@ def _exit_on(*errors: type[Exception]) -> Iterator[None]:
     try:
         yield
     except errors as exc:
-        console.print(f"[red]{exc}[/]")
+        error(str(exc))
         raise typer.Exit(1) from exc
 
 

@@ -152,31 +152,62 @@ def _validation_config():
 HOSTILE_NAMES = ["../../evil", "/tmp/evil", "a/../../evil", "..", "evil\x00x", "ev il;rm"]
 
 
+# Each refusal: the exit code (2 for a bad argument or setting, 1 for an unknown variant) and
+# the message that names what is wrong.
+CANDIDATE_ID = "is not a candidate id (letters, digits, _ and -)"
+MODEL_NAMES = "not model names (letters, digits, '_', '.', '-')"
+UNKNOWN_VARIANT = "unknown dataset variant"
+
+
+def _setting_refused(field: str, pattern: str, name: str) -> str:
+    if "\x00" in name:  # YAML cannot carry a NUL byte, so the override is refused before pydantic
+        return f"invalid settings: override '{field}=evil\\x00x': the value is not YAML"
+    refused = f"{field} String should match pattern '{pattern}'"
+    return f"invalid settings: 1 validation error for Settings {refused}"
+
+
 def cli_cases() -> list:
     cases = []
     for name in HOSTILE_NAMES:
         cases += [
-            ["models", "show", name],
-            ["models", "promote", name, "--reason", "test"],
-            ["models", "rollback", "--to", name, "--reason", "test"],
-            ["serve", "--models", name],
-            ["data", "fetch", name],
-            ["--set", f"serving.model_prefix={name}", "models", "list"],
-            ["--set", f"tuning.study={name}", "models", "list"],
+            (["models", "show", name], 2, CANDIDATE_ID),
+            (["models", "promote", name, "--reason", "test"], 2, CANDIDATE_ID),
+            (["models", "rollback", "--to", name, "--reason", "test"], 2, CANDIDATE_ID),
+            (["serve", "--models", name], 2, MODEL_NAMES),
+            (["data", "fetch", name], 1, UNKNOWN_VARIANT),
+            (
+                ["--set", f"serving.model_prefix={name}", "models", "list"],
+                2,
+                _setting_refused("serving.model_prefix", r"^[a-z][a-z0-9_]{0,40}$", name),
+            ),
+            (
+                ["--set", f"tuning.study={name}", "models", "list"],
+                2,
+                _setting_refused("tuning.study", r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name),
+            ),
         ]
     return cases
 
 
-@pytest.mark.parametrize("args", cli_cases(), ids=lambda args: " ".join(args)[:60])
+def _one_line(output: str) -> str:
+    """The CLI's words without rich's error box and line wrapping."""
+    return " ".join(output.translate(str.maketrans("", "", "│╭╮╰╯─")).split())
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "message"),
+    [pytest.param(*case, id=" ".join(case[0])[:60]) for case in cli_cases()],
+)
 def test_hostile_names_from_the_cli_are_refused_and_write_nothing(
-    tmp_path: Path, args: list[str]
+    tmp_path: Path, args: list[str], exit_code: int, message: str
 ) -> None:
     from recflow.cli import app
 
     home = tmp_path / "home"
     home.mkdir()
     result = CliRunner().invoke(app, ["--home", str(home), *args])
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == exit_code, result.output
+    assert message in _one_line(result.output), result.output
     # A deliberate exit with a message, never a failure further in.
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(
         result.exception
