@@ -39,3 +39,20 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+# One marker per directory, so `-m unit` is the quick run: tests/unit needs no server and no Dask
+# cluster; tests/integration and tests/reliability start real ones on 127.0.0.1.
+SUITES = {"unit", "integration", "reliability"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        suite = Path(item.path).relative_to(Path(__file__).parent).parts[0]
+        if suite not in SUITES:
+            continue
+        if suite == "unit" and item.get_closest_marker("integration"):
+            raise pytest.UsageError(f"{item.nodeid} is marked integration but lives in tests/unit")
+        if suite == "reliability":
+            item.add_marker(pytest.mark.integration)
+        item.add_marker(getattr(pytest.mark, suite))

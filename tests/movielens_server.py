@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import pytest
+from tests.support.environment import unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +39,7 @@ def movielens_archive(name: str) -> Path:
     """A real GroupLens archive from the shared data directory; skips the test if it is absent."""
     path = movielens_dir() / name
     if not path.is_file():
-        pytest.skip(f"{path} not found: set RECFLOW_MOVIELENS_DIR to the MovieLens archive dir")
+        unavailable(f"{path} not found: set RECFLOW_MOVIELENS_DIR to the MovieLens archive dir")
     return path
 
 

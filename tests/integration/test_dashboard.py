@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.environment import unavailable
+
 if TYPE_CHECKING:
     from tests.prefect_server import ScheduledPipeline
 
@@ -51,7 +53,7 @@ def chromium(pytestconfig: pytest.Config) -> str:
     if Path(CHROMIUM).exists():
         return CHROMIUM
     if os.geteuid() != 0:
-        pytest.skip(f"{CHROMIUM} is missing and only root may install it: run `{INSTALL}`")
+        unavailable(f"{CHROMIUM} is missing and only root may install it: run `{INSTALL}`")
     say(pytestconfig, f"{CHROMIUM} is missing; installing Debian's chromium: {INSTALL}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["sh", "-c", INSTALL], check=True, env=env)

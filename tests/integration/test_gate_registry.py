@@ -27,7 +27,7 @@ from tasks.features import build_features
 from tasks.gate import GateFailed, gate
 from tasks.train import RETRIEVAL_DIR, Candidate, train_ranking, train_retrieval
 from tests.conftest import small_settings
-from tests.unit.test_registry import cli_for
+from tests.support.cli import cli_for
 
 pytestmark = pytest.mark.integration
 

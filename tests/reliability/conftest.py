@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from tests.support.environment import unavailable
+
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OBSERVATIONS = REPO_ROOT / "test-artifacts" / "reliability.json"
@@ -123,7 +125,7 @@ def mounted(target: Path, *options: str) -> Iterator[Path]:
     target.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(["mount", *options, target], capture_output=True, text=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount ({' '.join(options)}) here: {done.stderr.strip()}")
+        unavailable(f"cannot mount ({' '.join(options)}) here: {done.stderr.strip()}")
     try:
         yield target
     finally:

@@ -19,7 +19,7 @@ from recflow.config import DataConfig, PathsConfig
 from tasks.download import UnsafeArchive, fetch_dataset, source_cleaning
 from tasks.normalize import MalformedSource
 from tests.movielens_server import make_mirror
-from tests.unit.test_download import entry, make_zip
+from tests.support.archives import entry, make_zip
 
 VARIANT = "ml-latest-small"
 ROOT = f"{VARIANT}/"

@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import re
 import stat
-import warnings
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,26 +40,11 @@ from tasks.download import (
     safe_extract,
 )
 from tests.movielens_server import make_mirror, movielens_archive
+from tests.support.archives import entry, make_zip
 
 DOWNLOAD = DownloadConfig(retries=0, backoff_s=0.0, timeout_s=5.0)
 LIMITS = {"max_bytes": 1 << 30, "max_ratio": 200.0}
 SHA = "ab" * 32
-
-
-def make_zip(path: Path, members: list[tuple[str | zipfile.ZipInfo, bytes]]) -> Path:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicate-name test's archive
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in members:
-                zf.writestr(name, data)
-    return path
-
-
-def entry(name: str, mode: int) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.create_system = 3  # Unix: the mode bits below are meaningful
-    info.external_attr = mode << 16
-    return info
 
 
 # --- registry -------------------------------------------------------------------------------

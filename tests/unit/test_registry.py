@@ -13,11 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import typer
-from typer.testing import CliRunner
 
 from recflow import registry as reg
-from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
+from recflow.cli_models import EXIT_TRIAL_FAILED
 from recflow.config import Settings, load_settings
 from recflow.registry import (
     CandidateRecord,
@@ -33,6 +31,7 @@ from recflow.registry import (
     publish,
     rollback,
 )
+from tests.support.cli import cli_for
 
 A, B, C = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb", "20250103T000000Z-cccccc"
 
@@ -177,20 +176,6 @@ def test_rollback_and_promote_record_who_why_and_when(registry, settings, tmp_pa
     assert rollback(registry, settings, "r", to=A).version == 5
     state = json.loads((registry.root / "state.json").read_text())
     assert state["serving"] == A and len(state["history"]) == 5
-
-
-def cli_for(settings: Settings):
-    """Invoke `models ...` under a root app whose settings are ``settings``."""
-    root = typer.Typer()
-
-    @root.callback()
-    def main(ctx: typer.Context) -> None:
-        ctx.obj = settings
-
-    root.add_typer(models_app, name="models")
-    # Wide enough that rich does not wrap candidate ids in table cells.
-    runner = CliRunner(env={"COLUMNS": "200"})
-    return lambda *args: runner.invoke(root, ["models", *args])
 
 
 def with_trial(settings: Settings) -> Settings:

@@ -1,0 +1,1 @@
+"""Helpers the test modules share (servers, data, environment), importable as ``tests.support``."""
