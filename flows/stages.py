@@ -109,7 +109,7 @@ def build_features(
         refresh_cache=force or not (settings.paths.features_dir / key / MANIFEST).is_file(),
         timeout_seconds=settings.orchestration.features_timeout_s,
     )
-    state = build(raw, settings, return_state=True)
+    state = build(raw, settings, rebuild=force, return_state=True)
     features: FeatureSet = state.result()
     reused = state.name == "Cached" or made_before(features, started)
     get_run_logger().info(reporting.reuse_note("features", reused, features.fingerprint))

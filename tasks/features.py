@@ -481,17 +481,19 @@ def build_features(
     *,
     cpu: bool = True,
     validation: ValidationConfig | None = None,
+    rebuild: bool = False,
 ) -> FeatureSet:
     """Check, profile, clean and split the inputs, fit the workflow, write everything atomically.
 
-    Runs on the Dask client that is active in the caller (see recflow.compute). Raises
-    ``DataValidationError`` for inputs the stage cannot use (missing columns, wrong dtypes, no
-    rows, no rows left after cleaning, an empty split).
+    A finished build with the same fingerprint is reused unless ``rebuild``; a rebuild replaces
+    it only once the new one is complete. Runs on the Dask client that is active in the caller
+    (see recflow.compute). Raises ``DataValidationError`` for inputs the stage cannot use
+    (missing columns, wrong dtypes, no rows, no rows left after cleaning, an empty split).
     """
     validation = validation or ValidationConfig()
     fp = fingerprint(raw, cfg, validation)
     target = out_root / fp
-    if (target / "manifest.json").exists():
+    if (target / "manifest.json").exists() and not rebuild:
         log.info("features %s already built for %s; reusing", fp, raw.variant)
         return FeatureSet.load(target)
 
@@ -501,7 +503,7 @@ def build_features(
     for name in ("items", "users"):
         if name in dtypes:
             tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
-    with atomic_dir(target) as staging:
+    with atomic_dir(target, replace=rebuild) as staging:
         work = staging / "work"
         train, valid, cleaning = clean_and_split(
             interactions,
@@ -608,7 +610,7 @@ def cardinalities(workflow: nvt.Workflow) -> dict[str, int]:
 
 
 @task(name="build-features", task_run_name="build-features-{raw.variant}")
-def build_features_task(raw: RawDataset, settings: Settings) -> FeatureSet:
+def build_features_task(raw: RawDataset, settings: Settings, rebuild: bool = False) -> FeatureSet:
     with open_cluster(settings.compute) as (_client, device):
         return build_features(
             raw,
@@ -616,4 +618,5 @@ def build_features_task(raw: RawDataset, settings: Settings) -> FeatureSet:
             settings.paths.features_dir,
             cpu=dataset_cpu_flag(device),
             validation=settings.validation,
+            rebuild=rebuild,
         )

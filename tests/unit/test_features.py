@@ -147,6 +147,20 @@ def test_hashed_ids_depend_on_the_id_alone(raw, tmp_path):
     assert set(train["user_id"]) <= set(buckets_of[0].values())
 
 
+def test_a_rebuild_replaces_the_build_that_a_plain_call_reuses(raw, tmp_path):
+    first = build_features(raw, FeaturesConfig(), tmp_path)
+    stale = first.path / "stale"  # stands for anything the earlier build left
+    stale.write_text("from the earlier build")
+
+    assert build_features(raw, FeaturesConfig(), tmp_path).path == first.path
+    assert stale.exists(), "an unchanged build is reused as it is"
+    rebuilt = build_features(raw, FeaturesConfig(), tmp_path, rebuild=True)
+
+    assert rebuilt.path == first.path and not stale.exists()
+    assert (rebuilt.n_train, rebuilt.n_valid) == (first.n_train, first.n_valid)
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no staging left
+
+
 def test_side_workflows_hold_one_side_each(built):
     import nvtabular as nvt
 
