@@ -58,7 +58,8 @@ class FakeStages:
 
     def __init__(self, auc: float) -> None:
         self.auc = auc
-        self.calls: dict[str, int] = dict.fromkeys(("fetch", "features", "train", "publish"), 0)
+        stages = ("fetch", "features", "features_rebuilt", "train", "publish")
+        self.calls: dict[str, int] = dict.fromkeys(stages, 0)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
         fakes = {
@@ -91,8 +92,9 @@ class FakeStages:
         raw.save_manifest()
         return raw
 
-    def features(self, raw: RawDataset, settings: Settings) -> FeatureSet:
+    def features(self, raw: RawDataset, settings: Settings, rebuild: bool = False) -> FeatureSet:
         self.calls["features"] += 1
+        self.calls["features_rebuilt"] += rebuild
         key = fingerprint(raw, settings.features, settings.validation)
         out = settings.paths.features_dir / key
         (out / "train").mkdir(parents=True, exist_ok=True)
@@ -225,6 +227,8 @@ def test_rerun_reuses_cached_features_and_force_rebuilds_them(
 
     pipeline(settings, force=True)
     assert stages.calls["features"] == 2
+    # The stage must be told to rebuild: a build it finds on disk would otherwise be returned.
+    assert stages.calls["features_rebuilt"] == 1
 
 
 def test_download_is_retried_when_the_source_is_unreachable(prefect_harness, settings, monkeypatch):
