@@ -21,6 +21,9 @@ from recflow.config import Settings, load_settings
 # candidate that fails the gate is an expected outcome, not a crash.
 EXIT_USAGE = 2
 EXIT_NOT_BLESSED = 3
+# recflow.cli_models' EXIT_TRIAL_FAILED is 4. Data the validation stage refuses stops the run
+# before training: the anomalies are the message, and nothing was trained or published.
+EXIT_INVALID_DATA = 5
 
 # Prefect settings recflow needs unless the user chose otherwise. A fresh ephemeral API server
 # migrates its database on first start, which takes longer than Prefect's default wait on a
@@ -123,9 +126,13 @@ def _run_pipeline(settings: Settings, force: bool = False):
     from recflow.registry import RegistryError
     from serving.trial import TrialServingFailed
     from tasks.gate import GateFailed
+    from tasks.validate import DataValidationError
 
     try:
         result = pipeline(settings, force)
+    except DataValidationError as failure:
+        error(str(failure))
+        raise typer.Exit(EXIT_INVALID_DATA) from failure
     except GateFailed as failure:
         error(str(failure))
         raise typer.Exit(EXIT_NOT_BLESSED) from failure

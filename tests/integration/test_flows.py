@@ -16,6 +16,7 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from prefect import task
 from prefect.settings import PREFECT_API_URL
+from typer.testing import CliRunner
 
 import flows.stages
 import tasks.download
@@ -24,6 +25,7 @@ from flows.stages import as_settings, fetch_data
 from models.dlrm import RankingModel
 from models.two_tower import RetrievalModel
 from recflow.artifacts import MANIFEST, RawDataset, TrainedModel
+from recflow.cli import EXIT_INVALID_DATA, app
 from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
 from recflow.registry import CandidateRecord, Evaluation, Event
@@ -31,7 +33,14 @@ from recflow.reporting import Keys, Published, published_markdown
 from tasks.download import ChecksumMismatch, TransferFailed
 from tasks.features import FeatureSet, fingerprint
 from tasks.gate import GateFailed, judge
-from tasks.validate import ColumnStats, Profile, ValidationReport
+from tasks.validate import (
+    REPORT,
+    Anomaly,
+    ColumnStats,
+    DataValidationError,
+    Profile,
+    ValidationReport,
+)
 from tests.prefect_server import PrefectServer
 
 
@@ -56,8 +65,9 @@ def saved_model(
 class FakeStages:
     """Stand-ins for the heavy stages; the gate applies the real ``judge`` to the model's AUC."""
 
-    def __init__(self, auc: float) -> None:
+    def __init__(self, auc: float, anomalies: tuple[Anomaly, ...] = ()) -> None:
         self.auc = auc
+        self.anomalies = list(anomalies)
         stages = ("fetch", "features", "features_rebuilt", "train", "publish")
         self.calls: dict[str, int] = dict.fromkeys(stages, 0)
 
@@ -123,13 +133,18 @@ class FakeStages:
         return features
 
     def validate(self, features: FeatureSet, settings: Settings) -> ValidationReport:
-        return ValidationReport(
+        report = ValidationReport(
             fingerprint=features.fingerprint,
             baseline=None,
             checked_at="now",
-            anomalies=[],
+            anomalies=self.anomalies,
             cleaning={},
         )
+        blocking = [anomaly for anomaly in self.anomalies if anomaly.blocking]
+        if blocking:  # as validate_features does: the report on disk, the blockers raised
+            (features.path / REPORT).write_text(report.model_dump_json())
+            raise DataValidationError(blocking, str(features.path / REPORT))
+        return report
 
     def train(self, features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
         self.calls["train"] += 1
@@ -203,6 +218,33 @@ def test_gate_failure_fails_the_run_with_the_reason_and_publishes_nothing(
     # `recflow run` maps this exception to its exit code 3.
     with pytest.raises(GateFailed):
         pipeline(settings)
+
+
+def test_invalid_data_exits_with_its_own_code_naming_the_anomalies(
+    prefect_harness, settings, monkeypatch
+):
+    out_of_range = Anomaly(
+        table="interactions",
+        column="rating",
+        check="out_of_range",
+        expected="values in [0.5, 5.0]",
+        found="12 rows above 5.0",
+        blocking=True,
+    )
+    stages = FakeStages(auc=0.9, anomalies=(out_of_range,))
+    stages.install(monkeypatch)
+
+    # Wide enough that rich does not wrap the message.
+    result = CliRunner(env={"COLUMNS": "1000"}).invoke(
+        app, ["--home", str(settings.paths.home), "--set", "trial.enabled=false", "run"]
+    )
+
+    assert result.exit_code == EXIT_INVALID_DATA == 5, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert "data validation failed with 1 anomalies" in result.output
+    assert str(out_of_range) in result.output  # "[BLOCKING] interactions.rating: ..." as written
+    assert stages.calls["train"] == 0 and not settings.paths.triton_repo.exists()
 
 
 def test_rerun_reuses_cached_features_and_force_rebuilds_them(
