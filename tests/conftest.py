@@ -7,29 +7,46 @@ from pathlib import Path
 
 import pytest
 
-from recflow.config import Settings, load_settings
-
 # Heavy libraries print deprecation chatter and try telemetry; neither helps a test log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
-# Small enough to train in well under a minute, large enough for the planted signal to show.
-SMALL_DATA = [
-    "data.synthetic.n_users=400",
-    "data.synthetic.n_items=200",
-    "data.synthetic.n_ratings=30000",
-    "compute.n_workers=1",
-    "compute.threads_per_worker=2",
-    "ranking.epochs=6",
-    "ranking.batch_size=512",
-    "retrieval.epochs=6",
-]
+# --- one published model set and one server for the whole session ----------------------------
+# Tests that change what is served (a hot swap, the soak) export a newer version and load it;
+# tests that stop or kill the server restart it before they return. None assumes a version
+# number: each reads the versions it needs from the repository or the server.
 
 
-def small_settings(home: Path, *overrides: str) -> Settings:
-    """Settings for a fast pipeline run on small synthetic data under ``home``."""
-    return load_settings(overrides=[f"paths.home={home}", *SMALL_DATA, *overrides])
+@pytest.fixture(scope="session")
+def published(tmp_path_factory: pytest.TempPathFactory):
+    from tests.support.published import publish_small
+
+    return publish_small(tmp_path_factory.mktemp("home"))
+
+
+@pytest.fixture(scope="session")
+def endpoint(published):
+    from serving.repository import RankingEndpoint
+
+    return RankingEndpoint(published.settings.serving.model_prefix)
+
+
+@pytest.fixture(scope="session")
+def server(published, endpoint):
+    """Triton on the published repository, serving every endpoint."""
+    from serving.server import TritonServer
+
+    with TritonServer.from_settings(published.settings, models=endpoint.all_models) as running:
+        yield running
+
+
+@pytest.fixture
+def client(server):
+    from serving.client import RecflowClient
+
+    with RecflowClient.from_config(server.config) as connected:
+        yield connected
 
 
 @pytest.fixture(scope="session")

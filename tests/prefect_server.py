@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from serving.server import find_free_port
-from tests.conftest import SMALL_DATA
+from tests.support.settings import SMALL_DATA
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"

@@ -26,8 +26,8 @@ from tasks.download import fetch_dataset
 from tasks.features import build_features
 from tasks.gate import GateFailed, gate
 from tasks.train import RETRIEVAL_DIR, Candidate, train_ranking, train_retrieval
-from tests.conftest import small_settings
 from tests.support.cli import cli_for
+from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 

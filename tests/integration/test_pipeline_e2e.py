@@ -12,7 +12,7 @@ from models.predict import predict_frame
 from serving.client import RecflowClient, TritonRequestError
 from serving.runtime import FeatureStage
 from serving.server import TritonServer
-from tests.conftest import small_settings
+from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 

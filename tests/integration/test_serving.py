@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -14,94 +12,18 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 
-from models.dlrm import RankingModel, load_model
+from models.dlrm import load_model
 from models.predict import predict_frame
-from models.two_tower import RetrievalModel, Retriever
-from recflow.artifacts import RawDataset
-from recflow.compute import dataset_cpu_flag, open_cluster
-from recflow.config import Settings
+from models.two_tower import Retriever
 from serving.client import RecflowClient, TritonRequestError
-from serving.repository import RankingEndpoint, export_ranking
+from serving.repository import RankingEndpoint
 from serving.runtime import FeatureStage
 from serving.server import TritonServer
-from tasks.download import fetch_dataset
-from tasks.features import FeatureSet, build_features
-from tasks.train import train_ranking, train_retrieval
-from tests.conftest import small_settings
+from tests.support.published import Published
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
-# One epoch: these tests check serving, not model quality. Smaller data than conftest's gave
-# a two-tower model whose query embeddings were NaN for some users.
-TINY = [
-    "ranking.epochs=1",
-    "retrieval.epochs=1",
-    "serving.grpc_port=0",
-    "serving.http_port=0",
-    "serving.metrics_port=0",
-    "serving.retrieval_candidates=30",
-    "serving.max_k=500",
-    # Four Python stubs importing TensorFlow at once take minutes on a busy 2-core machine.
-    "serving.startup_timeout_s=900",
-    "serving.request_timeout_s=120",
-]
 COLD_USER = 10**9
-SWAP_STREAMS = 2
-
-
-@dataclass
-class Published:
-    settings: Settings
-    raw: RawDataset
-    features: FeatureSet
-    ranking: RankingModel
-    retrieval: RetrievalModel
-
-    def export(self) -> int:
-        repo, cfg = self.settings.paths.triton_repo, self.settings.serving
-        return export_ranking(
-            self.features, self.ranking, repo, cfg, self.retrieval, self.raw.interactions
-        )
-
-    def seen(self, user: int) -> set[int]:
-        inter = pd.read_parquet(self.raw.interactions)
-        return set(inter.loc[inter["user_id"] == user, "item_id"])
-
-
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
-    settings = small_settings(tmp_path_factory.mktemp("home"), *TINY)
-    raw = fetch_dataset(settings.data, settings.paths)
-    with open_cluster(settings.compute) as (_client, device):
-        features = build_features(
-            raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
-        )
-    result = Published(
-        settings,
-        raw,
-        features,
-        train_ranking(features, settings, "run"),
-        train_retrieval(features, settings, "run"),
-    )
-    assert result.export() == 1
-    return result
-
-
-@pytest.fixture(scope="module")
-def endpoint(published: Published) -> RankingEndpoint:
-    return RankingEndpoint(published.settings.serving.model_prefix)
-
-
-@pytest.fixture(scope="module")
-def server(published: Published, endpoint: RankingEndpoint) -> Iterator[TritonServer]:
-    with TritonServer.from_settings(published.settings, models=endpoint.all_models) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server: TritonServer) -> Iterator[RecflowClient]:
-    with RecflowClient.from_config(server.config) as connected:
-        yield connected
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +42,7 @@ def test_served_ranking_scores_equal_in_process_scores(
     rows = pd.read_parquet(published.raw.interactions).sample(200, random_state=1)
     users = np.append(rows["user_id"].to_numpy(np.int64), [COLD_USER, 1])
     items = np.append(rows["item_id"].to_numpy(np.int64), [1, COLD_USER])
-    version_dir = published.settings.paths.triton_repo / endpoint.ensemble / "1"
+    version_dir = published.newest_version_dir(endpoint.ensemble)
     stage = FeatureStage(version_dir)
     expected = predict_frame(
         load_model(published.ranking.model_dir),
@@ -141,7 +63,7 @@ def test_retrieval_equals_exact_top_k_in_process(
     published: Published, client: RecflowClient, endpoint: RankingEndpoint, users: np.ndarray
 ) -> None:
     k = 15
-    stage = FeatureStage(published.settings.paths.triton_repo / endpoint.ensemble / "1")
+    stage = FeatureStage(published.newest_version_dir(endpoint.ensemble))
     user_rows = stage.transform_frame(users, np.zeros_like(users))
     retriever = Retriever.load(published.retrieval)
     seen = [published.seen(int(user)) for user in users]
@@ -253,7 +175,7 @@ def test_hot_swap_under_steady_requests_loses_none(
     try:
         time.sleep(1.0)
         before = len(answered)
-        assert published.export() == 2
+        version = published.export()
         loaders = [threading.Thread(target=server.load, args=(name,)) for name in names]
         for loader in loaders:
             loader.start()
@@ -270,5 +192,5 @@ def test_hot_swap_under_steady_requests_loses_none(
     assert during > 0 and len(answered) > before + during
     with grpcclient.InferenceServerClient(server.grpc_url) as admin:
         for name in names:
-            assert admin.is_model_ready(name, "2")
-            assert admin.is_model_ready(name, "1")  # keep_versions = 2
+            assert admin.is_model_ready(name, str(version))
+            assert admin.is_model_ready(name, str(version - 1))  # keep_versions = 2

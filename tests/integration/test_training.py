@@ -13,7 +13,7 @@ from models.two_tower import RAW_ITEM_ID, Retriever
 from tasks.download import fetch_dataset
 from tasks.features import build_features_task
 from tasks.train import item_catalogue, train_ranking, train_retrieval
-from tests.conftest import small_settings
+from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ import pytest
 from prefect.client.orchestration import get_client
 
 from flows.tune import artifact_key, study_dir, tune
-from tests.conftest import small_settings
+from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 

@@ -1,9 +1,5 @@
-"""Shared fixtures of the reliability suite: one trained model set, one served repository.
-
-Building features and training both models costs about a minute on 2 cores, and a Triton start
-with four TensorFlow stubs about as much again, so the whole suite shares one ``published``
-model set and one ``server``. Tests that need a repository of their own copy the published one
-(``repo_copy``); tests that stop or kill the shared server restart it before they return.
+"""What the reliability scenarios record. The model set and the server they break are the
+session's (``published``, ``server`` in tests/conftest.py); the helpers are in tests/support.
 
 Each scenario records what it did and what it observed with ``observe``; the records are
 written to ``test-artifacts/reliability.json`` at the end of the session (RELIABILITY.md is
@@ -12,174 +8,14 @@ the table made from them).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from tests.support.environment import unavailable
-
-T = TypeVar("T")
-REPO_ROOT = Path(__file__).resolve().parents[2]
-OBSERVATIONS = REPO_ROOT / "test-artifacts" / "reliability.json"
-POLL_S = 0.05
-
-
-def wait_until(what: str, probe: Callable[[], T | None], timeout_s: float) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise TimeoutError(f"{what}: not after {timeout_s:.0f} s")
-
-
-def python_process(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
-    """A real child interpreter (the venv's) running ``code``, in its own session."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **kwargs.pop("env", {})}
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        **kwargs,
-    )
-
-
-def finish(process: subprocess.Popen[str], timeout_s: float) -> tuple[int, str]:
-    """Exit code and output of ``process``; killed (with its session) after ``timeout_s``."""
-    try:
-        output, _ = process.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        message = f"pid {process.pid} still running after {timeout_s} s:\n{output}"
-        raise AssertionError(message) from None
-    return process.returncode, output
-
-
-def tree_state(root: Path) -> dict[str, str]:
-    """Every entry under ``root`` (hidden ones included) -> its content hash or 'dir'."""
-    state = {}
-    for path in sorted(Path(root).rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if path.is_dir() and not path.is_symlink():
-            state[relative] = "dir"
-        elif path.is_file():
-            state[relative] = _file_sha256(path)
-    return state
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def leftovers(root: Path) -> list[str]:
-    """Staging and temp entries of interrupted atomic writes (recflow.atomic) under ``root``."""
-    return sorted(
-        path.relative_to(root).as_posix()
-        for path in Path(root).rglob(".*")
-        if ".staging-" in path.name or ".retired-" in path.name or path.name.endswith(".tmp")
-    )
-
-
-def version_dirs(repo: Path, model: str) -> list[int]:
-    """The numeric version directories of ``model`` in ``repo``, ascending."""
-    directory = Path(repo) / model
-    return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
-
-
-def ready_versions(grpc_url: str) -> dict[str, list[int]]:
-    """Model name -> versions Triton reports READY (its repository index)."""
-    import tritonclient.grpc as grpcclient
-
-    with grpcclient.InferenceServerClient(grpc_url) as admin:
-        index = admin.get_model_repository_index(as_json=True).get("models", [])
-    ready: dict[str, list[int]] = {}
-    for model in index:
-        if model.get("state") == "READY":
-            ready.setdefault(model["name"], []).append(int(model["version"]))
-    return {name: sorted(versions) for name, versions in ready.items()}
-
-
-@contextmanager
-def mounted(target: Path, *options: str) -> Iterator[Path]:
-    """A tmpfs (``size=...``) or a read-only bind mount at ``target``; skips without privilege."""
-    target.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", *options, target], capture_output=True, text=True)
-    if done.returncode != 0:
-        unavailable(f"cannot mount ({' '.join(options)}) here: {done.stderr.strip()}")
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "--lazy", target], check=False)
-
-
-# --- the shared model set and server ----------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def published(tmp_path_factory: pytest.TempPathFactory):
-    """Features, a ranking and a retrieval model (one epoch each), exported as version 1."""
-    from recflow.compute import dataset_cpu_flag, open_cluster
-    from tasks.download import fetch_dataset
-    from tasks.features import build_features
-    from tasks.train import train_ranking, train_retrieval
-    from tests.conftest import small_settings
-    from tests.integration.test_serving import TINY, Published
-
-    settings = small_settings(tmp_path_factory.mktemp("home"), *TINY)
-    raw = fetch_dataset(settings.data, settings.paths)
-    with open_cluster(settings.compute) as (_client, device):
-        features = build_features(
-            raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
-        )
-    ranking = train_ranking(features, settings, "run")
-    retrieval = train_retrieval(features, settings, "run")
-    result = Published(settings, raw, features, ranking, retrieval)
-    assert result.export() == 1
-    return result
-
-
-@pytest.fixture(scope="session")
-def endpoint(published):
-    from serving.repository import RankingEndpoint
-
-    return RankingEndpoint(published.settings.serving.model_prefix)
-
-
-@pytest.fixture(scope="session")
-def server(published, endpoint):
-    """Triton on the published repository, serving every endpoint."""
-    from serving.server import TritonServer
-
-    with TritonServer.from_settings(published.settings, models=endpoint.all_models) as running:
-        yield running
-
-
-@pytest.fixture
-def client(server):
-    from serving.client import RecflowClient
-
-    with RecflowClient.from_config(server.config) as connected:
-        yield connected
+OBSERVATIONS = Path(__file__).resolve().parents[2] / "test-artifacts" / "reliability.json"
 
 
 # --- observations for RELIABILITY.md ----------------------------------------------------------
@@ -203,11 +39,3 @@ def observe(observations, request) -> Callable[..., None]:
         observations.setdefault(request.node.name, {}).update(observed)
 
     return record
-
-
-def copy_home(published, target: Path) -> Path:
-    """A home of its own with the published data, features and repository (models linked)."""
-    home = published.settings.paths.home
-    for name in ("data", "features", "triton"):
-        shutil.copytree(home / name, target / name, symlinks=True)
-    return target

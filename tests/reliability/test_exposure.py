@@ -66,7 +66,7 @@ def make_world_writable(path: Path) -> None:
 def test_workflows_are_not_unpickled_from_world_writable_places(
     published, endpoint, tmp_path: Path, where: str
 ) -> None:
-    source = published.settings.paths.triton_repo / endpoint.model("ranking") / "1"
+    source = published.newest_version_dir(endpoint.model("ranking"))
     parent = tmp_path / "repo"
     version_dir = parent / "model" / "1"
     shutil.copytree(source, version_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recflow.atomic import atomic_dir, write_text_atomic
-from tests.reliability.conftest import finish, leftovers, python_process, wait_until
+from tests.support.processes import finish, leftovers, python_process, wait_until
 
 # Writes into a staging directory (or temp file), says so, then waits to be killed.
 WRITER = """

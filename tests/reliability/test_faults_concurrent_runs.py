@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SMALL_DATA
-from tests.reliability.conftest import REPO_ROOT, finish, leftovers, version_dirs
+from tests.support.processes import REPO_ROOT, finish, leftovers, version_dirs
+from tests.support.settings import SMALL_DATA
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.reliability.conftest import leftovers, wait_until
+from tests.support.processes import leftovers, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import (
+from tests.support.processes import (
     finish,
     leftovers,
     mounted,

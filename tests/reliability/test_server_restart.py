@@ -14,7 +14,7 @@ import pytest
 
 from serving.client import RecflowClient, TritonRequestError
 from serving.server import SHM_DIR, process_group
-from tests.reliability.conftest import ready_versions, version_dirs, wait_until
+from tests.support.processes import ready_versions, version_dirs, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from serving.client import RecflowClient, TritonRequestError
-from tests.reliability.conftest import ready_versions
+from tests.support.processes import ready_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 

@@ -1,0 +1,78 @@
+"""One small trained and exported model set, shared by the serving and reliability tests.
+
+Building features and training both models costs about a minute on 2 cores, so the whole test
+session builds them once (the ``published`` fixture in tests/conftest.py). Tests that change
+what is served export a new version and load it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from models.dlrm import RankingModel
+from models.two_tower import RetrievalModel
+from recflow.artifacts import RawDataset
+from recflow.compute import dataset_cpu_flag, open_cluster
+from recflow.config import Settings
+from serving.repository import export_ranking
+from tasks.download import fetch_dataset
+from tasks.features import FeatureSet, build_features
+from tasks.train import train_ranking, train_retrieval
+from tests.support.settings import small_settings
+
+# One epoch: these tests check serving, not model quality. Smaller data than conftest's gave
+# a two-tower model whose query embeddings were NaN for some users.
+TINY = [
+    "ranking.epochs=1",
+    "retrieval.epochs=1",
+    "serving.grpc_port=0",
+    "serving.http_port=0",
+    "serving.metrics_port=0",
+    "serving.retrieval_candidates=30",
+    "serving.max_k=500",
+    # Four Python stubs importing TensorFlow at once take minutes on a busy 2-core machine.
+    "serving.startup_timeout_s=900",
+    "serving.request_timeout_s=120",
+]
+
+
+@dataclass
+class Published:
+    settings: Settings
+    raw: RawDataset
+    features: FeatureSet
+    ranking: RankingModel
+    retrieval: RetrievalModel
+
+    def export(self) -> int:
+        repo, cfg = self.settings.paths.triton_repo, self.settings.serving
+        return export_ranking(
+            self.features, self.ranking, repo, cfg, self.retrieval, self.raw.interactions
+        )
+
+    def newest_version_dir(self, model: str) -> Path:
+        """The newest exported version of ``model``: earlier tests may have published more."""
+        directory = self.settings.paths.triton_repo / model
+        return max((p for p in directory.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+
+    def seen(self, user: int) -> set[int]:
+        inter = pd.read_parquet(self.raw.interactions)
+        return set(inter.loc[inter["user_id"] == user, "item_id"])
+
+
+def publish_small(home: Path) -> Published:
+    """Features, a ranking and a retrieval model (one epoch each), exported as version 1."""
+    settings = small_settings(home, *TINY)
+    raw = fetch_dataset(settings.data, settings.paths)
+    with open_cluster(settings.compute) as (_client, device):
+        features = build_features(
+            raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
+        )
+    ranking = train_ranking(features, settings, "run")
+    retrieval = train_retrieval(features, settings, "run")
+    result = Published(settings, raw, features, ranking, retrieval)
+    assert result.export() == 1
+    return result
