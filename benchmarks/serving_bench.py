@@ -157,7 +157,7 @@ def main() -> None:
             CANDIDATES,
         ),
         recommend: (
-            lambda user: stage.recommend(int(user), K),
+            lambda user: stage.recommend(np.array([user], np.int64), K),
             {"data": [{"user_id": [int(u)], "k": [K]} for u in users]},
             1,
         ),

@@ -348,8 +348,8 @@ class ServingConfig(_Section):
     retrieval_candidates: PositiveInt = 100
     # Larger k is rejected as INVALID_ARG; k above the catalog size returns the whole catalog.
     max_k: PositiveInt = 1000
-    # For the whole start-up: models load one at a time, and each Python stub imports TensorFlow
-    # (30-80 s per model on a busy 2-core machine, four endpoints per publish).
+    # For the whole start-up, every model included (a stub initializes in about a second; the
+    # margin is for a machine busy with training).
     startup_timeout_s: float = Field(600.0, gt=0)
     request_timeout_s: float = Field(30.0, gt=0)
 

@@ -3,17 +3,19 @@
 Every endpoint is one Python-backend model that loads in the bundled CPU server, and each of
 its version directories holds all the files that version needs (serving/runtime.py runs them):
 
-* ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (workflow + DLRM);
+* ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (feature rows + DLRM as ONNX);
 * ``<prefix>_retrieval``: ``user_id``, ``k`` [, ``exclude_seen``] -> ``item_ids``, ``scores``;
 * ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then rank);
 * ``<prefix>_similar``: ``item_id``, ``k`` -> ``item_ids``, ``scores``.
 
 The last three exist once a retrieval model is exported. Each publish writes version N+1 of
-every endpoint, each directory built in a staging directory and renamed into place.
+every endpoint: all directories are built in staging directories, then renamed into place.
+What they hold is computed by serving/export.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -21,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from models.dlrm import RankingModel
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import ServingConfig
-from recflow.trust import load_workflow
 from serving import runtime
-from tasks.features import FeatureSet, serving_workflow
+from serving.export import ServingFeatures, write_queries, write_ranker, write_rows
+from tasks.features import FeatureSet
 
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 CATALOG = "catalog.parquet"
@@ -139,39 +140,77 @@ def export_ranking(
     Without ``retrieval`` (a ``models.two_tower.RetrievalModel``) only ``ranking`` is written.
     ``interactions`` (parquet with ``user_id``, ``item_id``) are the items each user has seen,
     which retrieval may exclude and recommend always excludes; the retrieval model's training
-    split is the natural choice.
+    split is the natural choice. Raises ``serving.export.ExportMismatch`` (and publishes
+    nothing) when the ONNX ranking model does not score the held-out rows like Keras.
+
+    The set is published as one: every endpoint's version is built in its staging directory
+    first, and only then are they renamed into place, one after the other.
     """
     endpoint = RankingEndpoint(cfg.model_prefix)
     version = next_version(repo, endpoint)
-    for stage in published_stages(retrieval is not None):
-        name = endpoint.model(stage)
-        with atomic_dir(repo / name / str(version)) as staging:
-            shutil.copy(TRITON_MODEL_SOURCE, staging / "model.py")
-            _write_stage_files(staging, stage, features, ranking, retrieval, interactions, cfg)
-        write_text_atomic(repo / name / "config.pbtxt", python_model_config(name, stage, cfg))
+    stages = published_stages(retrieval is not None)
+    with contextlib.ExitStack() as renames:
+        # Exits run last-in first-out: entering in reverse renames ranking first.
+        staging = {
+            stage: renames.enter_context(atomic_dir(repo / endpoint.model(stage) / str(version)))
+            for stage in reversed(stages)
+        }
+        _write_versions(staging, features, ranking, retrieval, interactions, cfg)
+    for stage in stages:
+        _write_config(repo / endpoint.model(stage), stage, cfg)
     _write_catalog(features, repo)
     return version
 
 
-def _write_stage_files(staging: Path, stage, features, ranking, retrieval, interactions, cfg):
+# The files each endpoint's version directory holds besides model.py and ranking.json.
+STAGE_FILES = {
+    "ranking": (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
+    "retrieval": (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
+    "recommend": (
+        runtime.USER_ROWS,
+        runtime.ITEM_ROWS,
+        runtime.RANKER,
+        runtime.QUERIES,
+        runtime.SEEN,
+        runtime.ITEM_EMBEDDINGS,
+    ),
+    "similar": (runtime.ITEM_EMBEDDINGS,),
+}
+
+
+def _write_versions(staging: dict[str, Path], features, ranking, retrieval, interactions, cfg):
+    """Compute each file once, in a scratch directory inside a staging directory (removed with
+    it if the export fails or is killed), then copy it into every version that needs it."""
     settings = {"max_k": cfg.max_k, "retrieval_candidates": cfg.retrieval_candidates}
-    (staging / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
-    if stage in ("ranking", "retrieval", "recommend"):
-        workflow = serving_workflow(load_workflow(features.workflow_dir))
-        workflow.save(str(staging / runtime.WORKFLOW_DIR))
-        shutil.copytree(features.lookup_dir, staging / runtime.LOOKUP_DIR)
-    if stage in ("ranking", "recommend"):
-        shutil.copytree(ranking.model_dir, staging / runtime.MODEL_DIR)
-        TensorflowMetadata.from_merlin_schema(workflow.output_schema).to_proto_text_file(
-            str(staging)
-        )
-    if stage in ("retrieval", "recommend"):
-        shutil.copytree(retrieval.query_encoder_dir, staging / runtime.QUERY_ENCODER_DIR)
-        shutil.copytree(retrieval.query_schema_dir, staging / runtime.QUERY_SCHEMA_DIR)
-        seen = pd.read_parquet(interactions, columns=[runtime.USER_ID, runtime.ITEM_ID])
-        seen.drop_duplicates().to_parquet(staging / runtime.SEEN, index=False)
-    if stage != "ranking":
-        shutil.copy(retrieval.item_embeddings, staging / runtime.ITEM_EMBEDDINGS)
+    work = next(iter(staging.values())) / ".export"
+    work.mkdir()
+    try:
+        serving = ServingFeatures(features)
+        user_rows = write_rows(serving, work)
+        write_ranker(ranking.model_dir, features, serving.output_schema, work / runtime.RANKER)
+        if retrieval is not None:
+            known_users = serving.known[runtime.USER_ID]
+            write_queries(retrieval, known_users, user_rows, work / runtime.QUERIES)
+            seen = pd.read_parquet(interactions, columns=[runtime.USER_ID, runtime.ITEM_ID])
+            seen.drop_duplicates().to_parquet(work / runtime.SEEN, index=False)
+            shutil.copy(retrieval.item_embeddings, work / runtime.ITEM_EMBEDDINGS)
+        for stage, directory in staging.items():
+            shutil.copy(TRITON_MODEL_SOURCE, directory / "model.py")
+            (directory / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
+            for name in STAGE_FILES[stage]:
+                shutil.copy(work / name, directory / name)
+    finally:
+        shutil.rmtree(work)
+
+
+def _write_config(model_dir: Path, stage: str, cfg: ServingConfig) -> None:
+    """Write ``config.pbtxt`` only when its text changes, so a publish leaves an unchanged
+    config (and its mtime) alone. Measured on Triton 2.51: an explicit load still restarts
+    every kept version, config changed or not (a light stub makes that a second's work)."""
+    config = model_dir / "config.pbtxt"
+    text = python_model_config(model_dir.name, stage, cfg)
+    if not config.is_file() or config.read_text() != text:
+        write_text_atomic(config, text)
 
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:

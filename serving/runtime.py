@@ -2,231 +2,169 @@
 
 Each endpoint is one Python-backend model whose version directory holds everything it needs,
 so a version is always served as a consistent whole (docs/serving.md explains why this is not
-a Triton ensemble):
+a Triton ensemble). Everything a request needs was computed when the version was exported
+(serving/export.py), so a stub imports numpy, pandas and onnxruntime and nothing of
+TensorFlow, Merlin, NVTabular, Prefect or Dask:
 
-* ``ranking`` (:class:`RankingPipeline`): ``user_id``/``item_id`` -> side-feature lookup and
-  the fitted NVTabular workflow (:class:`FeatureStage`) -> the DLRM (:class:`RankerStage`).
-* ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> user features -> query encoder ->
-  exact top-k over the exported item embeddings, optionally without the user's seen items.
-* ``recommend`` (:class:`RecommendStage`): retrieval of ``retrieval_candidates`` unseen items,
-  then ranking of those, then the top k by ranking score.
+* ``ranking`` (:class:`RankingPipeline`): ``user_id``/``item_id`` -> the encoded feature rows
+  of those ids (:class:`FeatureRows`) -> the DLRM as ONNX (:class:`OnnxModel`).
+* ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> the user's precomputed query
+  embedding -> exact top-k over the item embeddings, optionally without the user's seen items.
+* ``recommend`` (:class:`RecommendStage`): for all users of a request at once, retrieval of
+  ``retrieval_candidates`` unseen items with their retrieval scores, one ranking call over all
+  those candidates, then :func:`final_order` and the top k.
 * ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
 
-Steady-state requests avoid the two slow steps of the straightforward path. The feature stage
-runs the workflow once per known user and item at load time and then only gathers rows; the
-workflow still runs per request for ids it has never seen (cold users and items). Models are
-called through one ``tf.function`` with a fixed signature, so a new batch size does not
-retrace Merlin's graph.
+Ids the export did not know (cold users and items) get the feature row, and the query
+embedding, that the fitted workflow gives an id it has never seen.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from merlin.schema import Schema, Tags
 
-from recflow.trust import load_workflow
+from models.metrics import top_k
+from recflow.trust import require_trusted
 
-WORKFLOW_DIR = "workflow"
-LOOKUP_DIR = "lookup"
-MODEL_DIR = "model"
-QUERY_ENCODER_DIR = "query_encoder"
-QUERY_SCHEMA_DIR = "query_schema"
+# Files of a version directory (docs/layout.md), written by serving/export.py.
+USER_ROWS, ITEM_ROWS = "user_rows.npz", "item_rows.npz"
+QUERIES = "queries.npz"
+RANKER = "ranking.onnx"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
 SEEN = "seen.parquet"
 RANKING_CONFIG = "ranking.json"
+# Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
+# array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
+IDS, VECTORS = "ids", "vectors"
 SCORE = "score"
 K, EXCLUDE_SEEN = "k", "exclude_seen"
 ITEM_IDS, SCORES = "item_ids", "scores"
 # Columns of models/two_tower.py's item_embeddings.parquet (a unit test checks they agree).
-# Not imported from there: that module pulls in TensorFlow, which `similar` does not need, and
-# a stub importing it first hung at start-up in the bundled server.
+# Not imported from there: that module pulls in TensorFlow.
 RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
 USER_ID, ITEM_ID = "user_id", "item_id"
-RAW_INPUTS = (USER_ID, ITEM_ID)
-SIDES = {USER_ID: Tags.USER, ITEM_ID: Tags.ITEM}
+# A list column reaches the model as Merlin's ``__values``/``__offsets`` pair; the rows files
+# keep it padded (``__values``, [rows, width]) with its lengths (``__lengths``, [rows, 1]).
+VALUES, OFFSETS, LENGTHS = "__values", "__offsets", "__lengths"
+# Imported by no stub; the Triton test reads the list each stub logs (triton_model.py).
+HEAVY_MODULES = ("tensorflow", "merlin", "nvtabular", "prefect", "dask")
 
 
 class BadRequest(ValueError):
     """Input the model cannot serve; Triton reports it as INVALID_ARG."""
 
 
-def encode_frame(df: pd.DataFrame, schema: Schema) -> dict[str, np.ndarray]:
-    """Workflow outputs as dense ``[rows, ...]`` arrays, one or two per column."""
-    tensors = {}
-    for name in schema.column_names:
-        column = schema[name]
-        dtype = column.dtype.to_numpy
-        if column.is_list:
-            lists = [np.asarray(v, dtype=dtype) for v in df[name]]
-            lengths = np.array([len(v) for v in lists], dtype=np.int64)
-            padded = np.zeros((len(lists), max(1, int(lengths.max(initial=0)))), dtype=dtype)
-            for row, values in enumerate(lists):
-                padded[row, : len(values)] = values
-            tensors[f"{name}__values"] = padded
-            tensors[f"{name}__lengths"] = lengths.reshape(-1, 1)
-        else:
-            tensors[name] = df[name].to_numpy(dtype=dtype).reshape(-1, 1)
-    return tensors
+def heavy_modules() -> list[str]:
+    """Which of :data:`HEAVY_MODULES` this process has imported."""
+    return [name for name in HEAVY_MODULES if name in sys.modules]
 
 
-def tensor_names(schema: Schema) -> list[str]:
-    names = []
-    for name in schema.column_names:
-        names += [f"{name}__values", f"{name}__lengths"] if schema[name].is_list else [name]
-    return names
-
-
-def model_inputs(tensors: dict[str, np.ndarray], schema: Schema) -> dict[str, np.ndarray]:
-    """Stage tensors in Merlin's dataloader layout: [batch] scalars, ``__values``/``__offsets``."""
-    from models.predict import input_columns
-
+def model_inputs(tensors: dict[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The model's inputs ``names`` from padded rows: [rows] scalars, ``__values``/``__offsets``."""
     inputs = {}
-    for name in input_columns(schema):
-        if schema[name].is_list:
-            padded = tensors[f"{name}__values"]
-            lengths = tensors[f"{name}__lengths"].reshape(-1).astype(np.int64)
-            inputs[f"{name}__values"] = padded[np.arange(padded.shape[1]) < lengths[:, None]]
-            inputs[f"{name}__offsets"] = np.concatenate([[0], np.cumsum(lengths)])
+    for name in names:
+        if name.endswith(VALUES):
+            padded = tensors[name]
+            lengths = tensors[name.removesuffix(VALUES) + LENGTHS].reshape(-1)
+            inputs[name] = padded[np.arange(padded.shape[1]) < lengths[:, None]]
+        elif name.endswith(OFFSETS):
+            lengths = tensors[name.removesuffix(OFFSETS) + LENGTHS].reshape(-1)
+            inputs[name] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         else:
             inputs[name] = tensors[name].reshape(-1)
     return inputs
 
 
-def _fill(known: np.ndarray, rows: np.ndarray, cold: np.ndarray, fresh: np.ndarray | None):
-    """Rows of ``known`` by index, except the ``cold`` rows, which come from ``fresh``."""
-    width = max(known.shape[1], 0 if fresh is None else fresh.shape[1])
-    out = np.zeros((len(rows), width), dtype=known.dtype)
-    out[~cold, : known.shape[1]] = known[rows[~cold]]
-    if fresh is not None:
-        out[cold, : fresh.shape[1]] = fresh
-    return out
+class KnownIds:
+    """Row positions of raw ids in an export's tables; an unknown id gets the last row."""
+
+    def __init__(self, ids: np.ndarray):
+        self.index = pd.Index(ids)
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        rows = self.index.get_indexer(ids.reshape(-1).astype(np.int64))
+        rows[rows < 0] = len(self.index)
+        return rows
 
 
-class FeatureStage:
+def _load_npz(path: Path) -> tuple[KnownIds, dict[str, np.ndarray]]:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return KnownIds(arrays.pop(IDS)), arrays
+
+
+class FeatureRows:
+    """The model tensors of (user, item) pairs, gathered from the rows computed at export."""
+
     def __init__(self, version_dir: Path):
-        from tasks.features import attach_side_features
+        self.sides = [_load_npz(version_dir / name) for name in (USER_ROWS, ITEM_ROWS)]
 
-        self._attach = attach_side_features
-        self.workflow = load_workflow(version_dir / WORKFLOW_DIR)
-        lookup = version_dir / LOOKUP_DIR
-        self.items = pd.read_parquet(lookup / "items.parquet")
-        users = lookup / "users.parquet"
-        self.users = pd.read_parquet(users) if users.exists() else None
-        self._tables = self._encode_known_ids()
-
-    @property
-    def output_schema(self) -> Schema:
-        return self.workflow.output_schema
-
-    @property
-    def known_item(self) -> int:
-        return int(self._tables[ITEM_ID][0][0])
-
-    def transform_frame(self, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
-        if user_ids.shape != item_ids.shape:
-            raise BadRequest(
-                f"user_id and item_id must have the same shape, got {user_ids.shape} "
-                f"and {item_ids.shape}"
-            )
-        raw = pd.DataFrame({USER_ID: user_ids.astype(np.int64), ITEM_ID: item_ids.astype(np.int64)})
-        return self.workflow.transform(self._attach(raw, self.items, self.users))
-
-    def _encode_known_ids(self) -> dict[str, tuple[pd.Index, dict[str, np.ndarray]]]:
-        """Per side, the known ids and their encoded output columns, in the same row order.
-
-        Each side's columns are encoded from pairs with an arbitrary id of the other side; the
-        workflow's ops are column-wise, so those columns do not depend on the other id.
-        """
-        schema = self.output_schema
-        untagged = [c.name for c in schema if not {Tags.USER, Tags.ITEM} & set(c.tags)]
-        if untagged:
-            raise ValueError(f"workflow outputs {untagged} belong to neither users nor items")
-        known = {
-            USER_ID: np.empty(0, np.int64) if self.users is None else self.users[USER_ID],
-            ITEM_ID: self.items[ITEM_ID],
-        }
-        tables = {}
-        for side, tag in SIDES.items():
-            ids = np.unique(np.asarray(known[side], dtype=np.int64))
-            other = ITEM_ID if side == USER_ID else USER_ID
-            pairs = {side: ids, other: np.zeros_like(ids)}
-            side_schema = schema.select_by_tag(tag)
-            frame = (
-                self.transform_frame(pairs[USER_ID], pairs[ITEM_ID])
-                if len(ids)
-                else pd.DataFrame(columns=side_schema.column_names)
-            )
-            tables[side] = (pd.Index(ids), encode_frame(frame, side_schema))
-        return tables
-
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ids = {name: inputs[name].reshape(-1).astype(np.int64) for name in RAW_INPUTS}
-        if ids[USER_ID].shape != ids[ITEM_ID].shape:
+    def __call__(self, user_ids: np.ndarray, item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        if user_ids.size != item_ids.size:
             raise BadRequest("user_id and item_id must have the same number of rows")
-        rows = {side: index.get_indexer(ids[side]) for side, (index, _) in self._tables.items()}
-        cold = (rows[USER_ID] < 0) | (rows[ITEM_ID] < 0)
-        fresh = {}
-        if cold.any():
-            frame = self.transform_frame(ids[USER_ID][cold], ids[ITEM_ID][cold])
-            fresh = encode_frame(frame, self.output_schema)
-        return {
-            name: _fill(known, rows[side], cold, fresh.get(name))
-            for side, (_, tensors) in self._tables.items()
-            for name, known in tensors.items()
-        }
+        tensors = {}
+        for ids, (known, arrays) in zip((user_ids, item_ids), self.sides, strict=True):
+            rows = known.rows(ids)
+            tensors |= {name: array[rows] for name, array in arrays.items()}
+        return tensors
 
 
-class CompiledModel:
-    """A Keras SavedModel called through one ``tf.function`` over stage tensors of ``schema``."""
+class OnnxModel:
+    """A model exported to ONNX, run by onnxruntime over :func:`model_inputs` of its inputs."""
 
-    def __init__(self, model_dir: Path, schema_dir: Path):
-        import tensorflow as tf
-        from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
+    # onnxruntime's names of the input types the exports use.
+    _DTYPES = {
+        "tensor(int64)": np.int64,
+        "tensor(int32)": np.int32,
+        "tensor(float)": np.float32,
+        "tensor(double)": np.float64,
+    }
 
-        from models.predict import input_columns
+    def __init__(self, path: Path):
+        import onnxruntime as ort
 
-        self.model = tf.keras.models.load_model(str(model_dir))
-        self.schema = TensorflowMetadata.from_proto_text_file(str(schema_dir)).to_merlin_schema()
-        signature = {}
-        for name in input_columns(self.schema):
-            dtype = tf.as_dtype(self.schema[name].dtype.to_numpy)
-            if self.schema[name].is_list:
-                signature[f"{name}__values"] = tf.TensorSpec([None], dtype)
-                signature[f"{name}__offsets"] = tf.TensorSpec([None], tf.int64)
-            else:
-                signature[name] = tf.TensorSpec([None], dtype)
-        self._call = tf.function(
-            lambda inputs: self.model(inputs, training=False), input_signature=[signature]
-        )
+        options = ort.SessionOptions()
+        # One thread per session: several endpoints (and instances) share a few cores, and a
+        # session that spreads one request over all of them slows every other one down.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {spec.name: self._DTYPES[spec.type] for spec in self.session.get_inputs()}
 
     def __call__(self, tensors: dict[str, np.ndarray]) -> np.ndarray:
-        return np.asarray(self._call(model_inputs(tensors, self.schema)), dtype=np.float32)
+        feed = {
+            name: np.ascontiguousarray(value, dtype=self.inputs[name])
+            for name, value in model_inputs(tensors, list(self.inputs)).items()
+        }
+        return self.session.run(None, feed)[0].astype(np.float32)
 
 
-class RankerStage:
-    def __init__(self, version_dir: Path):
-        self.model = CompiledModel(version_dir / MODEL_DIR, version_dir)
-
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {SCORE: self.model(inputs).reshape(-1, 1)}
+def _settings(version_dir: Path) -> dict:
+    return json.loads((version_dir / RANKING_CONFIG).read_text())
 
 
 class RankingPipeline:
-    """The ``ranking`` endpoint: both stages on one version directory, in one process."""
+    """The ``ranking`` endpoint: feature rows of the pairs -> the DLRM."""
 
-    def __init__(self, version_dir: Path, features: FeatureStage | None = None):
-        self.features = features or FeatureStage(version_dir)
-        self.ranker = RankerStage(version_dir)
+    def __init__(self, version_dir: Path):
+        version_dir = require_trusted(version_dir)
+        self.features = FeatureRows(version_dir)
+        self.model = OnnxModel(version_dir / RANKER)
 
     def scores(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        inputs = {USER_ID: user_ids.reshape(-1, 1), ITEM_ID: item_ids.reshape(-1, 1)}
-        return self(inputs)[SCORE].reshape(-1)
+        return self.model(self.features(user_ids, item_ids)).reshape(-1)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.ranker(self.features(inputs))
+        return {SCORE: self.scores(inputs[USER_ID], inputs[ITEM_ID]).reshape(-1, 1)}
+
+    def warm_up(self) -> None:
+        self.scores(np.zeros(1, np.int64), np.zeros(1, np.int64))
 
 
 def _request_k(inputs: dict[str, np.ndarray], rows: int, max_k: int) -> int:
@@ -254,18 +192,15 @@ class RetrievalStage:
 
     merge_requests = False
 
-    def __init__(self, version_dir: Path, features: FeatureStage | None = None):
-        import json
-
-        self.features = features or FeatureStage(version_dir)
-        self.encoder = CompiledModel(
-            version_dir / QUERY_ENCODER_DIR, version_dir / QUERY_SCHEMA_DIR
-        )
+    def __init__(self, version_dir: Path):
+        version_dir = require_trusted(version_dir)
+        self.known_users, queries = _load_npz(version_dir / QUERIES)
+        self.queries = queries[VECTORS]
         self.item_ids, self.vectors = item_embeddings(version_dir)
         seen = pd.read_parquet(version_dir / SEEN).sort_values(USER_ID, kind="stable")
         self._seen = pd.Index(self.item_ids).get_indexer(seen[ITEM_ID].to_numpy(np.int64))
         self._seen_users = seen[USER_ID].to_numpy(np.int64)
-        self.config = json.loads((version_dir / RANKING_CONFIG).read_text())
+        self.config = _settings(version_dir)
 
     def seen_mask(self, user_ids: np.ndarray) -> np.ndarray:
         """[users, items]: True where the user interacted with the item in the exported data."""
@@ -278,14 +213,13 @@ class RetrievalStage:
         return mask
 
     def query(self, user_ids: np.ndarray) -> np.ndarray:
-        # The encoder reads user columns only; a known item keeps the feature stage off its
-        # per-request workflow path, which only unknown ids need.
-        items = np.full_like(user_ids, self.features.known_item)
-        return self.encoder(self.features({USER_ID: user_ids, ITEM_ID: items}))
+        """Query embeddings [users, dim], as the query tower computed them at export."""
+        return self.queries[self.known_users.rows(user_ids)]
 
-    def top_k(self, user_ids: np.ndarray, k: int, exclude_seen: bool):
-        from models.metrics import top_k
-
+    def top_k(
+        self, user_ids: np.ndarray, k: int, exclude_seen: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf."""
         scores = self.query(user_ids) @ self.vectors.T
         best, best_scores = top_k(scores, k, self.seen_mask(user_ids) if exclude_seen else None)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
@@ -296,35 +230,52 @@ class RetrievalStage:
         exclude = bool(inputs.get(EXCLUDE_SEEN, np.zeros(1, bool)).any())
         return _ranked(*self.top_k(users, k, exclude))
 
+    def warm_up(self) -> None:
+        self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
+
+
+def final_order(retrieval_scores: np.ndarray, ranking_scores: np.ndarray) -> np.ndarray:
+    """Column order, best first, of each user's candidates [users, candidates].
+
+    Both arguments are [users, candidates]; missing candidates (padding) score -inf in both.
+    Recommend orders by the ranking model's score alone.
+    """
+    return np.argsort(-ranking_scores, axis=1, kind="stable")
+
 
 class RecommendStage:
-    """The ``recommend`` endpoint: retrieve unseen candidates, rank them, keep the best k."""
+    """The ``recommend`` endpoint: retrieve unseen candidates, rank them, keep the best k.
+
+    All users of a request go through one retrieval product and one ranking call, so a large
+    request costs one batch instead of one model call per user.
+    """
 
     merge_requests = False
 
     def __init__(self, version_dir: Path):
-        features = FeatureStage(version_dir)
-        self.retrieval = RetrievalStage(version_dir, features)
-        self.ranking = RankingPipeline(version_dir, features)
+        self.retrieval = RetrievalStage(version_dir)
+        self.ranking = RankingPipeline(version_dir)
 
-    def recommend(self, user_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and ranking scores [users, k], best first; padding: -1 and -inf."""
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config["retrieval_candidates"])
-        candidates = self.retrieval.top_k(np.array([user_id]), n, exclude_seen=True)[0][0]
-        candidates = candidates[candidates >= 0]
-        scores = self.ranking.scores(np.full_like(candidates, user_id), candidates)
-        order = np.argsort(-scores, kind="stable")[:k]
-        pad = k - len(order)
-        return (
-            np.concatenate([candidates[order], np.full(pad, -1)]),
-            np.concatenate([scores[order], np.full(pad, -np.inf, np.float32)]),
-        )
+        candidates, retrieval_scores = self.retrieval.top_k(user_ids, n, exclude_seen=True)
+        found = candidates >= 0
+        ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        users = np.broadcast_to(user_ids[:, None], candidates.shape)
+        ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
+        order = final_order(retrieval_scores, ranking_scores)[:, :k]
+        ids = np.take_along_axis(np.where(found, candidates, -1), order, axis=1)
+        return ids, np.take_along_axis(ranking_scores, order, axis=1)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
         k = _request_k(inputs, len(users), self.retrieval.config["max_k"])
-        rows = [self.recommend(int(user), k) for user in users]
-        return _ranked(np.array([r[0] for r in rows]), np.array([r[1] for r in rows]))
+        return _ranked(*self.recommend(users, k))
+
+    def warm_up(self) -> None:
+        self.recommend(np.zeros(1, np.int64), 1)
 
 
 class SimilarStage:
@@ -333,15 +284,12 @@ class SimilarStage:
     merge_requests = False
 
     def __init__(self, version_dir: Path):
-        import json
-
+        version_dir = require_trusted(version_dir)
         self.item_ids, self.vectors = item_embeddings(version_dir)
         self._positions = pd.Index(self.item_ids)
-        self.config = json.loads((version_dir / RANKING_CONFIG).read_text())
+        self.config = _settings(version_dir)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from models.metrics import top_k
-
         items = inputs[ITEM_ID].reshape(-1).astype(np.int64)
         k = _request_k(inputs, len(items), self.config["max_k"])
         rows = self._positions.get_indexer(items)
@@ -352,6 +300,9 @@ class SimilarStage:
         itself[np.arange(len(rows)), rows] = True
         best, best_scores = top_k(scores, k, itself)
         return _ranked(np.where(best >= 0, self.item_ids[best], -1), best_scores)
+
+    def warm_up(self) -> None:
+        self.vectors[:1] @ self.vectors.T
 
 
 STAGES = {

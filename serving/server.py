@@ -236,9 +236,6 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in self.models),
-            # One model at a time: several Python stubs importing TensorFlow at once on a small
-            # machine crashed the Python backend (boost::interprocess::lock_exception).
-            "--model-load-thread-count=1",
             f"--grpc-address={cfg.host}",
             f"--grpc-port={cfg.grpc_port}",
             f"--http-address={cfg.host}",

@@ -5,27 +5,38 @@ lives in :mod:`serving.runtime`, importable and testable without Triton.
 """
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from recflow.trust import require_trusted
-from serving.runtime import STAGES, BadRequest
+from serving.runtime import STAGES, BadRequest, heavy_modules
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        started = time.monotonic()
         config = json.loads(args["model_config"])
         stage = config["parameters"]["recflow_stage"]["string_value"]
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        # Refused before anything is unpickled or imported from it (serving/runtime.py).
+        # Refused before anything is loaded from it (recflow/trust.py).
         self.stage = STAGES[stage](require_trusted(version_dir))
+        # The first request must not be the one that pays for onnxruntime's first run.
+        self.stage.warm_up()
         self.inputs = [spec["name"] for spec in config["input"]]
         self.outputs = [spec["name"] for spec in config["output"]]
         # Stages that score rows independently take the dynamic batcher's requests as one
         # batch; stages whose rows share per-request arguments (k) run request by request.
         self.merge = getattr(self.stage, "merge_requests", True)
+        # One line per loaded version in the server log: load time, and the proof that the
+        # stub stays light (tests/integration/test_serving.py reads it).
+        print(
+            f"recflow stub {args['model_name']} version {args['model_version']} initialized in "
+            f"{time.monotonic() - started:.2f} s; heavy modules: {heavy_modules()}",
+            flush=True,
+        )
 
     def execute(self, requests):
         batches = [self._inputs(request) for request in requests]

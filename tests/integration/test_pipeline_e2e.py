@@ -10,8 +10,9 @@ from flows.pipeline import pipeline
 from models.dlrm import load_model
 from models.predict import predict_frame
 from serving.client import RecflowClient, TritonRequestError
-from serving.runtime import FeatureStage
+from serving.export import ServingFeatures
 from serving.server import TritonServer
+from tasks.features import FeatureSet
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
@@ -57,9 +58,8 @@ def test_served_scores_equal_in_process_scores(published, client):
     # Include ids the model never saw: they must be scored (as cold), not rejected.
     rows = pd.concat([rows, pd.DataFrame({"user_id": [10**9], "item_id": [10**9 + 1]})])
 
-    version_dir = settings.paths.triton_repo / f"{settings.serving.model_prefix}_ranking"
-    stage = FeatureStage(version_dir / str(result.version))
-    features = stage.transform_frame(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
+    stage = ServingFeatures(FeatureSet.load(result.features))
+    features = stage.transform(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
     model = load_model(result.models / "ranking" / "model")
     expected = predict_frame(model, features, stage.output_schema)
 

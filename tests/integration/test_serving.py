@@ -16,8 +16,9 @@ from models.dlrm import load_model
 from models.predict import predict_frame
 from models.two_tower import Retriever
 from serving.client import RecflowClient, TritonRequestError
+from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import RankingEndpoint
-from serving.runtime import FeatureStage
+from serving.runtime import HEAVY_MODULES, RANKER
 from serving.server import TritonServer
 from tests.support.published import Published
 
@@ -36,18 +37,40 @@ def test_every_endpoint_is_served(server: TritonServer, endpoint: RankingEndpoin
     assert all(server.is_model_ready(name) for name in endpoint.all_models)
 
 
+def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpoint) -> None:
+    # Each stub logs the HEAVY_MODULES it has imported once its version is initialized.
+    lines = [line for line in server.log_tail(10_000).splitlines() if "recflow stub" in line]
+    for name in endpoint.all_models:
+        logged = [line for line in lines if f"recflow stub {name} version" in line]
+        assert logged and all(line.endswith("heavy modules: []") for line in logged), lines
+    assert HEAVY_MODULES == ("tensorflow", "merlin", "nvtabular", "prefect", "dask")
+
+
+def test_onnx_ranker_scores_like_keras_and_a_different_model_is_refused(
+    published: Published, endpoint: RankingEndpoint
+) -> None:
+    onnx = published.newest_version_dir(endpoint.ensemble) / RANKER
+    rows = held_out_rows(published.features)
+    schema = ServingFeatures(published.features).output_schema
+    model = load_model(published.ranking.model_dir)
+    assert check_equivalence(model, onnx, rows, schema).max_abs_diff <= 1e-5
+    # The same model with its weights moved a little: the export guard must see the difference.
+    model.set_weights([weights + 0.01 for weights in model.get_weights()])
+    with pytest.raises(ExportMismatch, match="not published"):
+        check_equivalence(model, onnx, rows, schema)
+
+
 def test_served_ranking_scores_equal_in_process_scores(
     published: Published, client: RecflowClient, endpoint: RankingEndpoint
 ) -> None:
     rows = pd.read_parquet(published.raw.interactions).sample(200, random_state=1)
     users = np.append(rows["user_id"].to_numpy(np.int64), [COLD_USER, 1])
     items = np.append(rows["item_id"].to_numpy(np.int64), [1, COLD_USER])
-    version_dir = published.newest_version_dir(endpoint.ensemble)
-    stage = FeatureStage(version_dir)
+    features = ServingFeatures(published.features)
     expected = predict_frame(
         load_model(published.ranking.model_dir),
-        stage.transform_frame(users, items),
-        stage.output_schema,
+        features.transform(users, items),
+        features.output_schema,
     )
 
     served = client.infer(
@@ -63,8 +86,7 @@ def test_retrieval_equals_exact_top_k_in_process(
     published: Published, client: RecflowClient, endpoint: RankingEndpoint, users: np.ndarray
 ) -> None:
     k = 15
-    stage = FeatureStage(published.newest_version_dir(endpoint.ensemble))
-    user_rows = stage.transform_frame(users, np.zeros_like(users))
+    user_rows = ServingFeatures(published.features).transform(users, np.zeros_like(users))
     retriever = Retriever.load(published.retrieval)
     seen = [published.seen(int(user)) for user in users]
     for exclude_seen in (False, True):
@@ -92,6 +114,22 @@ def test_recommend_returns_k_distinct_unseen_items_by_score(
         assert scores == sorted(scores, reverse=True)
         # The scores are the ranking model's for those items.
         np.testing.assert_allclose(client.score(int(user), items), scores, atol=1e-5)
+
+
+def test_recommend_for_many_users_at_once_equals_one_at_a_time(
+    client: RecflowClient, endpoint: RankingEndpoint, users: np.ndarray
+) -> None:
+    rows = np.append(users, COLD_USER)
+    batch = client.infer(
+        endpoint.model("recommend"),
+        {"user_id": rows.reshape(-1, 1), "k": _k(10, len(rows))},
+        ["item_ids", "scores"],
+    )
+    for row, user in enumerate(rows):
+        alone = client.recommend(int(user), k=10)  # without the -1 padding
+        found = batch["item_ids"][row] >= 0
+        assert set(batch["item_ids"][row][found].tolist()) == {item for item, _ in alone}
+        np.testing.assert_allclose(batch["scores"][row][found], [s for _, s in alone], atol=1e-5)
 
 
 def test_similar_items_exclude_the_item_itself(client: RecflowClient) -> None:

@@ -12,7 +12,7 @@ import pytest
 from recflow.config import ComputeConfig
 from recflow.trust import UntrustedLocation, require_trusted
 from serving.client import TritonRequestError
-from serving.runtime import FeatureStage
+from serving.runtime import RankingPipeline
 from tests.integration.test_triton_server import listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -63,7 +63,7 @@ def make_world_writable(path: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["version-dir", "a-file-inside", "a-parent-dir"])
-def test_workflows_are_not_unpickled_from_world_writable_places(
+def test_versions_are_not_loaded_from_world_writable_places(
     published, endpoint, tmp_path: Path, where: str
 ) -> None:
     source = published.newest_version_dir(endpoint.model("ranking"))
@@ -73,12 +73,12 @@ def test_workflows_are_not_unpickled_from_world_writable_places(
     assert require_trusted(version_dir) == version_dir.resolve()
     target = {
         "version-dir": version_dir,
-        "a-file-inside": next(version_dir.joinpath("workflow").rglob("*.pkl")),
+        "a-file-inside": version_dir / "ranking.onnx",
         "a-parent-dir": parent,
     }[where]
     make_world_writable(target)
     with pytest.raises(UntrustedLocation, match="world-writable"):
-        FeatureStage(version_dir)
+        RankingPipeline(version_dir)
 
 
 def test_triton_refuses_a_world_writable_model_and_keeps_serving(

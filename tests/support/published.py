@@ -33,8 +33,7 @@ TINY = [
     "serving.metrics_port=0",
     "serving.retrieval_candidates=30",
     "serving.max_k=500",
-    # Four Python stubs importing TensorFlow at once take minutes on a busy 2-core machine.
-    "serving.startup_timeout_s=900",
+    "serving.startup_timeout_s=300",
     "serving.request_timeout_s=120",
 ]
 

@@ -7,12 +7,14 @@ from merlin.schema import ColumnSchema, Schema, Tags
 
 from recflow.config import ServingConfig
 from serving import runtime
+from serving.export import encode_frame
 from serving.repository import (
     RankingEndpoint,
+    _write_config,
     next_version,
     python_model_config,
 )
-from serving.runtime import BadRequest, _request_k, encode_frame, model_inputs, tensor_names
+from serving.runtime import BadRequest, _request_k, final_order, model_inputs
 
 
 @pytest.fixture
@@ -37,12 +39,12 @@ def test_list_columns_become_merlin_values_and_offsets(schema):
         }
     )
     tensors = encode_frame(frame, schema)
-    assert set(tensors) == set(tensor_names(schema))
     assert tensors["genres__values"].shape == (3, 3)
-    assert all(array.shape[0] == 3 for array in tensors.values())  # batchable by Triton
+    assert tensors["genres__lengths"].tolist() == [[3], [1], [0]]
+    assert all(array.shape[0] == 3 for array in tensors.values())  # rows gather by id
 
-    inputs = model_inputs(tensors, schema)
-    assert "rating_binary" not in inputs  # targets are not model inputs
+    inputs = model_inputs(tensors, ["user_id", "genres__values", "genres__offsets", "item_count"])
+    assert "rating_binary" not in inputs  # only the model's inputs
     assert inputs["user_id"].tolist() == [3, 4, 5]
     assert inputs["genres__values"].tolist() == [1, 2, 3, 7]
     assert inputs["genres__offsets"].tolist() == [0, 3, 4, 4]
@@ -62,6 +64,25 @@ def test_python_model_config_declares_everything_explicitly():
     assert "version_policy { latest { num_versions: 3 } }" in text
     assert "dynamic_batching { max_queue_delay_microseconds: 0 }" in text
     assert 'string_value: "retrieval"' in text
+
+
+def test_config_is_rewritten_only_when_it_changes(tmp_path):
+    model = tmp_path / "recflow_ranking"
+    model.mkdir()
+    _write_config(model, "ranking", ServingConfig())
+    config = model / "config.pbtxt"
+    inode = config.stat().st_ino  # a rewrite renames a new file into place
+    _write_config(model, "ranking", ServingConfig())
+    assert config.stat().st_ino == inode
+    _write_config(model, "ranking", ServingConfig(instance_count=2))
+    assert config.stat().st_ino != inode
+    assert "count: 2 kind: KIND_CPU" in config.read_text()
+
+
+def test_final_order_is_by_ranking_score_with_padding_last():
+    retrieval = np.array([[0.9, 0.8, -np.inf], [0.5, 0.4, 0.3]], np.float32)
+    ranking = np.array([[0.1, 0.7, -np.inf], [0.2, 0.2, 0.6]], np.float32)
+    assert final_order(retrieval, ranking).tolist() == [[1, 0, 2], [2, 0, 1]]
 
 
 def test_fewer_than_two_kept_versions_are_rejected():
