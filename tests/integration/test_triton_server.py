@@ -15,7 +15,6 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
-from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 
 import grpc
@@ -45,6 +44,7 @@ from serving.server import (
     find_free_port,
     process_group,
 )
+from tests.support.network import listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -53,7 +53,6 @@ MODEL_SOURCE = Path(__file__).resolve().parent.parent / "fixtures" / "ranking_mo
 CONFIG = ServingConfig(
     grpc_port=0, http_port=0, metrics_port=0, max_batch_size=4, startup_timeout_s=60
 )
-TCP_LISTEN = "0A"  # socket state in /proc/net/tcp
 RANKING = f"{CONFIG.model_prefix}_ranking"
 # Same model under another name, not loaded at start: for the load/unload tests.
 SPARE = f"{CONFIG.model_prefix}_spare"
@@ -90,23 +89,6 @@ def pairs(user_ids: list[int], item_ids: list[int]) -> dict[str, np.ndarray]:
         USER_INPUT: np.array(user_ids, dtype=np.int64).reshape(-1, 1),
         ITEM_INPUT: np.array(item_ids, dtype=np.int64).reshape(-1, 1),
     }
-
-
-def listening_addresses(port: int) -> list[IPv4Address | IPv6Address]:
-    """Addresses with a listening TCP socket on ``port``, from /proc/net/tcp{,6}."""
-    addresses = []
-    for table in ("tcp", "tcp6"):
-        for line in Path("/proc/net", table).read_text().splitlines()[1:]:
-            local, _remote, state = line.split()[1:4]
-            address_hex, port_hex = local.split(":")
-            if state != TCP_LISTEN or int(port_hex, 16) != port:
-                continue
-            raw = bytes.fromhex(address_hex)
-            # The kernel prints each 32-bit word of the address in host (little-endian) order.
-            address = ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
-            # gRPC listens on an IPv6 socket; 127.0.0.1 then shows as ::ffff:127.0.0.1.
-            addresses.append(getattr(address, "ipv4_mapped", None) or address)
-    return addresses
 
 
 def model_executions(server: TritonServer, model: str) -> int:

@@ -13,7 +13,7 @@ from recflow.config import ComputeConfig
 from recflow.trust import UntrustedLocation, require_trusted
 from serving.client import TritonRequestError
 from serving.runtime import RankingPipeline
-from tests.integration.test_triton_server import listening_addresses
+from tests.support.network import listening_addresses
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
