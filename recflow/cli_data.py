@@ -1,4 +1,8 @@
-"""``recflow data``: fetch a dataset variant, list the variants and what is on disk."""
+"""``recflow data``: fetch a dataset variant, list the variants and what is on disk.
+
+The dataset stage is imported inside the commands: it pulls in Prefect and pandas (seconds),
+which ``recflow --help`` and every other command would otherwise pay.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,6 @@ from rich.table import Table
 
 from recflow.artifacts import MANIFEST
 from recflow.cli_common import console, error, settings_of
-from tasks.download import SYNTHETIC, VARIANTS, DownloadError, fetch_dataset
-from tasks.normalize import MalformedSource
-from tasks.synthetic import dataset_name
 
 data_app = typer.Typer(
     name="data", help="Download, verify and normalise datasets.", no_args_is_help=True
@@ -29,6 +30,9 @@ def fetch(
     ] = None,
 ) -> None:
     """Download (or generate) VARIANT, verify it and write its canonical tables."""
+    from tasks.download import DownloadError, fetch_dataset
+    from tasks.normalize import MalformedSource
+
     settings = settings_of(ctx)
     update = {"variant": variant} | ({"mirror": mirror} if mirror is not None else {})
     data = settings.data.model_copy(update=update)
@@ -46,6 +50,9 @@ def fetch(
 @data_app.command("list")
 def list_variants(ctx: typer.Context) -> None:
     """The variants, their archive sizes, and whether the archive and tables are on disk."""
+    from tasks.download import SYNTHETIC, VARIANTS
+    from tasks.synthetic import dataset_name
+
     settings = settings_of(ctx)
     paths = settings.paths
     table = Table("variant", "archive", "verified by", "archive cached", "tables")
