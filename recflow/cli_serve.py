@@ -164,7 +164,7 @@ def recommend(
     with _exit_on(FileNotFoundError):
         candidates = None if catalog is None else read_catalog(catalog)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
-        top = client.recommend(user, candidates, k, exclude=excluded)
+        top = client.recommend(user, k, candidates=candidates, exclude=excluded)
     print_scores(f"top {k} for user {user}", top)
 
 

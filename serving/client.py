@@ -150,6 +150,22 @@ def _ranked_list(outputs: Mapping[str, np.ndarray]) -> list[tuple[int, float]]:
     return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
 
 
+def _recommend_request(user_id: int, k: int, excluded: set[int]) -> dict[str, np.ndarray]:
+    # Ask for as many more as may be excluded, so k remain after dropping them.
+    return _ranked_request(USER_INPUT, user_id, k + len(excluded))
+
+
+def _without(top: list[tuple[int, float]], excluded: set[int], k: int) -> list[tuple[int, float]]:
+    return [(item, score) for item, score in top if item not in excluded][:k]
+
+
+def _shortlist(candidates: Iterable[int], excluded: set[int], k: int) -> list[int]:
+    """The distinct candidates in order, without the excluded ones."""
+    if k < 0:
+        raise ValueError(f"k must be >= 0, not {k}")
+    return [item for item in dict.fromkeys(candidates) if item not in excluded]
+
+
 def _top_k(item_ids: Sequence[int], scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     # Stable sort: equal scores keep candidate order, so results are reproducible.
     order = np.argsort(-scores, kind="stable")[:k]
@@ -284,26 +300,25 @@ class RecflowClient(_ClientBase):
     def recommend(
         self,
         user_id: int,
-        candidate_item_ids: Iterable[int] | None = None,
         k: int = 10,
+        *,
+        candidates: Iterable[int] | None = None,
         exclude: Collection[int] = (),
     ) -> list[tuple[int, float]]:
         """The ``k`` best items for ``user_id`` as ``(item_id, score)``, best first.
 
         Without candidates, the multi-stage ``recommend`` endpoint picks them (retrieval, then
-        ranking; the user's seen items never come back). With candidates, the ranking endpoint
-        scores them: duplicates are scored once, those in ``exclude`` dropped, ties keep
-        candidate order.
+        the version's final ordering; the user's seen items never come back). With candidates,
+        the ranking endpoint scores them: duplicates are scored once, those in ``exclude``
+        dropped, ties keep candidate order. :class:`AsyncRecflowClient` takes the same arguments.
         """
         excluded = set(exclude)
-        if candidate_item_ids is None:
-            request = _ranked_request(USER_INPUT, user_id, k + len(excluded))
+        if candidates is None:
+            request = _recommend_request(user_id, k, excluded)
             top = _ranked_list(self.infer(self.recommend_model, request, RANKED_OUTPUTS))
-            return [(item, score) for item, score in top if item not in excluded][:k]
-        if k < 0:
-            raise ValueError(f"k must be >= 0, not {k}")
-        candidates = [item for item in dict.fromkeys(candidate_item_ids) if item not in excluded]
-        return _top_k(candidates, self.score(user_id, candidates), k)
+            return _without(top, excluded, k)
+        shortlist = _shortlist(candidates, excluded, k)
+        return _top_k(shortlist, self.score(user_id, shortlist), k)
 
     def retrieve(self, user_id: int, k: int, exclude_seen: bool = False) -> list[tuple[int, float]]:
         """The retrieval endpoint's ``k`` nearest items to the user's query embedding."""
@@ -356,10 +371,22 @@ class AsyncRecflowClient(_ClientBase):
         )
         return _join_scores(parts)
 
-    async def recommend(self, user_id: int, k: int) -> list[tuple[int, float]]:
-        """Like :meth:`RecflowClient.recommend` without candidates (the multi-stage endpoint)."""
-        request = _ranked_request(USER_INPUT, user_id, k)
-        return _ranked_list(await self.infer(self.recommend_model, request, RANKED_OUTPUTS))
+    async def recommend(
+        self,
+        user_id: int,
+        k: int = 10,
+        *,
+        candidates: Iterable[int] | None = None,
+        exclude: Collection[int] = (),
+    ) -> list[tuple[int, float]]:
+        """Like :meth:`RecflowClient.recommend`."""
+        excluded = set(exclude)
+        if candidates is None:
+            request = _recommend_request(user_id, k, excluded)
+            top = _ranked_list(await self.infer(self.recommend_model, request, RANKED_OUTPUTS))
+            return _without(top, excluded, k)
+        shortlist = _shortlist(candidates, excluded, k)
+        return _top_k(shortlist, await self.score(user_id, shortlist), k)
 
     async def retrieve(
         self, user_id: int, k: int, exclude_seen: bool = False

@@ -225,9 +225,22 @@ def test_score_splits_long_item_lists_into_max_batch_size_requests(
 
 
 def test_recommend_returns_top_k_unseen_candidates(client: RecflowClient) -> None:
-    top = client.recommend(2, [5, 1, 9, 3, 9, 7], k=3, exclude={9})
+    top = client.recommend(2, 3, candidates=[5, 1, 9, 3, 9, 7], exclude={9})
 
     assert top == [(7, 2007.0), (5, 2005.0), (3, 2003.0)]
+
+
+def test_async_client_recommends_like_the_blocking_one(
+    server: TritonServer, client: RecflowClient
+) -> None:
+    # The same call, the same arguments: recommend(user, k, candidates=..., exclude=...).
+    async def recommend_async() -> list[tuple[int, float]]:
+        async with AsyncRecflowClient.from_config(server.config) as async_client:
+            return await async_client.recommend(2, 3, candidates=[5, 1, 9, 3, 9, 7], exclude={9})
+
+    assert asyncio.run(recommend_async()) == client.recommend(
+        2, 3, candidates=[5, 1, 9, 3, 9, 7], exclude={9}
+    )
 
 
 def test_async_client_scores_like_the_blocking_one(
