@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib.metadata import version
 
 import pytest
+from typer.testing import CliRunner
+
+from recflow.cli import app
 
 # Each takes from a second (tritonclient) to many (TensorFlow) to import on 2 cores.
 HEAVY = ("prefect", "pandas", "dask", "tensorflow", "merlin", "nvtabular", "tritonclient")
@@ -29,6 +33,7 @@ print(json.dumps({{"exit_code": result.exit_code, "heavy": heavy}}))
     ("args", "exit_code"),
     [
         (["--help"], 0),
+        (["--version"], 0),
         (["data", "--help"], 0),
         (["models", "--help"], 0),
         (["serve", "--help"], 0),
@@ -46,3 +51,9 @@ def test_help_and_argument_errors_import_no_heavy_library(args: list[str], exit_
     )
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome == {"exit_code": exit_code, "heavy": []}
+
+
+def test_version_is_the_installed_distributions():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"recflow {version('recflow')}"
