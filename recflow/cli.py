@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from recflow.cli_common import console, error, print_scores, settings_of
+from recflow.cli_config import config_app
 from recflow.cli_data import data_app
 from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
 from recflow.cli_schedule import register as register_schedule
@@ -84,6 +85,7 @@ def main(
     pairs = list(overrides or [])
     if home is not None:
         pairs.append(f"paths.home={home}")
+    ctx.meta["overrides"] = pairs  # for `recflow config show`, which reports where values came from
     try:
         ctx.obj = load_settings(config, pairs)
     except ValueError as problem:  # pydantic's ValidationError included
@@ -172,3 +174,4 @@ register_serving(app)
 register_schedule(app)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")

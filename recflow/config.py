@@ -20,7 +20,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class _Section(BaseModel):
@@ -451,3 +456,39 @@ def load_settings(config_file: Path | None = None, overrides: list[str] | None =
     if config_file is not None:
         os.environ["RECFLOW_CONFIG"] = str(config_file)
     return Settings(**parse_overrides(overrides or []))
+
+
+# Where a setting can come from, highest precedence first (Settings.settings_customise_sources).
+SOURCES = ("--set", "env", "yaml")
+
+
+def flat_settings(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (e.g. ``settings.model_dump()``) by dotted name of its leaves; a list,
+    None or an empty mapping is a leaf."""
+    flat = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        nested = isinstance(value, dict) and value
+        flat |= flat_settings(value, f"{name}.") if nested else {name: value}
+    return flat
+
+
+def setting_sources(settings: Settings, overrides: list[str] | None = None) -> dict[str, str]:
+    """Each setting's dotted name -> where its value came from: one of :data:`SOURCES`, or
+    ``default``. ``overrides`` are the ``--set`` pairs (``--home`` included)."""
+    given = {
+        "--set": parse_overrides(overrides or []),
+        "env": EnvSettingsSource(Settings)(),
+        "yaml": _YamlSource(Settings)(),
+    }
+    given_names = {source: set(flat_settings(values)) for source, values in given.items()}
+    return {
+        name: next((src for src in SOURCES if _covers(given_names[src], name)), "default")
+        for name in flat_settings(settings.model_dump())
+    }
+
+
+def _covers(given: set[str], name: str) -> bool:
+    """Whether a source that gave ``given`` set ``name``: the setting itself, a part of it (a
+    mapping-valued setting), or the whole section holding it."""
+    return any(g == name or g.startswith(f"{name}.") or name.startswith(f"{g}.") for g in given)

@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from recflow.cli import app
 from recflow.config import Settings, load_settings, parse_overrides
 
 
@@ -27,10 +29,6 @@ def test_override_values_that_are_not_yaml_are_rejected_by_name(value):
 
 @pytest.mark.parametrize("override", ["ranking.epochz=3", "ranking.epochs=[1, 2"])
 def test_the_cli_refuses_bad_settings_with_a_message_and_exit_code_2(tmp_path, override):
-    from typer.testing import CliRunner
-
-    from recflow.cli import app
-
     result = CliRunner().invoke(app, ["--home", str(tmp_path), "--set", override, "models", "list"])
     assert result.exit_code == 2 and "invalid settings" in result.output
     assert "Traceback" not in result.output and not any(tmp_path.iterdir())
@@ -72,3 +70,31 @@ def test_servers_bind_to_loopback_by_default(monkeypatch):
     assert settings.serving.host == "127.0.0.1"
     assert settings.compute.host == "127.0.0.1"
     assert Path(settings.paths.home).is_absolute()
+
+
+def test_config_show_names_where_each_value_came_from(tmp_path, monkeypatch):
+    config = tmp_path / "recflow.yaml"
+    config.write_text(
+        "ranking: {embedding_dim: 32, epochs: 7}\ngate: {ranking: {auc: {min_change: null}}}\n"
+    )
+    # As --config FILE does, without leaving it set for the tests after this one.
+    monkeypatch.setenv("RECFLOW_CONFIG", str(config))
+    monkeypatch.setenv("RECFLOW_SERVING__GRPC_PORT", "9001")
+    monkeypatch.setenv("RECFLOW_RANKING__EPOCHS", "5")  # env beats yaml, --set beats env
+    args = ["--home", str(tmp_path), "--set", "ranking.epochs=3", "config", "show"]
+
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, args)
+
+    assert result.exit_code == 0, result.output
+    rows = {
+        cells[0]: (cells[1], cells[2])
+        for line in result.output.splitlines()
+        if len(cells := [c.strip() for c in line.strip("│ ").split("│")]) == 3
+    }
+    assert rows["ranking.epochs"] == ("3", "--set")
+    assert rows["paths.home"] == (f'"{tmp_path}"', "--set")
+    assert rows["serving.grpc_port"] == ("9001", "env")
+    assert rows["ranking.embedding_dim"] == ("32", "yaml")
+    assert rows["gate.ranking.auc.min_change"] == ("null", "yaml")
+    assert rows["gate.ranking.auc.min_value"][1] == "default"
+    assert rows["data.variant"] == ('"synthetic"', "default")
