@@ -234,6 +234,31 @@ class RetrievalConfig(_Section):
         return self
 
 
+class OrderingConfig(_Section):
+    """How ``recommend`` orders retrieval's candidates (models/ordering.py), chosen at training
+    time on the validation split: the weight of the ranker's score in a per-user standardised
+    blend with the retrieval score (1: the ranker alone, 0: retrieval alone)."""
+
+    ranker_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    # The composed list's validation metric the weight maximises (ties: the earlier weight).
+    monitor: str = "recall@10"
+
+    @field_validator("ranker_weights")
+    @classmethod
+    def _weights_in_unit_interval(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"ranker_weights must be a non-empty list in [0, 1], got {weights}")
+        return weights
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_is_top_k(cls, monitor: str) -> str:
+        name, _, k = monitor.partition("@")
+        if name not in TOP_K_METRICS or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"monitor {monitor!r} is not one of {TOP_K_METRICS} at some k")
+        return monitor
+
+
 class TuningConfig(_Section):
     """Hyperparameter search (flows/tune.py): one trial per point, best by validation metric."""
 
@@ -385,6 +410,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = ValidationConfig()
     ranking: RankingConfig = RankingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    ordering: OrderingConfig = OrderingConfig()
     tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
     trial: TrialConfig = TrialConfig()

@@ -5,7 +5,8 @@ its version directories holds all the files that version needs (serving/runtime.
 
 * ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (workflow + DLRM);
 * ``<prefix>_retrieval``: ``user_id``, ``k`` [, ``exclude_seen``] -> ``item_ids``, ``scores``;
-* ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then rank);
+* ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then order
+  by the ranking model's ``ordering`` policy, models/ordering.py);
 * ``<prefix>_similar``: ``item_id``, ``k`` -> ``item_ids``, ``scores``.
 
 The last three exist once a retrieval model is exported. Each publish writes version N+1 of
@@ -154,7 +155,12 @@ def export_ranking(
 
 
 def _write_stage_files(staging: Path, stage, features, ranking, retrieval, interactions, cfg):
-    settings = {"max_k": cfg.max_k, "retrieval_candidates": cfg.retrieval_candidates}
+    settings = {
+        "max_k": cfg.max_k,
+        "retrieval_candidates": cfg.retrieval_candidates,
+        # The final ordering recommend applies, as measured on validation at training time.
+        runtime.ORDERING: {"ranker_weight": ranking.ordering.ranker_weight},
+    }
     (staging / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
     if stage in ("ranking", "retrieval", "recommend"):
         workflow = serving_workflow(load_workflow(features.workflow_dir))

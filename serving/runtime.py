@@ -9,7 +9,8 @@ a Triton ensemble):
 * ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> user features -> query encoder ->
   exact top-k over the exported item embeddings, optionally without the user's seen items.
 * ``recommend`` (:class:`RecommendStage`): retrieval of ``retrieval_candidates`` unseen items,
-  then ranking of those, then the top k by ranking score.
+  then ranking of those, then the top k by ``models.ordering.final_order`` of the retrieval and
+  ranking scores under the version's ``ordering`` policy (chosen on validation in training).
 * ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
 
 Steady-state requests avoid the two slow steps of the straightforward path. The feature stage
@@ -37,6 +38,8 @@ QUERY_SCHEMA_DIR = "query_schema"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
 SEEN = "seen.parquet"
 RANKING_CONFIG = "ranking.json"
+# Key of ranking.json holding recommend's models.ordering.OrderingPolicy.
+ORDERING = "ordering"
 SCORE = "score"
 K, EXCLUDE_SEEN = "k", "exclude_seen"
 ITEM_IDS, SCORES = "item_ids", "scores"
@@ -306,18 +309,31 @@ class RecommendStage:
         features = FeatureStage(version_dir)
         self.retrieval = RetrievalStage(version_dir, features)
         self.ranking = RankingPipeline(version_dir, features)
+        from models.ordering import OrderingPolicy
+
+        self.ordering = OrderingPolicy.model_validate(self.retrieval.config[ORDERING])
 
     def recommend(self, user_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from models.ordering import final_order
+
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config["retrieval_candidates"])
-        candidates = self.retrieval.top_k(np.array([user_id]), n, exclude_seen=True)[0][0]
-        candidates = candidates[candidates >= 0]
-        scores = self.ranking.scores(np.full_like(candidates, user_id), candidates)
-        order = np.argsort(-scores, kind="stable")[:k]
+        ids, retrieval_scores = self.retrieval.top_k(np.array([user_id]), n, exclude_seen=True)
+        found = ids[0] >= 0
+        candidates = ids[0][found]
+        ranking_scores = self.ranking.scores(np.full_like(candidates, user_id), candidates)
+        order, scores = np.empty(0, np.int64), np.empty(0, np.float32)
+        if len(candidates):
+            order, scores = (
+                part[0]
+                for part in final_order(
+                    retrieval_scores[:, found], ranking_scores[None, :], self.ordering, k
+                )
+            )
         pad = k - len(order)
         return (
             np.concatenate([candidates[order], np.full(pad, -1)]),
-            np.concatenate([scores[order], np.full(pad, -np.inf, np.float32)]),
+            np.concatenate([scores, np.full(pad, -np.inf, np.float32)]),
         )
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

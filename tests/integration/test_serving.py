@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from models.dlrm import RankingModel, load_model
+from models.ordering import OrderingPolicy, final_order
 from models.predict import predict_frame
 from models.two_tower import RetrievalModel, Retriever
 from recflow.artifacts import RawDataset
@@ -76,11 +77,13 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Published:
         features = build_features(
             raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
         )
+    ranking = train_ranking(features, settings, "run")
     result = Published(
         settings,
         raw,
         features,
-        train_ranking(features, settings, "run"),
+        # A blend, so that the served list depends on both models' scores.
+        ranking.model_copy(update={"ordering": OrderingPolicy(ranker_weight=0.5)}),
         train_retrieval(features, settings, "run"),
     )
     assert result.export() == 1
@@ -158,9 +161,10 @@ def test_retrieval_equals_exact_top_k_in_process(
                 assert not seen[row] & {item for item, _ in served}
 
 
-def test_recommend_returns_k_distinct_unseen_items_by_score(
+def test_recommend_orders_unseen_candidates_by_the_exported_policy(
     published: Published, client: RecflowClient, users: np.ndarray
 ) -> None:
+    n = published.settings.serving.retrieval_candidates
     for user in users[:5]:
         top = client.recommend(int(user), k=10)
         items = [item for item, _ in top]
@@ -168,8 +172,19 @@ def test_recommend_returns_k_distinct_unseen_items_by_score(
         assert len(items) == len(set(items)) == 10
         assert not published.seen(int(user)) & set(items)
         assert scores == sorted(scores, reverse=True)
-        # The scores are the ranking model's for those items.
-        np.testing.assert_allclose(client.score(int(user), items), scores, atol=1e-5)
+        # The list is the model's ordering policy applied to what the other two endpoints
+        # serve: retrieval's unseen candidates, their retrieval and their ranking scores.
+        retrieved = client.retrieve(int(user), n, exclude_seen=True)
+        ids = np.array([item for item, _ in retrieved])
+        ranking = client.score(int(user), ids.tolist())
+        order, expected = final_order(
+            np.array([[score for _, score in retrieved]]),
+            ranking[None, :],
+            published.ranking.ordering,
+            10,
+        )
+        assert items == ids[order[0]].tolist()
+        np.testing.assert_allclose(scores, expected[0], atol=1e-5)
 
 
 def test_similar_items_exclude_the_item_itself(client: RecflowClient) -> None:
