@@ -304,6 +304,10 @@ class MetricBounds(_Section):
     min_relative_change: float | None = None
     # Against the candidate's own baseline (per-item mean, most popular) on the same rows.
     min_baseline_gain: float | None = None
+    # Against another metric of the candidate itself on the same rows, e.g. recommend's
+    # recall@10 against retrieval alone's: ``reference`` names it ("retrieval.recall@10").
+    reference: str | None = None
+    min_reference_gain: float | None = None
 
 
 class GateConfig(_Section):
@@ -323,8 +327,18 @@ class GateConfig(_Section):
     retrieval: dict[str, MetricBounds] = {
         "recall@10": MetricBounds(min_change=-0.01, min_baseline_gain=0.0),
     }
+    # The lists apps get (retrieve, then the final ordering): they must beat most popular
+    # unseen, and re-ranking may cost at most 0.01 recall@10 against retrieval alone.
+    recommend: dict[str, MetricBounds] = {
+        "recall@10": MetricBounds(
+            min_change=-0.01,
+            min_baseline_gain=0.0,
+            reference="retrieval.recall@10",
+            min_reference_gain=-0.01,
+        ),
+    }
 
-    @field_validator("ranking", "retrieval", mode="before")
+    @field_validator("ranking", "retrieval", "recommend", mode="before")
     @classmethod
     def _onto_defaults(cls, given: Any, info) -> Any:
         if not isinstance(given, dict):
