@@ -311,7 +311,9 @@ class RecommendStage:
         self.ranking = RankingPipeline(version_dir, features)
         from models.ordering import OrderingPolicy
 
-        self.ordering = OrderingPolicy.model_validate(self.retrieval.config[ORDERING])
+        # A version exported before the policy existed has none: it ranked by the ranker alone,
+        # which is the default policy, so a repository upgraded in place serves as before.
+        self.ordering = OrderingPolicy.model_validate(self.retrieval.config.get(ORDERING, {}))
 
     def recommend(self, user_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
         from models.ordering import final_order
