@@ -36,10 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from recflow.artifacts import RawDataset  # noqa: E402
-from recflow.compute import dataset_cpu_flag, open_cluster  # noqa: E402
 from recflow.config import load_settings  # noqa: E402
 from tasks.download import MIRROR_CHECKSUMS, fetch_dataset  # noqa: E402
-from tasks.features import build_features  # noqa: E402
+from tasks.features import build_features_task  # noqa: E402
 from tasks.train import train_ranking, train_retrieval  # noqa: E402
 
 ARCHIVE = "ml-100k.zip"
@@ -52,6 +51,21 @@ def mirror_of(archive: Path, directory: Path) -> Path:
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
     (directory / MIRROR_CHECKSUMS).write_text(f"{digest}  {archive.name}\n")
     return directory
+
+
+def fetch_movielens(archive: Path, home: Path, overrides: list[str]):
+    """Settings for ml-100k under ``home``, read through a temporary mirror of ``archive``, and
+    its canonical tables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = load_settings(
+            overrides=[
+                f"paths.home={home}",
+                "data.variant=ml-100k",
+                f"data.mirror={mirror_of(archive, Path(tmp))}",
+                *overrides,
+            ]
+        )
+        return settings, fetch_dataset(settings.data, settings.paths)
 
 
 # The official split's settings: see the module docstring.
@@ -164,30 +178,15 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     command = shlex.join(["python", "benchmarks/train_bench.py", *sys.argv[1:]])
 
-    with tempfile.TemporaryDirectory() as tmp:
-        mirror = mirror_of(args.movielens / ARCHIVE, Path(tmp))
-        settings = load_settings(
-            overrides=[
-                f"paths.home={args.home}",
-                "data.variant=ml-100k",
-                f"data.mirror={mirror}",
-                *(OFFICIAL_SPLIT_SETTINGS if args.split != "config" else []),
-                *args.set,
-            ]
+    split_settings = OFFICIAL_SPLIT_SETTINGS if args.split != "config" else []
+    settings, raw = fetch_movielens(
+        args.movielens / ARCHIVE, args.home, [*split_settings, *args.set]
+    )
+    if args.split != "config":
+        raw = with_official_split(
+            raw, args.movielens / ARCHIVE, args.split, settings.paths.raw_dir / args.split
         )
-        raw = fetch_dataset(settings.data, settings.paths)
-        if args.split != "config":
-            raw = with_official_split(
-                raw, args.movielens / ARCHIVE, args.split, settings.paths.raw_dir / args.split
-            )
-    with open_cluster(settings.compute) as (_client, device):
-        features = build_features(
-            raw,
-            settings.features,
-            settings.paths.features_dir,
-            cpu=dataset_cpu_flag(device),
-            validation=settings.validation,
-        )
+    features = build_features_task.fn(raw, settings)
     if args.split != "config":
         n_test = int(pd.read_parquet(raw.interactions, columns=["timestamp"])["timestamp"].sum())
         if features.n_valid != n_test:

@@ -28,6 +28,7 @@ from tasks.train import (
     RANKING_DIR,
     RETRIEVAL_DIR,
     Candidate,
+    choose_ordering_task,
     train_ranking_task,
     train_retrieval_task,
 )
@@ -141,8 +142,11 @@ def train_models(
     retrieval = train_retrieval_task.with_options(
         task_run_name=f"train-two-tower-{run_id}", **timeout
     )(features, settings, run_id)
-    reporting.report_training({RANKING_DIR: ranking, RETRIEVAL_DIR: retrieval})
-    return Candidate(features, ranking, retrieval)
+    candidate = choose_ordering_task.with_options(
+        task_run_name=f"choose-ordering-{run_id}", **timeout
+    )(Candidate(features, ranking, retrieval), settings)
+    reporting.report_training({RANKING_DIR: candidate.ranking, RETRIEVAL_DIR: retrieval})
+    return candidate
 
 
 @flow(name="evaluate-and-publish", flow_run_name=run_name("evaluate-and-publish-{run_id}"))

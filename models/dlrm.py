@@ -12,6 +12,7 @@ from merlin.schema import Schema, Tags
 
 from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
+from models.ordering import OrderingPolicy
 from models.predict import input_columns
 from models.training import (
     binary_target,
@@ -34,7 +35,13 @@ MONITOR = "auc"
 
 
 class RankingModel(TrainedModel):
-    """A trained DLRM (SavedModel in ``model/``) with its validation metrics."""
+    """A trained DLRM (SavedModel in ``model/``) with its validation metrics.
+
+    ``ordering`` is how ``recommend`` combines this ranker with the retrieval model of the same
+    run, chosen on validation after both trained (``tasks.train.choose_ordering``).
+    """
+
+    ordering: OrderingPolicy = OrderingPolicy()
 
     @property
     def model_dir(self) -> Path:

@@ -239,6 +239,31 @@ class RetrievalConfig(_Section):
         return self
 
 
+class OrderingConfig(_Section):
+    """How ``recommend`` orders retrieval's candidates (models/ordering.py), chosen at training
+    time on the validation split: the weight of the ranker's score in a per-user standardised
+    blend with the retrieval score (1: the ranker alone, 0: retrieval alone)."""
+
+    ranker_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    # The composed list's validation metric the weight maximises (ties: the earlier weight).
+    monitor: str = "recall@10"
+
+    @field_validator("ranker_weights")
+    @classmethod
+    def _weights_in_unit_interval(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
+        if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+            raise ValueError(f"ranker_weights must be a non-empty list in [0, 1], got {weights}")
+        return weights
+
+    @field_validator("monitor")
+    @classmethod
+    def _monitor_is_top_k(cls, monitor: str) -> str:
+        name, _, k = monitor.partition("@")
+        if name not in TOP_K_METRICS or not k.isdigit() or int(k) < 1:
+            raise ValueError(f"monitor {monitor!r} is not one of {TOP_K_METRICS} at some k")
+        return monitor
+
+
 class TuningConfig(_Section):
     """Hyperparameter search (flows/tune.py): one trial per point, best by validation metric."""
 
@@ -284,6 +309,10 @@ class MetricBounds(_Section):
     min_relative_change: float | None = None
     # Against the candidate's own baseline (per-item mean, most popular) on the same rows.
     min_baseline_gain: float | None = None
+    # Against another metric of the candidate itself on the same rows, e.g. recommend's
+    # recall@10 against retrieval alone's: ``reference`` names it ("retrieval.recall@10").
+    reference: str | None = None
+    min_reference_gain: float | None = None
 
 
 class GateConfig(_Section):
@@ -303,8 +332,18 @@ class GateConfig(_Section):
     retrieval: dict[str, MetricBounds] = {
         "recall@10": MetricBounds(min_change=-0.01, min_baseline_gain=0.0),
     }
+    # The lists apps get (retrieve, then the final ordering): they must beat most popular
+    # unseen, and re-ranking may cost at most 0.01 recall@10 against retrieval alone.
+    recommend: dict[str, MetricBounds] = {
+        "recall@10": MetricBounds(
+            min_change=-0.01,
+            min_baseline_gain=0.0,
+            reference="retrieval.recall@10",
+            min_reference_gain=-0.01,
+        ),
+    }
 
-    @field_validator("ranking", "retrieval", mode="before")
+    @field_validator("ranking", "retrieval", "recommend", mode="before")
     @classmethod
     def _onto_defaults(cls, given: Any, info) -> Any:
         if not isinstance(given, dict):
@@ -390,6 +429,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = ValidationConfig()
     ranking: RankingConfig = RankingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    ordering: OrderingConfig = OrderingConfig()
     tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
     trial: TrialConfig = TrialConfig()

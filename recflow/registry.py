@@ -48,6 +48,8 @@ BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 RECORD, STATE, SAMPLE, SCHEMA = "record.json", "state.json", "trial_sample.parquet", "schema.pbtxt"
 SEEN = "seen.parquet"
 RANKING, RETRIEVAL = "ranking", "retrieval"
+# Metrics of the composed endpoint (retrieve, then order) are prefixed with its name.
+RECOMMEND = "recommend"
 
 
 class RegistryError(RuntimeError):

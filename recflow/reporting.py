@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from recflow.artifacts import RawDataset, TrainedModel
-from recflow.registry import Evaluation, GateDecision, TrialResult
+from recflow.registry import RECOMMEND, RETRIEVAL, Evaluation, GateDecision, TrialResult
 from tasks.features import FeatureSet
 from tasks.validate import FEATURES_TABLE, ValidationReport
 
@@ -33,6 +33,7 @@ class Keys:
     ANOMALIES = "validation-anomalies"
     TRAINING_CURVES = "training-curves"
     METRICS = "metrics-vs-baselines"
+    RECOMMEND = "recommend-vs-baselines"
     GATE = "gate-decision"
     SMOKE_TEST = "serving-smoke-test"
     PUBLISHED = "published-model"
@@ -155,6 +156,24 @@ def metrics_table(evaluation: Evaluation) -> list[Row]:
     ]
 
 
+def recommend_table(evaluation: Evaluation) -> list[Row]:
+    """The lists apps get, one row per top-k metric: recommend next to retrieval alone, most
+    popular unseen and the blessed model's recommend, all on the same held-out users."""
+    blessed = f"blessed {evaluation.compared_with}" if evaluation.compared_with else "blessed"
+    prefix = f"{RECOMMEND}."
+    return [
+        {
+            "metric": name.removeprefix(prefix),
+            "recommend": _round(value),
+            "retrieval alone": _round(evaluation.metrics.get(f"{RETRIEVAL}.{name[len(prefix) :]}")),
+            "most popular unseen": _round(evaluation.baseline_metrics.get(name)),
+            f"{blessed} recommend": _round(evaluation.blessed_metrics.get(name)),
+        }
+        for name, value in evaluation.metrics.items()
+        if name.startswith(prefix)
+    ]
+
+
 def trial_markdown(candidate: str, trial: TrialResult) -> str:
     verdict = "answered as in-process" if trial.passed else "**FAILED**"
     lines = [f"# Serving smoke test of {candidate}: {verdict}", ""]
@@ -233,6 +252,12 @@ def report_evaluation(candidate: str, evaluation: Evaluation, decision: GateDeci
         table=metrics_table(evaluation),
         description=f"{candidate} on {evaluation.rows} held-out rows",
     )
+    if recommend := recommend_table(evaluation):
+        create_table_artifact(
+            key=Keys.RECOMMEND,
+            table=recommend,
+            description=f"{candidate}: recommend's lists on {evaluation.rows} held-out rows",
+        )
     create_markdown_artifact(
         key=Keys.GATE, markdown=decision.markdown(), description=f"{candidate}: {decision.status}"
     )

@@ -5,7 +5,8 @@ its version directories holds all the files that version needs (serving/runtime.
 
 * ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (feature rows + DLRM as ONNX);
 * ``<prefix>_retrieval``: ``user_id``, ``k`` [, ``exclude_seen``] -> ``item_ids``, ``scores``;
-* ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then rank);
+* ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then order
+  by the ranking model's ``ordering`` policy, models/ordering.py);
 * ``<prefix>_similar``: ``item_id``, ``k`` -> ``item_ids``, ``scores``.
 
 The last three exist once a retrieval model is exported. Each publish writes version N+1 of
@@ -181,7 +182,12 @@ STAGE_FILES = {
 def _write_versions(staging: dict[str, Path], features, ranking, retrieval, interactions, cfg):
     """Compute each file once, in a scratch directory inside a staging directory (removed with
     it if the export fails or is killed), then copy it into every version that needs it."""
-    settings = {"max_k": cfg.max_k, "retrieval_candidates": cfg.retrieval_candidates}
+    settings = {
+        "max_k": cfg.max_k,
+        "retrieval_candidates": cfg.retrieval_candidates,
+        # The final ordering recommend applies, as measured on validation at training time.
+        runtime.ORDERING: {"ranker_weight": ranking.ordering.ranker_weight},
+    }
     work = next(iter(staging.values())) / ".export"
     work.mkdir()
     try:

@@ -12,7 +12,8 @@ TensorFlow, Merlin, NVTabular, Prefect or Dask:
   embedding -> exact top-k over the item embeddings, optionally without the user's seen items.
 * ``recommend`` (:class:`RecommendStage`): for all users of a request at once, retrieval of
   ``retrieval_candidates`` unseen items with their retrieval scores, one ranking call over all
-  those candidates, then :func:`final_order` and the top k.
+  those candidates, then the top k by ``models.ordering.final_order`` of the retrieval and
+  ranking scores under the version's ``ordering`` policy (chosen on validation in training).
 * ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
 
 Ids the export did not know (cold users and items) get the feature row, and the query
@@ -30,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import top_k
+from models.ordering import OrderingPolicy, final_order
 from recflow.trust import require_trusted
 
 # Files of a version directory (docs/layout.md), written by serving/export.py.
@@ -42,6 +44,8 @@ RANKING_CONFIG = "ranking.json"
 # Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
 # array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
 IDS, VECTORS = "ids", "vectors"
+# Key of ranking.json holding recommend's models.ordering.OrderingPolicy.
+ORDERING = "ordering"
 SCORE = "score"
 K, EXCLUDE_SEEN = "k", "exclude_seen"
 ITEM_IDS, SCORES = "item_ids", "scores"
@@ -234,15 +238,6 @@ class RetrievalStage:
         self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
 
 
-def final_order(retrieval_scores: np.ndarray, ranking_scores: np.ndarray) -> np.ndarray:
-    """Column order, best first, of each user's candidates [users, candidates].
-
-    Both arguments are [users, candidates]; missing candidates (padding) score -inf in both.
-    Recommend orders by the ranking model's score alone.
-    """
-    return np.argsort(-ranking_scores, axis=1, kind="stable")
-
-
 class RecommendStage:
     """The ``recommend`` endpoint: retrieve unseen candidates, rank them, keep the best k.
 
@@ -255,9 +250,12 @@ class RecommendStage:
     def __init__(self, version_dir: Path):
         self.retrieval = RetrievalStage(version_dir)
         self.ranking = RankingPipeline(version_dir)
+        # A version exported before the policy existed has none: it ranked by the ranker alone,
+        # which is the default policy, so a repository upgraded in place serves as before.
+        self.ordering = OrderingPolicy.model_validate(self.retrieval.config.get(ORDERING, {}))
 
     def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ids and ranking scores [users, k], best first; padding: -1 and -inf."""
+        """Item ids and final scores [users, k], best first; padding: -1 and -inf."""
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config["retrieval_candidates"])
         candidates, retrieval_scores = self.retrieval.top_k(user_ids, n, exclude_seen=True)
@@ -265,9 +263,9 @@ class RecommendStage:
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        order = final_order(retrieval_scores, ranking_scores)[:, :k]
-        ids = np.take_along_axis(np.where(found, candidates, -1), order, axis=1)
-        return ids, np.take_along_axis(ranking_scores, order, axis=1)
+        order, scores = final_order(retrieval_scores, ranking_scores, self.ordering, k)
+        picked = np.take_along_axis(candidates, np.maximum(order, 0), axis=1)
+        return np.where(order >= 0, picked, -1), scores
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)

@@ -6,10 +6,11 @@ with the feature stage's own cleaning and split. Each model sees those raw rows 
 serving artifacts (its lookup tables, its fitted workflow, its models), exported into a scratch
 repository and run in-process by the endpoints' own code, so the numbers are what Triton would
 compute: ranking AUC and log loss on the held-out pairs, retrieval recall/ndcg/mrr@k over the
-whole catalogue with each user's training items excluded. ``judge`` applies ``GateConfig``'s
-bounds and returns one check per bound; ``register_candidate`` files the lineage and the
-decision in the registry (recflow/registry.py, docs/registry.md). Trial serving and publishing
-follow in serving/trial.py and ``recflow.registry.publish``.
+whole catalogue with each user's training items excluded, and the same top-k metrics of the
+lists the recommend endpoint returns (retrieve, then the run's final ordering). ``judge``
+applies ``GateConfig``'s bounds and returns one check per bound; ``register_candidate`` files
+the lineage and the decision in the registry (recflow/registry.py, docs/registry.md). Trial
+serving and publishing follow in serving/trial.py and ``recflow.registry.publish``.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from prefect import task
 from models.baselines import popularity_scores
 from models.dlrm import RankingModel
 from models.evaluation import RetrievalTask, evaluate_retrieval
-from models.metrics import binary_metrics
+from models.metrics import binary_metrics, top_k_metrics
 from models.two_tower import RAW_ITEM_ID, RetrievalModel
 from recflow.artifacts import RawDataset
 from recflow.config import GateConfig, MetricBounds, Settings
 from recflow.registry import (
     RANKING,
+    RECOMMEND,
     RETRIEVAL,
     CandidateRecord,
     Check,
@@ -48,7 +50,7 @@ from recflow.registry import (
     tree_sha256,
 )
 from serving.repository import RankingEndpoint, export_ranking, published_stages
-from serving.runtime import SCORE, RankingPipeline, RetrievalStage
+from serving.runtime import SCORE, RankingPipeline, RecommendStage, RetrievalStage
 from serving.trial import infra_validate
 from tasks.features import (
     ITEM_ID,
@@ -65,6 +67,7 @@ from tasks.train import Candidate
 LABEL = "label"
 # Rows per in-process scoring call: bounds memory on large validation splits.
 SCORE_CHUNK_ROWS = 65_536
+RECOMMEND_CHUNK_USERS = 1024
 # Ids no dataset uses: the trial sample ends with this pair so the cold path is served too.
 COLD_ID = 2**62
 
@@ -189,14 +192,37 @@ def retrieval_metrics(
     return evaluate_retrieval(task, scores, ks)
 
 
+def recommend_metrics(
+    version_dir: Path, task: RetrievalTask, ks: tuple[int, ...]
+) -> dict[str, float]:
+    """recall/ndcg/mrr@k of the lists the recommend endpoint's own stage returns, in-process.
+
+    The stage leaves out the items of the version's ``seen.parquet``, which the gate exports
+    as the training rows: the same items ``task`` excludes. An item outside ``task``'s
+    catalogue can never be relevant.
+    """
+    stage = RecommendStage(version_dir)
+    users = np.asarray(task.users, dtype=np.int64)
+    # Batches of users, as the endpoint serves a request: bounded [users, catalogue] scores.
+    lists = np.concatenate(
+        [
+            stage.recommend(users[start : start + RECOMMEND_CHUNK_USERS], max(ks))[0]
+            for start in range(0, len(users), RECOMMEND_CHUNK_USERS)
+        ]
+    )
+    positions = pd.Index(task.candidates).get_indexer(lists.ravel()).reshape(lists.shape)
+    return top_k_metrics(np.where(lists >= 0, positions, -1), task.relevant, ks)
+
+
 def evaluate_candidate(
     raw: RawDataset, candidate: Candidate, settings: Settings, registry: Registry
 ) -> Evaluated:
     """The candidate's and the blessed models' metrics on the candidate's held-out rows.
 
     Ranking: AUC and log loss of the ranking endpoint's scores. Retrieval: top-k metrics of
-    the retrieval endpoint over the whole catalogue, training items excluded. Baselines
-    (per-item mean, most popular) are scored on the same rows by the same code.
+    the retrieval endpoint over the whole catalogue, training items excluded. Recommend: the
+    same metrics of the recommend endpoint's lists. Baselines (per-item mean, most popular
+    unseen) are scored on the same rows by the same code.
     """
     blessed = registry.serving()
     split = held_out(raw, candidate.features, settings)
@@ -215,12 +241,14 @@ def evaluate_candidate(
         catalogue = pd.read_parquet(candidate.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
         task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
         metrics |= _prefixed(RETRIEVAL, retrieval_metrics(exported["retrieval"], task, ks))
+        metrics |= _prefixed(RECOMMEND, recommend_metrics(exported["recommend"], task, ks))
         positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
         popular = popularity_scores(positives, task.candidates)
         baseline = evaluate_retrieval(
             task, lambda users: np.tile(popular, (len(task.users[users]), 1)), ks
         )
-        baseline_metrics = _prefixed(RETRIEVAL, baseline)
+        # Most popular unseen is the baseline of both lists: retrieval's and recommend's.
+        baseline_metrics = _prefixed(RETRIEVAL, baseline) | _prefixed(RECOMMEND, baseline)
         # Training computed the per-item-mean baseline on this same validation split.
         baseline_metrics |= _prefixed(RANKING, candidate.ranking.baseline_metrics)
         blessed_metrics = {}
@@ -233,7 +261,7 @@ def evaluate_candidate(
             if "retrieval" in old:
                 blessed_metrics |= _prefixed(
                     RETRIEVAL, retrieval_metrics(old["retrieval"], task, ks)
-                )
+                ) | _prefixed(RECOMMEND, recommend_metrics(old["recommend"], task, ks))
     evaluation = Evaluation(
         rows=len(rows),
         metrics=metrics,
@@ -259,8 +287,8 @@ def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
     checks, notes = [], []
     if evaluation.compared_with is None:
         notes.append(
-            "first candidate: no blessed model, so only absolute bounds and baseline margins "
-            "were checked"
+            "first candidate: no blessed model, so only absolute bounds, baseline margins and "
+            "references to its own metrics were checked"
         )
     for kind, table in cfg:
         has_kind = any(metric.startswith(f"{kind}.") for metric in evaluation.metrics)
@@ -308,6 +336,13 @@ def _metric_checks(metric: str, bounds: MetricBounds, evaluation: Evaluation) ->
             delta = better * bounds.min_relative_change * abs(blessed)
             share = f"{better * bounds.min_relative_change:+.1%}"
             checks.append(check("relative change", op, blessed + delta, f"{source} {share}"))
+    if bounds.reference is not None and bounds.min_reference_gain is not None:
+        if bounds.reference not in evaluation.metrics:
+            raise ValueError(f"gate bound of {metric}: the candidate has no {bounds.reference}")
+        reference = evaluation.metrics[bounds.reference]
+        delta = better * bounds.min_reference_gain
+        source = f"{bounds.reference} {reference:.4f} {delta:+.4f}"
+        checks.append(check("reference", op, reference + delta, source))
     baseline = evaluation.baseline_metrics.get(metric)
     if baseline is not None and bounds.min_baseline_gain is not None:
         delta = better * bounds.min_baseline_gain

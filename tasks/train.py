@@ -8,6 +8,7 @@ from typing import NamedTuple
 import pandas as pd
 from prefect import task
 
+from models.composed import choose_ordering
 from models.dlrm import RankingModel, train_dlrm
 from models.two_tower import RAW_ITEM_ID, RetrievalModel, train_two_tower
 from recflow.config import Settings
@@ -68,6 +69,24 @@ def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> Re
     )
 
 
+def choose_recommend_ordering(candidate: Candidate, settings: Settings) -> Candidate:
+    """The candidate with ``recommend``'s ordering measured on validation and recorded in its
+    ranking model's manifest (the policy the export serves)."""
+    features, ranking, retrieval = candidate
+    policy = choose_ordering(
+        features.train_dir,
+        features.valid_dir,
+        item_catalogue(features),
+        ranking,
+        retrieval,
+        settings.serving.retrieval_candidates,
+        settings.ordering,
+    )
+    ranking = ranking.model_copy(update={"ordering": policy})
+    ranking.save_manifest()
+    return Candidate(features, ranking, retrieval)
+
+
 @task(name="train-ranking", task_run_name="train-dlrm-{features.fingerprint}")
 def train_ranking_task(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
     return train_ranking(features, settings, run_id)
@@ -76,3 +95,8 @@ def train_ranking_task(features: FeatureSet, settings: Settings, run_id: str) ->
 @task(name="train-retrieval", task_run_name="train-two-tower-{features.fingerprint}")
 def train_retrieval_task(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
     return train_retrieval(features, settings, run_id)
+
+
+@task(name="choose-ordering", task_run_name="choose-ordering-{candidate.features.fingerprint}")
+def choose_ordering_task(candidate: Candidate, settings: Settings) -> Candidate:
+    return choose_recommend_ordering(candidate, settings)

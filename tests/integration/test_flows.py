@@ -78,6 +78,7 @@ class FakeStages:
             "validate_features_task": self.validate,
             "train_ranking_task": self.train,
             "train_retrieval_task": self.train_retrieval,
+            "choose_ordering_task": self.choose_ordering,
             "gate_task": self.gate,
             "publish_task": self.publish,
         }
@@ -168,6 +169,9 @@ class FakeStages:
             n_items=2,
             dim=4,
         )
+
+    def choose_ordering(self, candidate, settings):
+        return candidate
 
     def gate(self, run_id, raw, candidate, settings) -> CandidateRecord:
         ranking = candidate.ranking

@@ -4,7 +4,9 @@ One module-scoped story on small synthetic data, two trainings and three server 
 
 1. a good model, first of its kind: blessed on absolute bounds, trial-served, published (v1);
 2. a deliberately worse model (one epoch, 2-dim embeddings): NOT_BLESSED by the change bound
-   against the re-scored blessed model, nothing published;
+   against the re-scored blessed model, nothing published; the same models with recommend
+   ordered by that ranker alone: NOT_BLESSED because the lists lose to most popular, even with
+   the ranking bounds switched off;
 3. a blessed candidate whose model file is corrupted before trial serving: blocked;
 4. a blessed candidate published as v2, then `recflow models rollback`: the first model is
    served again as v3, and a real Triton answers with its scores.
@@ -20,22 +22,30 @@ import pytest
 from recflow.registry import Registry, RegistryError, publish
 from serving.client import RecflowClient
 from serving.repository import RankingEndpoint
+from serving.runtime import RecommendStage
 from serving.server import TritonServer
 from serving.trial import TrialServingFailed, infra_validate
 from tasks.download import fetch_dataset
 from tasks.features import build_features
 from tasks.gate import GateFailed, gate
-from tasks.train import RETRIEVAL_DIR, Candidate, train_ranking, train_retrieval
+from tasks.train import (
+    RETRIEVAL_DIR,
+    Candidate,
+    choose_recommend_ordering,
+    train_ranking,
+    train_retrieval,
+)
 from tests.support.cli import cli_for
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 
-FIRST, WORSE, CORRUPT, SECOND = (
+FIRST, WORSE, CORRUPT, SECOND, RANKER_ALONE = (
     "20250101T000000Z-111111",
     "20250102T000000Z-222222",
     "20250103T000000Z-333333",
     "20250104T000000Z-444444",
+    "20250105T000000Z-555555",
 )
 SERVING = [
     "serving.grpc_port=0",
@@ -81,7 +91,7 @@ def train(settings, features, run_id, retrieval_from: Candidate | None = None) -
         train_retrieval(features, settings, run_id)
     else:
         shutil.copytree(retrieval_from.retrieval.path, run_dir / RETRIEVAL_DIR)
-    return Candidate.load(features, run_dir)
+    return choose_recommend_ordering(Candidate.load(features, run_dir), settings)
 
 
 def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
@@ -131,7 +141,12 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     stored = registry.load(FIRST)
     assert stored.status == "BLESSED"
     assert stored.decision.compared_with is None
-    assert {check.kind for check in stored.decision.checks} == {"absolute", "baseline"}
+    # Reference bounds compare the candidate with itself (recommend vs retrieval alone).
+    assert {check.kind for check in stored.decision.checks} == {
+        "absolute",
+        "baseline",
+        "reference",
+    }
     assert any("first candidate" in note for note in stored.decision.notes)
     # The reproduced held-out rows are the validation split training scored.
     assert stored.evaluation.rows == features.n_valid
@@ -144,6 +159,21 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     assert ("retrieval.recall@10", "baseline") in {
         (check.metric, check.kind) for check in stored.decision.checks
     }
+    # So is recommend, the composed endpoint: against most popular unseen and retrieval alone.
+    recommend = {
+        check.kind: check for check in stored.decision.checks if check.metric.startswith("recom")
+    }
+    assert set(recommend) == {"baseline", "reference"}
+    assert all(check.passed for check in recommend.values())
+    assert recommend["reference"].reference.startswith("retrieval.recall@10")
+    # Its ordering was measured on validation for every weight of the grid and is what the
+    # published version executes (trial serving checked that Triton's lists equal these).
+    ordering = candidate.ranking.ordering
+    assert set(ordering.validation) == {str(w) for w in settings_for(home).ordering.ranker_weights}
+    assert ordering.validation[str(ordering.ranker_weight)] == max(ordering.validation.values())
+    endpoint = RankingEndpoint(settings_for(home).serving.model_prefix)
+    live = settings_for(home).paths.triton_repo / endpoint.model("recommend") / "1"
+    assert RecommendStage(live).ordering.ranker_weight == ordering.ranker_weight
     lineage = stored.lineage
     assert (lineage.variant, lineage.data_checksum) == (raw.variant, raw.checksum)
     assert lineage.features_fingerprint == features.fingerprint
@@ -176,6 +206,32 @@ def test_worse_model_is_not_blessed_by_the_change_bound(home, first, worse):
     )
     assert stored.trial is None and stored.events == ()
     assert (registry.state().serving, registry.state().version) == (FIRST, 1)
+    assert live_versions(settings) == {"1"}
+
+
+def test_recommend_that_loses_to_most_popular_is_not_blessed(home, data, worse):
+    """The worse ranker's models, recommend ordered by that ranker alone (the ordering before
+    it was measured): the ranking bounds are off, only the lists can fail the gate."""
+    settings = settings_for(home, *LOOSE_GATE, "ordering.ranker_weights=[1.0]")
+    raw, _ = data
+    candidate = choose_recommend_ordering(copy_of(worse[0], settings, RANKER_ALONE), settings)
+    assert candidate.ranking.ordering.ranker_weight == 1.0
+    with pytest.raises(GateFailed, match="recommend.recall@10"):
+        gate(RANKER_ALONE, raw, candidate, settings)
+    registry = Registry.from_settings(settings)
+    stored = registry.load(RANKER_ALONE)
+    metrics = stored.evaluation.metrics
+    popular = stored.evaluation.baseline_metrics["recommend.recall@10"]
+    assert metrics["recommend.recall@10"] < popular < metrics["retrieval.recall@10"]
+    # Only recommend's checks fail: against most popular, retrieval alone and the blessed one.
+    assert {(c.metric, c.kind) for c in stored.decision.failed} == {
+        ("recommend.recall@10", "baseline"),
+        ("recommend.recall@10", "reference"),
+        ("recommend.recall@10", "change"),
+    }
+    # The blessed model's recommend was re-scored on the same rows, by its own ordering.
+    assert stored.evaluation.blessed_metrics["recommend.recall@10"] > popular
+    assert stored.events == () and registry.state().serving == FIRST
     assert live_versions(settings) == {"1"}
 
 

@@ -13,6 +13,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from models.dlrm import load_model
+from models.ordering import final_order
 from models.predict import predict_frame
 from models.two_tower import Retriever
 from serving.client import RecflowClient, TritonRequestError
@@ -102,9 +103,10 @@ def test_retrieval_equals_exact_top_k_in_process(
                 assert not seen[row] & {item for item, _ in served}
 
 
-def test_recommend_returns_k_distinct_unseen_items_by_score(
+def test_recommend_orders_unseen_candidates_by_the_exported_policy(
     published: Published, client: RecflowClient, users: np.ndarray
 ) -> None:
+    n = published.settings.serving.retrieval_candidates
     for user in users[:5]:
         top = client.recommend(int(user), k=10)
         items = [item for item, _ in top]
@@ -112,8 +114,19 @@ def test_recommend_returns_k_distinct_unseen_items_by_score(
         assert len(items) == len(set(items)) == 10
         assert not published.seen(int(user)) & set(items)
         assert scores == sorted(scores, reverse=True)
-        # The scores are the ranking model's for those items.
-        np.testing.assert_allclose(client.score(int(user), items), scores, atol=1e-5)
+        # The list is the model's ordering policy applied to what the other two endpoints
+        # serve: retrieval's unseen candidates, their retrieval and their ranking scores.
+        retrieved = client.retrieve(int(user), n, exclude_seen=True)
+        ids = np.array([item for item, _ in retrieved])
+        ranking = client.score(int(user), ids.tolist())
+        order, expected = final_order(
+            np.array([[score for _, score in retrieved]]),
+            ranking[None, :],
+            published.ranking.ordering,
+            10,
+        )
+        assert items == ids[order[0]].tolist()
+        np.testing.assert_allclose(scores, expected[0], atol=1e-5)
 
 
 def test_recommend_for_many_users_at_once_equals_one_at_a_time(

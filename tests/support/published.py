@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from models.dlrm import RankingModel
+from models.ordering import OrderingPolicy
 from models.two_tower import RetrievalModel
 from recflow.artifacts import RawDataset
 from recflow.compute import dataset_cpu_flag, open_cluster
@@ -71,6 +72,8 @@ def publish_small(home: Path) -> Published:
             raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
         )
     ranking = train_ranking(features, settings, "run")
+    # A blend, so that the served recommend lists depend on both models' scores.
+    ranking = ranking.model_copy(update={"ordering": OrderingPolicy(ranker_weight=0.5)})
     retrieval = train_retrieval(features, settings, "run")
     result = Published(settings, raw, features, ranking, retrieval)
     assert result.export() == 1

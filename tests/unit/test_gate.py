@@ -6,6 +6,7 @@ import pytest
 
 from recflow.config import GateConfig, MetricBounds, Settings, load_settings
 from recflow.registry import Evaluation
+from recflow.reporting import recommend_table
 from tasks.gate import judge
 
 
@@ -24,8 +25,9 @@ def only(**bounds: MetricBounds) -> GateConfig:
     off = {field: None for field in MetricBounds.model_fields if field != "higher_is_better"}
     ranking = {name: off for name in GateConfig().ranking}
     retrieval = {name: off for name in GateConfig().retrieval}
+    recommend = {name: off for name in GateConfig().recommend}
     ranking.update({name: b.model_dump() for name, b in bounds.items()})
-    return GateConfig(ranking=ranking, retrieval=retrieval)
+    return GateConfig(ranking=ranking, retrieval=retrieval, recommend=recommend)
 
 
 def lines(decision) -> list[str]:
@@ -100,6 +102,51 @@ def test_retrieval_metrics_are_judged_when_present():
     assert [str(c) for c in decision.failed] == [
         "retrieval.recall@10 = 0.1000 >= 0.1200 (baseline: 0.1200 +0.0000): FAIL"
     ]
+
+
+def test_recommend_must_beat_most_popular_and_keep_up_with_retrieval_alone():
+    """The default gate on the composed endpoint: recommend's list against most popular unseen
+    (its baseline) and against retrieval alone (a metric of the candidate itself)."""
+    metrics = {"ranking.auc": 0.8, "ranking.logloss": 0.5, "retrieval.recall@10": 0.20}
+    popular = {"retrieval.recall@10": 0.12, "recommend.recall@10": 0.12}
+
+    def failed(recall: float) -> list[str]:
+        with_recommend = evaluation({**metrics, "recommend.recall@10": recall}, baseline=popular)
+        return [str(check) for check in judge(with_recommend, GateConfig()).failed]
+
+    assert failed(0.195) == []
+    # The issue's numbers: re-ranking by the DLRM halved retrieval and fell below popularity.
+    assert failed(0.094) == [
+        "recommend.recall@10 = 0.0940 >= 0.1900 (reference: retrieval.recall@10 0.2000 -0.0100)"
+        ": FAIL",
+        "recommend.recall@10 = 0.0940 >= 0.1200 (baseline: 0.1200 +0.0000): FAIL",
+    ]
+    assert failed(0.185) == [
+        "recommend.recall@10 = 0.1850 >= 0.1900 (reference: retrieval.recall@10 0.2000 -0.0100)"
+        ": FAIL"
+    ]
+
+
+def test_dashboard_puts_recommend_next_to_retrieval_popularity_and_the_blessed_lists():
+    metrics = {"ranking.auc": 0.8, "retrieval.recall@10": 0.21, "recommend.recall@10": 0.23}
+    popular, blessed = {"recommend.recall@10": 0.12}, {"recommend.recall@10": 0.094}
+    assert recommend_table(evaluation(metrics, blessed, popular)) == [
+        {
+            "metric": "recall@10",
+            "recommend": 0.23,
+            "retrieval alone": 0.21,
+            "most popular unseen": 0.12,
+            "blessed 20250101T000000Z-aaaaaa recommend": 0.094,
+        }
+    ]
+    assert recommend_table(evaluation({"ranking.auc": 0.8})) == []
+
+
+def test_a_reference_the_candidate_lacks_is_a_configuration_error():
+    settings = load_settings(overrides=["gate.recommend.recall@10.reference=retrieval.recall@20"])
+    metrics = {"retrieval.recall@10": 0.2, "recommend.recall@10": 0.2}
+    with pytest.raises(ValueError, match="no retrieval.recall@20"):
+        judge(evaluation(metrics), settings.gate)
 
 
 def test_decision_markdown_names_every_check():

@@ -1,0 +1,62 @@
+"""recommend's final ordering (models/ordering.py) on known scores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.ordering import OrderingPolicy, final_order, final_scores
+
+RANKER, RETRIEVAL, HALF = (OrderingPolicy(ranker_weight=w) for w in (1.0, 0.0, 0.5))
+# Two users, four candidates each, in retrieval order (retrieval scores descending).
+RETRIEVED = np.array([[0.9, 0.8, 0.7, 0.1], [0.5, 0.4, 0.3, 0.2]], dtype=np.float32)
+RANKED = np.array([[0.1, 0.15, 0.9, 0.3], [0.6, 0.7, 0.1, 0.2]], dtype=np.float32)
+
+
+def positions(policy: OrderingPolicy, k: int = 4, retrieved=RETRIEVED, ranked=RANKED):
+    return final_order(retrieved, ranked, policy, k)[0].tolist()
+
+
+def test_weight_one_orders_by_the_ranker_and_zero_keeps_retrieval_order():
+    assert positions(RANKER) == [[2, 3, 1, 0], [1, 0, 3, 2]]
+    assert positions(RETRIEVAL) == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_a_blend_is_between_the_two():
+    # User 0: candidate 2 is third by retrieval but first by the ranker; the blend puts it
+    # first, and candidate 3 (last by retrieval, a gap of 0.6) stays last.
+    assert positions(HALF)[0] == [2, 0, 1, 3]
+
+
+def test_the_blend_is_per_user_scale_free():
+    # Each user's scores are standardised over the user's own candidates: a per-user affine
+    # rescaling of either score (a probability vs a cosine) does not move anything.
+    scale = np.array([[100.0], [0.01]], dtype=np.float32)
+    shift = np.array([[-3.0], [7.0]], dtype=np.float32)
+    rescaled = positions(HALF, retrieved=RETRIEVED * scale + shift, ranked=RANKED / scale)
+    assert rescaled == positions(HALF)
+
+
+def test_padding_ranks_last_and_stays_padding():
+    retrieved = RETRIEVED.copy()
+    retrieved[1, 2:] = -np.inf  # the second user had only two unseen candidates
+    for policy in (RANKER, RETRIEVAL, HALF):
+        scores = final_scores(retrieved, RANKED, policy)
+        assert np.isneginf(scores[1, 2:]).all() and np.isfinite(scores[1, :2]).all()
+        order, best = final_order(retrieved, RANKED, policy, 4)
+        assert order[1, 2:].tolist() == [-1, -1] and np.isneginf(best[1, 2:]).all()
+
+
+def test_constant_scores_contribute_nothing():
+    constant = np.full_like(RANKED, 0.5)
+    assert positions(HALF, ranked=constant) == positions(RETRIEVAL)
+
+
+def test_shapes_must_agree():
+    with pytest.raises(ValueError, match="users, candidates"):
+        final_scores(RETRIEVED, RANKED[:, :3], HALF)
+
+
+def test_the_weight_is_bounded():
+    with pytest.raises(ValueError):
+        OrderingPolicy(ranker_weight=1.5)
