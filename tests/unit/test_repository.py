@@ -14,7 +14,7 @@ from serving.repository import (
     next_version,
     python_model_config,
 )
-from serving.runtime import BadRequest, _request_k, final_order, model_inputs
+from serving.runtime import BadRequest, _request_k, model_inputs
 
 
 @pytest.fixture
@@ -77,12 +77,6 @@ def test_config_is_rewritten_only_when_it_changes(tmp_path):
     _write_config(model, "ranking", ServingConfig(instance_count=2))
     assert config.stat().st_ino != inode
     assert "count: 2 kind: KIND_CPU" in config.read_text()
-
-
-def test_final_order_is_by_ranking_score_with_padding_last():
-    retrieval = np.array([[0.9, 0.8, -np.inf], [0.5, 0.4, 0.3]], np.float32)
-    ranking = np.array([[0.1, 0.7, -np.inf], [0.2, 0.2, 0.6]], np.float32)
-    assert final_order(retrieval, ranking).tolist() == [[1, 0, 2], [2, 0, 1]]
 
 
 def test_fewer_than_two_kept_versions_are_rejected():
