@@ -8,10 +8,12 @@ all four at once while ``--clients`` threads send requests (half ranking, half r
 counting failures.
 
 It uses only interfaces older recflow versions have too, so the same file measures another
-checkout when run with that checkout's interpreter (its venv puts its own code on sys.path):
+checkout when run with that checkout's interpreter from that checkout's directory (its venv
+puts its code on sys.path, and the Python stubs also import from the working directory):
 
     .venv/bin/python benchmarks/lifecycle_bench.py --home /tmp/home --label new
-    /tmp/old/.venv/bin/python benchmarks/lifecycle_bench.py --home /tmp/home --label old
+    cd /tmp/old && .venv/bin/python /path/to/benchmarks/lifecycle_bench.py --home /tmp/home \
+        --label old
 """
 
 from __future__ import annotations
