@@ -61,7 +61,12 @@ def trial_serve(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="trial-", dir=settings.paths.cache_dir) as scratch:
         repo = Path(scratch)
-        version = export_candidate(registry, record, repo, settings.serving)
+        try:
+            version = export_candidate(registry, record, repo, settings.serving)
+        except Exception as error:  # noqa: BLE001 - a model that cannot be exported cannot serve
+            # The export loads the SavedModels, converts the DLRM and checks it (ExportMismatch).
+            message = f"export failed: {type(error).__name__}: {error}"
+            return TrialResult(passed=False, at=now(), message=message[:2000])
         server = TritonServer(
             repo,
             settings.serving.model_copy(update=FREE_PORTS),
@@ -69,8 +74,8 @@ def trial_serve(
             backend_cache_dir=settings.paths.cache_dir,
             models=models,
         )
-        # The trial checks answers, not latency: the first requests pay for TensorFlow's graph
-        # tracing, which on a busy machine takes longer than a serving deadline.
+        # The trial checks answers, not latency: on a busy machine the first requests may take
+        # longer than a serving deadline.
         patient = server.config.model_copy(
             update={"request_timeout_s": settings.serving.startup_timeout_s}
         )
