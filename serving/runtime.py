@@ -162,7 +162,12 @@ class RankingPipeline:
         self.model = OnnxModel(version_dir / RANKER)
 
     def scores(self, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
-        return self.model(self.features(user_ids, item_ids)).reshape(-1)
+        tensors = self.features(user_ids, item_ids)
+        if not user_ids.size:
+            # The converted graph divides by the row count (onnxruntime: "Integer division by
+            # zero"); recommend asks for no rows when a user has no unseen candidates left.
+            return np.empty(0, np.float32)
+        return self.model(tensors).reshape(-1)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {SCORE: self.scores(inputs[USER_ID], inputs[ITEM_ID]).reshape(-1, 1)}

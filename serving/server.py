@@ -236,6 +236,10 @@ class TritonServer:
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             "--model-control-mode=explicit",
             *(f"--load-model={name}" for name in self.models),
+            # One model at a time: several Python stubs initializing at once crashed the Python
+            # backend (boost::interprocess::lock_exception), with TensorFlow stubs and, less
+            # often, with the light ones too (#16). A light stub loads in about 2 s.
+            "--model-load-thread-count=1",
             f"--grpc-address={cfg.host}",
             f"--grpc-port={cfg.grpc_port}",
             f"--http-address={cfg.host}",

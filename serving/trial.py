@@ -68,7 +68,7 @@ def trial_serve(
             # Triton: a model that cannot load fails now, as does an ONNX export that scores
             # unlike Keras (serving.export.ExportMismatch).
             message = f"export failed: {type(error).__name__}: {error}"
-            return TrialResult(passed=False, at=now(), message=message)
+            return TrialResult(passed=False, at=now(), message=message[:2000])
         server = TritonServer(
             repo,
             settings.serving.model_copy(update=FREE_PORTS),

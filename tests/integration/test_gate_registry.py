@@ -248,6 +248,7 @@ def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, wors
         infra_validate(registry, CORRUPT, settings)
     trial = registry.load(CORRUPT).trial
     assert not trial.passed and trial.message.startswith("export failed")
+    assert "saved_model" in trial.message.lower()
     assert trial.log_file is None  # no server was started for a model that cannot be exported
     with pytest.raises(RegistryError, match="trial serving"):
         publish(registry, CORRUPT, settings, "should not happen")

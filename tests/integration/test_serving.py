@@ -19,7 +19,7 @@ from models.two_tower import Retriever
 from serving.client import RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import RankingEndpoint
-from serving.runtime import HEAVY_MODULES, RANKER
+from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline
 from serving.server import TritonServer
 from tests.support.published import Published
 
@@ -143,6 +143,20 @@ def test_recommend_for_many_users_at_once_equals_one_at_a_time(
         found = batch["item_ids"][row] >= 0
         assert set(batch["item_ids"][row][found].tolist()) == {item for item, _ in alone}
         np.testing.assert_allclose(batch["scores"][row][found], [s for _, s in alone], atol=1e-5)
+
+
+def test_a_user_with_no_unseen_candidates_gets_an_empty_list(
+    published: Published, client: RecflowClient, endpoint: RankingEndpoint
+) -> None:
+    stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.ensemble / "1")
+    none = np.empty(0, np.int64)
+    assert stage.scores(none, none).shape == (0,)
+    catalog = set(pd.read_parquet(published.retrieval.item_embeddings)["raw_item_id"])
+    seen = pd.read_parquet(published.raw.interactions).groupby("user_id")["item_id"].agg(set)
+    user = max(seen.index, key=lambda u: len(seen[u] & catalog))
+    left = catalog - seen[user]
+    assert {item for item, _ in client.recommend(int(user), k=10)} <= left
+    assert len(client.recommend(int(user), k=10)) == min(10, len(left))
 
 
 def test_similar_items_exclude_the_item_itself(client: RecflowClient) -> None:
