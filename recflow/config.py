@@ -382,7 +382,11 @@ class ServingConfig(_Section):
     metrics_port: int = Field(8002, ge=0, le=65535)
     model_prefix: str = Field("recflow", pattern=r"^[a-z][a-z0-9_]{0,40}$")
     max_batch_size: PositiveInt = 1024
+    # Stub processes per endpoint. recommend gets more: one request for 1024 users takes about
+    # a second, and an instance answers one request at a time, so on a single instance every
+    # other caller waited behind it (p50 845 ms instead of 6 ms; benchmarks/results/serving.md).
     instance_count: PositiveInt = 1
+    recommend_instance_count: PositiveInt = 2
     # Versions each model keeps loaded (Triton version_policy latest N). At least 2: while a
     # publish is loaded, the previous ensemble still runs on the previous composing versions.
     keep_versions: int = Field(2, ge=2)

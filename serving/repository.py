@@ -99,6 +99,10 @@ class RankingEndpoint:
         return tuple(self.model(endpoint) for endpoint in CONTRACTS)
 
 
+def instance_count(stage: str, cfg: ServingConfig) -> int:
+    return cfg.recommend_instance_count if stage == "recommend" else cfg.instance_count
+
+
 def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
     inputs, outputs = CONTRACTS[stage]
     return "\n".join(
@@ -108,7 +112,7 @@ def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
             f"max_batch_size: {cfg.max_batch_size}",
             *(f"input {spec.pbtxt()}" for spec in inputs),
             *(f"output {spec.pbtxt()}" for spec in outputs),
-            f"instance_group [ {{ count: {cfg.instance_count} kind: KIND_CPU }} ]",
+            f"instance_group [ {{ count: {instance_count(stage, cfg)} kind: KIND_CPU }} ]",
             f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}",
             f"version_policy {{ latest {{ num_versions: {cfg.keep_versions} }} }}",
             f'parameters {{ key: "recflow_stage" value {{ string_value: "{stage}" }} }}',

@@ -66,6 +66,13 @@ def test_python_model_config_declares_everything_explicitly():
     assert 'string_value: "retrieval"' in text
 
 
+def test_recommend_gets_its_own_instance_count():
+    cfg = ServingConfig(instance_count=1, recommend_instance_count=3)
+    assert "count: 3 kind: KIND_CPU" in python_model_config("m", "recommend", cfg)
+    for stage in ("ranking", "retrieval", "similar"):
+        assert "count: 1 kind: KIND_CPU" in python_model_config("m", stage, cfg)
+
+
 def test_config_is_rewritten_only_when_it_changes(tmp_path):
     model = tmp_path / "recflow_ranking"
     model.mkdir()
