@@ -37,36 +37,12 @@ from models.training import (
     side_columns,
     split_dataset,
 )
-from recflow.artifacts import TrainedModel
+from recflow.artifacts import RetrievalModel
 from recflow.atomic import atomic_dir
 from recflow.config import RetrievalConfig
+from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 
 log = logging.getLogger(__name__)
-
-# Columns of item_embeddings.parquet next to the item features' own encoded ``item_id``.
-RAW_ITEM_ID = "raw_item_id"
-EMBEDDING = "embedding"
-
-
-class RetrievalModel(TrainedModel):
-    """A trained two-tower model: the query encoder (SavedModel), item embeddings, metrics."""
-
-    n_items: int
-    dim: int
-
-    @property
-    def query_encoder_dir(self) -> Path:
-        return self.path / "query_encoder"
-
-    @property
-    def query_schema_dir(self) -> Path:
-        """Holds ``schema.pbtxt``: the user columns the query encoder takes."""
-        return self.path / "query_schema"
-
-    @property
-    def item_embeddings(self) -> Path:
-        """Parquet: ``raw_item_id`` int64, ``item_id`` (encoded) int64, ``embedding`` list<f32>."""
-        return self.path / "item_embeddings.parquet"
 
 
 class Retriever:

@@ -50,7 +50,7 @@ def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpo
 def test_onnx_ranker_scores_like_keras_and_a_different_model_is_refused(
     published: Published, endpoint: RankingEndpoint
 ) -> None:
-    onnx = published.newest_version_dir(endpoint.ensemble) / RANKER
+    onnx = published.newest_version_dir(endpoint.model("ranking")) / RANKER
     rows = held_out_rows(published.features)
     schema = ServingFeatures(published.features).output_schema
     model = load_model(published.ranking.model_dir)
@@ -148,7 +148,7 @@ def test_recommend_for_many_users_at_once_equals_one_at_a_time(
 def test_a_user_with_no_unseen_candidates_gets_an_empty_list(
     published: Published, client: RecflowClient, endpoint: RankingEndpoint
 ) -> None:
-    stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.ensemble / "1")
+    stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.model("ranking") / "1")
     none = np.empty(0, np.int64)
     assert stage.scores(none, none).shape == (0,)
     catalog = set(pd.read_parquet(published.retrieval.item_embeddings)["raw_item_id"])

@@ -9,7 +9,8 @@ from merlin.schema import Tags
 from models.evaluation import RetrievalTask
 from models.metrics import top_k_metrics
 from models.training import binary_target, read_columns, read_schema, side_columns
-from models.two_tower import RAW_ITEM_ID, Retriever
+from models.two_tower import Retriever
+from recflow.vocabulary import RAW_ITEM_ID
 from tasks.download import fetch_dataset
 from tasks.features import build_features_task
 from tasks.train import item_catalogue, train_ranking, train_retrieval

@@ -15,8 +15,8 @@ import typer
 from prefect.states import Failed
 from typer.testing import CliRunner
 
-from recflow.cli import main as root_callback
-from recflow.cli_data import data_app
+from cli.app import main as root_callback
+from cli.data import data_app
 from recflow.config import DataConfig, DownloadConfig, PathsConfig
 from tasks.download import (
     MIRROR_CHECKSUMS,

@@ -5,7 +5,8 @@ from merlin.schema import ColumnSchema, Schema, Tags
 
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
-from models.two_tower import EMBEDDING, RAW_ITEM_ID, Retriever
+from models.two_tower import Retriever
+from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 
 USER, ITEM = "user_id", "item_id"
 

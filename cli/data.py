@@ -12,8 +12,8 @@ import typer
 from rich.filesize import decimal
 from rich.table import Table
 
+from cli.common import console, error, settings_of
 from recflow.artifacts import MANIFEST
-from recflow.cli_common import console, error, settings_of
 
 data_app = typer.Typer(
     name="data", help="Download, verify and normalise datasets.", no_args_is_help=True
