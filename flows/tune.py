@@ -28,11 +28,12 @@ from models.dlrm import train_dlrm
 from models.two_tower import train_two_tower
 from recflow.atomic import write_text_atomic
 from recflow.config import RankingConfig, RetrievalConfig, Settings, TuningConfig, load_settings
+from recflow.vocabulary import RANKING, RETRIEVAL
 from tasks.download import fetch_dataset_task
 from tasks.features import FeatureSet, build_features_task
 from tasks.train import item_catalogue
 
-SECTIONS = {"ranking": RankingConfig, "retrieval": RetrievalConfig}
+SECTIONS = {RANKING: RankingConfig, RETRIEVAL: RetrievalConfig}
 
 
 class Trial(BaseModel):
@@ -72,7 +73,7 @@ def study_dir(settings: Settings) -> Path:
 
 
 def monitored_metric(settings: Settings) -> str:
-    return RANKING_MONITOR if settings.tuning.model == "ranking" else settings.retrieval.monitor
+    return RANKING_MONITOR if settings.tuning.model == RANKING else settings.retrieval.monitor
 
 
 def search_points(cfg: TuningConfig) -> list[dict[str, Any]]:
@@ -118,7 +119,7 @@ def run_trial(trial: Trial, features: FeatureSet, settings: Settings) -> TrialOu
     out_dir = trials_dir / trial.trial_id
     # A model without a record is left over from a crash before the record was written.
     shutil.rmtree(out_dir, ignore_errors=True)
-    if model == "ranking":
+    if model == RANKING:
         trained = train_dlrm(
             features.train_dir, features.valid_dir, cfg, out_dir, features.fingerprint
         )

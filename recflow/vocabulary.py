@@ -5,8 +5,11 @@ stage is read by training, the gate and the export; a tensor name is in the Trit
 the stubs and every client; a model kind names a directory, a registry key, a metric prefix and
 an endpoint. The serving stubs import this module, so it imports nothing.
 
-"Trial" means trial serving (the candidate served once by a scratch Triton before it is
-published); a hyperparameter search runs "tuning runs" (flows/tune.py).
+"Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
+Triton before it is published). The hyperparameter search's trials are "tuning trials" and stay
+in flows/tune.py; the config key ``tuning.n_trials`` and the study's ``trials/`` keep the word.
+A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
+(recflow/artifacts.py) names what data validation looked at.
 """
 
 # Columns of the canonical raw tables (recflow.artifacts.RawDataset) and of the features.

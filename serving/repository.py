@@ -174,9 +174,9 @@ def export_ranking(
 
 # The files each endpoint's version directory holds besides model.py and ranking.json.
 STAGE_FILES = {
-    "ranking": (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
-    "retrieval": (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
-    "recommend": (
+    RANKING: (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
+    RETRIEVAL: (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
+    RECOMMEND: (
         runtime.USER_ROWS,
         runtime.ITEM_ROWS,
         runtime.RANKER,
@@ -184,7 +184,7 @@ STAGE_FILES = {
         runtime.SEEN,
         runtime.ITEM_EMBEDDINGS,
     ),
-    "similar": (runtime.ITEM_EMBEDDINGS,),
+    SIMILAR: (runtime.ITEM_EMBEDDINGS,),
 }
 
 
@@ -230,7 +230,7 @@ def _write_config(model_dir: Path, stage: str, cfg: ServingConfig) -> None:
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:
     """Item ids the CLI and clients may rank (``catalog.parquet``, column ``item_id``)."""
-    items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=["item_id"])
+    items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=[ITEM_ID])
     staging = repo / f".{CATALOG}.tmp"
     items.to_parquet(staging, index=False)
     staging.replace(repo / CATALOG)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from recflow.artifacts import Anomaly, ColumnStats, DataCheck, Profile
 from recflow.config import ValidationConfig
+from recflow.vocabulary import RATING
 from tasks.statistics import FEATURES_TABLE
 
 
@@ -81,12 +82,12 @@ def compare(
 
 
 def _range_checks(new: Profile, cfg: ValidationConfig):
-    rating = new.tables.get("interactions", {}).get("rating")
+    rating = new.tables.get("interactions", {}).get(RATING)
     dropped = new.cleaning.get(OUT_OF_RANGE, 0)
     if rating is not None and dropped:
         yield (
             "interactions",
-            "rating",
+            RATING,
             "out_of_range",
             f"ratings in [{cfg.rating_min}, {cfg.rating_max}]",
             f"{dropped} rows outside, min {rating.min}, max {rating.max}",
