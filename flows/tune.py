@@ -26,11 +26,12 @@ from pydantic import BaseModel
 from models.dlrm import MONITOR as RANKING_MONITOR
 from models.dlrm import train_dlrm
 from models.two_tower import train_two_tower
+from recflow.artifacts import FeatureSet
 from recflow.atomic import write_text_atomic
 from recflow.config import RankingConfig, RetrievalConfig, Settings, TuningConfig, load_settings
 from recflow.vocabulary import RANKING, RETRIEVAL
 from tasks.download import fetch_dataset_task
-from tasks.features import FeatureSet, build_features_task
+from tasks.features import build_features_task
 from tasks.train import item_catalogue
 
 SECTIONS = {RANKING: RankingConfig, RETRIEVAL: RetrievalConfig}

@@ -18,14 +18,16 @@ import numpy as np
 import pandas as pd
 from merlin.schema import Tags
 
-from models.dlrm import RankingModel, load_model, model_schema
+from models.dlrm import load_model, model_schema
 from models.evaluation import USER_BATCH, RetrievalTask
 from models.metrics import per_user_top_k_metrics, top_k
-from models.ordering import OrderingPolicy, final_order
+from models.ordering import final_order
 from models.predict import predict_frame
 from models.training import binary_target, read_columns, read_schema, side_columns
-from models.two_tower import EMBEDDING, QueryEncoder, RetrievalModel
+from models.two_tower import QueryEncoder
+from recflow.artifacts import OrderingPolicy, RankingModel, RetrievalModel
 from recflow.config import OrderingConfig
+from recflow.vocabulary import EMBEDDING
 
 log = logging.getLogger(__name__)
 

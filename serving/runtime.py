@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import top_k
-from models.ordering import OrderingPolicy, final_order
+from models.ordering import final_order
+from recflow.artifacts import OrderingPolicy
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
     EMBEDDING,

@@ -41,9 +41,10 @@ from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
 from recflow.registry import CandidateRecord, Evaluation, Event
 from release.gate import GateFailed, judge
+from tasks.checksums import ChecksumMismatch
 from tasks.data_checks import DataValidationError
-from tasks.download import ChecksumMismatch, TransferFailed
 from tasks.features import fingerprint
+from tasks.transfer import TransferFailed
 from tasks.validate import REPORT
 from tests.prefect_server import PrefectServer
 

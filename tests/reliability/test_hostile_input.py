@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recflow.config import DataConfig, PathsConfig
-from tasks.download import UnsafeArchive, fetch_dataset, source_cleaning
+from tasks.download import fetch_dataset, source_cleaning
+from tasks.extract import UnsafeArchive
 from tasks.normalize import MalformedSource
 from tests.movielens_server import make_mirror
 from tests.support.archives import entry, make_zip
