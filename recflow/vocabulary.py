@@ -34,7 +34,6 @@ RANKED_OUTPUTS = (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
 # Model kinds: the directories of a training run (models/<run_id>/<kind>/), the keys of a
 # registry record's models and metrics ("ranking.auc"), and endpoint names.
 RANKING, RETRIEVAL = "ranking", "retrieval"
-# The composed endpoint (retrieve, then order) and the item-to-item one.
+# The composed endpoint (retrieve, then order) and the item-to-item one. The endpoints and
+# their order are serving/repository.py's CONTRACTS.
 RECOMMEND, SIMILAR = "recommend", "similar"
-# Every endpoint a publish with a retrieval model writes, in this order.
-ENDPOINTS = (RANKING, RETRIEVAL, RECOMMEND, SIMILAR)

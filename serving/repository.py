@@ -79,7 +79,8 @@ ITEM = TensorSpec(ITEM_INPUT, INT64)
 K = TensorSpec(K_INPUT, INT32)
 EXCLUDE_SEEN = TensorSpec(EXCLUDE_SEEN_INPUT, np.dtype("bool"), optional=True)
 RANKED = [TensorSpec(ITEM_IDS_OUTPUT, INT64, (-1,)), TensorSpec(SCORES_OUTPUT, FP32, (-1,))]
-# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs, in ENDPOINTS' order.
+# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs; a publish writes them
+# in this order.
 CONTRACTS = {
     RANKING: ([USER, ITEM], [TensorSpec(SCORE_OUTPUT, FP32)]),
     RETRIEVAL: ([USER, K, EXCLUDE_SEEN], RANKED),
