@@ -54,6 +54,7 @@ from recflow.vocabulary import (
 from release.export import version_dirs
 from serving.repository import export_ranking
 from serving.runtime import RankingPipeline, RecommendStage, RetrievalStage
+from tasks.features import fingerprint
 
 # Rows per in-process scoring call: bounds memory on large validation splits.
 SCORE_CHUNK_ROWS = 65_536
@@ -359,7 +360,16 @@ def register_candidate(
 
 
 def gate(run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings) -> CandidateRecord:
-    """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED."""
+    """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED.
+
+    ``raw`` must be the dataset the candidate's features were built from, with these settings:
+    the record's lineage and the served endpoints' seen items come from it.
+    """
+    if fingerprint(raw, settings.features, settings.validation) != candidate.features.fingerprint:
+        raise ValueError(
+            f"features {candidate.features.fingerprint} were not built from {raw.variant} "
+            f"({raw.checksum[:12]}) with these settings"
+        )
     registry = Registry.from_settings(settings)
     evaluated = evaluate_candidate(candidate, settings, registry)
     decision = judge(evaluated.evaluation, settings.gate)

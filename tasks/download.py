@@ -92,13 +92,6 @@ def fetch_archive(
         return final, digests["sha256"]
 
 
-def dataset_dir(data: DataConfig, paths: PathsConfig) -> Path:
-    """Where ``fetch_dataset`` puts the tables of ``data.variant``."""
-    if data.variant == SYNTHETIC:
-        return paths.raw_dir / synthetic.dataset_name(data.synthetic)
-    return paths.raw_dir / get_variant(data.variant).name
-
-
 def source_cleaning(dataset: Path) -> dict[str, int]:
     """Rows each cleaning rule dropped while the tables in ``dataset`` were normalised."""
     file = Path(dataset) / SOURCE_CLEANING
