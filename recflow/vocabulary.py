@@ -6,8 +6,9 @@ the stubs and every client; a model kind names a directory, a registry key, a me
 an endpoint. The serving stubs import this module, so it imports nothing.
 
 "Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
-Triton before it is published). The hyperparameter search's trials are "tuning trials" and stay
-in flows/tune.py; the config key ``tuning.n_trials`` and the study's ``trials/`` keep the word.
+Triton before it is published). The hyperparameter search's trials are tuning trials
+(flows/tune.py: ``TuningTrial``, ``tuning_trial_task``); only the config key ``tuning.n_trials``,
+the records' ``trial_id`` and the study's ``trials/`` directory say "trial" for them.
 A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
 (recflow/artifacts.py) names what data validation looked at.
 """
