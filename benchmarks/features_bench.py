@@ -31,7 +31,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recflow.artifacts import RawDataset  # noqa: E402
+from recflow.artifacts import FeatureSet, RawDataset  # noqa: E402
 from recflow.compute import open_cluster  # noqa: E402
 from recflow.config import (  # noqa: E402
     ComputeConfig,
@@ -41,7 +41,6 @@ from recflow.config import (  # noqa: E402
 )
 from tasks import synthetic  # noqa: E402
 from tasks.features import (  # noqa: E402
-    FeatureSet,
     attach_side_features,
     build_features,
     side_feature_tables,

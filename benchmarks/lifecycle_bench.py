@@ -25,13 +25,11 @@ import threading
 import time
 from pathlib import Path
 
-from models.dlrm import RankingModel
-from models.two_tower import RetrievalModel
+from recflow.artifacts import FeatureSet, RankingModel, RetrievalModel
 from recflow.config import load_settings
 from serving.client import RecflowClient, TritonRequestError
 from serving.repository import RankingEndpoint, export_ranking
 from serving.server import TritonServer, process_group
-from tasks.features import FeatureSet
 
 STUB = "triton_python_backend_stub"
 

@@ -39,12 +39,9 @@ from benchmarks.train_bench import ARCHIVE, fetch_movielens  # noqa: E402
 from models.baselines import item_mean_scores, popularity_scores  # noqa: E402
 from models.evaluation import evaluate_retrieval  # noqa: E402
 from models.metrics import roc_auc  # noqa: E402
-from models.ordering import OrderingPolicy  # noqa: E402
-from models.two_tower import RAW_ITEM_ID  # noqa: E402
-from recflow.artifacts import RawDataset  # noqa: E402
-from tasks.features import build_features_task  # noqa: E402
-from tasks.gate import (  # noqa: E402
-    LABEL,
+from recflow.artifacts import Candidate, OrderingPolicy, RawDataset  # noqa: E402
+from recflow.vocabulary import LABEL, RAW_ITEM_ID  # noqa: E402
+from release.gate import (  # noqa: E402
     HeldOut,
     export_scratch,
     ranking_scores,
@@ -52,8 +49,8 @@ from tasks.gate import (  # noqa: E402
     retrieval_metrics,
     retrieval_task,
 )
+from tasks.features import build_features_task  # noqa: E402
 from tasks.train import (  # noqa: E402
-    Candidate,
     choose_recommend_ordering,
     train_ranking,
     train_retrieval,
@@ -111,7 +108,7 @@ def evaluate_fold(candidate: Candidate, split: HeldOut, settings, scratch: Path)
         policy = OrderingPolicy(ranker_weight=weight)
         variant = ranking.model_copy(update={"ordering": policy})
         exported = export_scratch(
-            features, variant, retrieval, seen, settings, scratch / str(weight)
+            Candidate(features, variant, retrieval), seen, settings, scratch / str(weight)
         )
         out[f"recommend w={weight}"] = recommend_metrics(exported["recommend"], task, KS)
         if weight == chosen:

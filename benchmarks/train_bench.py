@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO))
 
 from recflow.artifacts import RawDataset  # noqa: E402
 from recflow.config import load_settings  # noqa: E402
-from tasks.download import MIRROR_CHECKSUMS, fetch_dataset  # noqa: E402
+from tasks.checksums import MIRROR_CHECKSUMS  # noqa: E402
+from tasks.download import fetch_dataset  # noqa: E402
 from tasks.features import build_features_task  # noqa: E402
 from tasks.train import train_ranking, train_retrieval  # noqa: E402
 

@@ -39,7 +39,7 @@ def pipeline(settings: Settings | None = None, force: bool = False) -> PipelineR
     raw = fetch_data(settings)
     features = build_features(settings, raw, force)
     candidate = train_models(settings, features, run_id)
-    published = evaluate_and_publish(run_id, settings, raw)
+    published = evaluate_and_publish(candidate, settings, raw)
     return PipelineResult(
         run_id=run_id,
         variant=raw.variant,

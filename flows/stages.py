@@ -2,8 +2,9 @@
 
 A subflow given no upstream artifact makes it by running the subflow before it, so
 ``build_features(settings)`` fetches the data first and ``train_models(settings)`` builds (or
-reuses) features first. Every stage reports to the dashboard (recflow/reporting.py) and says
-whether it did its work or found it done. docs/orchestration.md describes all of it.
+reuses) features first. Every stage reports to the dashboard (flows/reporting.py) and says
+whether it did its work or found it done. Each stage hands the next its typed artifacts
+(recflow/artifacts.py). docs/orchestration.md describes all of it.
 """
 
 import secrets
@@ -15,24 +16,27 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from models.dlrm import RankingModel
-from recflow import reporting
-from recflow.artifacts import MANIFEST, Artifact, RawDataset
-from recflow.config import Settings, load_settings
-from serving.repository import RankingEndpoint
-from serving.trial import TrialServingFailed
-from tasks.download import fetch_dataset_task
-from tasks.features import FeatureSet, build_features_task, fingerprint
-from tasks.gate import GateFailed, gate_task, publish_task, trial_task
-from tasks.train import (
-    RANKING_DIR,
-    RETRIEVAL_DIR,
+from flows import reporting
+from recflow.artifacts import (
+    MANIFEST,
+    Artifact,
     Candidate,
-    choose_ordering_task,
-    train_ranking_task,
-    train_retrieval_task,
+    FeatureSet,
+    Published,
+    RawDataset,
+    ValidationReport,
 )
-from tasks.validate import REPORT, DataValidationError, ValidationReport, validate_features_task
+from recflow.config import Settings, load_settings
+from recflow.vocabulary import RANKING, RETRIEVAL
+from release.gate import GateFailed, gate_task
+from release.publish import publish_task
+from release.trial import TrialServingFailed, trial_task
+from serving.repository import RankingEndpoint
+from tasks.data_checks import DataValidationError
+from tasks.download import fetch_dataset_task
+from tasks.features import build_features_task, fingerprint
+from tasks.train import choose_ordering_task, train_ranking_task, train_retrieval_task
+from tasks.validate import REPORT, validate_features_task
 
 # Persisted task results (the features cache) live with the artifacts they point at, so
 # deleting an artifact directory and its cache go together.
@@ -116,7 +120,7 @@ def build_features(
     get_run_logger().info(reporting.reuse_note("features", reused, features.fingerprint))
     reporting.report_features(features, reused)
     try:
-        reporting.report_validation(validate_features_task(features, settings))
+        reporting.report_validation(validate_features_task(features, settings, raw))
     except DataValidationError:
         # The report on disk lists every anomaly, warnings included; the error only blockers.
         reporting.report_validation(
@@ -145,22 +149,27 @@ def train_models(
     candidate = choose_ordering_task.with_options(
         task_run_name=f"choose-ordering-{run_id}", **timeout
     )(Candidate(features, ranking, retrieval), settings)
-    reporting.report_training({RANKING_DIR: candidate.ranking, RETRIEVAL_DIR: retrieval})
+    reporting.report_training({RANKING: candidate.ranking, RETRIEVAL: retrieval})
     return candidate
 
 
-@flow(name="evaluate-and-publish", flow_run_name=run_name("evaluate-and-publish-{run_id}"))
+@flow(
+    name="evaluate-and-publish",
+    flow_run_name=run_name("evaluate-and-publish-{candidate.run_id}"),
+)
 def evaluate_and_publish(
-    run_id: str, settings: Settings | None = None, raw: RawDataset | None = None
-) -> reporting.Published:
-    """Gate the models trained in run ``run_id``; if blessed, trial-serve and publish them."""
+    candidate: Candidate, settings: Settings | None = None, raw: RawDataset | None = None
+) -> Published:
+    """Gate the candidate a training run handed over; if blessed, trial-serve and publish it.
+
+    ``raw`` is the dataset its features were built from (fetched again if not given): the
+    lineage records it, and the served endpoints treat its interactions as seen.
+    """
     settings = as_settings(settings)
-    run_dir = settings.paths.models_dir / run_id
-    ranking = RankingModel.load(run_dir / RANKING_DIR)
-    features = FeatureSet.load(settings.paths.features_dir / ranking.features_fingerprint)
     raw = raw or fetch_data(settings)
+    run_id = candidate.run_id
     try:
-        record = gate_task(run_id, raw, Candidate.load(features, run_dir), settings)
+        record = gate_task(run_id, raw, candidate, settings)
     except GateFailed as failed:
         reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision)
         raise
@@ -173,7 +182,7 @@ def evaluate_and_publish(
             raise
     publish = publish_task.with_options(timeout_seconds=settings.orchestration.publish_timeout_s)
     event = publish(record.id, settings, f"pipeline run {run_id}")
-    published = reporting.Published(
+    published = Published(
         candidate=record.id,
         version=event.version,
         repository=settings.paths.triton_repo,

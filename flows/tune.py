@@ -26,21 +26,23 @@ from pydantic import BaseModel
 from models.dlrm import MONITOR as RANKING_MONITOR
 from models.dlrm import train_dlrm
 from models.two_tower import train_two_tower
+from recflow.artifacts import FeatureSet
 from recflow.atomic import write_text_atomic
 from recflow.config import RankingConfig, RetrievalConfig, Settings, TuningConfig, load_settings
+from recflow.vocabulary import RANKING, RETRIEVAL
 from tasks.download import fetch_dataset_task
-from tasks.features import FeatureSet, build_features_task
+from tasks.features import build_features_task
 from tasks.train import item_catalogue
 
-SECTIONS = {"ranking": RankingConfig, "retrieval": RetrievalConfig}
+SECTIONS = {RANKING: RankingConfig, RETRIEVAL: RetrievalConfig}
 
 
-class Trial(BaseModel):
+class TuningTrial(BaseModel):
     trial_id: str
     params: dict[str, Any]
 
 
-class TrialRecord(BaseModel):
+class TuningRecord(BaseModel):
     trial_id: str
     model: str
     params: dict[str, Any]
@@ -54,8 +56,8 @@ class TrialRecord(BaseModel):
     finished_at: str
 
 
-class TrialOutcome(BaseModel):
-    record: TrialRecord
+class TuningOutcome(BaseModel):
+    record: TuningRecord
     # True when the record was already on disk and the trial did not run again.
     reused: bool
 
@@ -63,8 +65,8 @@ class TrialOutcome(BaseModel):
 class TuningResult(BaseModel):
     study: str
     metric: str
-    best: TrialRecord
-    trials: list[TrialOutcome]
+    best: TuningRecord
+    trials: list[TuningOutcome]
 
 
 def study_dir(settings: Settings) -> Path:
@@ -72,7 +74,7 @@ def study_dir(settings: Settings) -> Path:
 
 
 def monitored_metric(settings: Settings) -> str:
-    return RANKING_MONITOR if settings.tuning.model == "ranking" else settings.retrieval.monitor
+    return RANKING_MONITOR if settings.tuning.model == RANKING else settings.retrieval.monitor
 
 
 def search_points(cfg: TuningConfig) -> list[dict[str, Any]]:
@@ -90,7 +92,7 @@ def search_points(cfg: TuningConfig) -> list[dict[str, Any]]:
     return [grid[i] for i in sorted(drawn)]
 
 
-def plan_trials(settings: Settings, features: FeatureSet) -> list[Trial]:
+def plan_tuning_trials(settings: Settings, features: FeatureSet) -> list[TuningTrial]:
     """One trial per point; its id hashes the features and the whole resolved model section."""
     model = settings.tuning.model
     base = getattr(settings, model).model_dump(mode="json")
@@ -101,24 +103,24 @@ def plan_trials(settings: Settings, features: FeatureSet) -> list[Trial]:
             {"model": model, "features": features.fingerprint, "config": section}, sort_keys=True
         )
         trial_id = hashlib.sha256(key.encode()).hexdigest()[:12]
-        trials.append(Trial(trial_id=trial_id, params=point))
+        trials.append(TuningTrial(trial_id=trial_id, params=point))
     return trials
 
 
-def run_trial(trial: Trial, features: FeatureSet, settings: Settings) -> TrialOutcome:
+def run_tuning_trial(trial: TuningTrial, features: FeatureSet, settings: Settings) -> TuningOutcome:
     """Train the trial's model unless its record exists; the record is written last."""
     trials_dir = study_dir(settings) / "trials"
     record_file = trials_dir / f"{trial.trial_id}.json"
     if record_file.exists():
-        record = TrialRecord.model_validate_json(record_file.read_text())
-        return TrialOutcome(record=record, reused=True)
+        record = TuningRecord.model_validate_json(record_file.read_text())
+        return TuningOutcome(record=record, reused=True)
 
     model = settings.tuning.model
     cfg = SECTIONS[model].model_validate({**getattr(settings, model).model_dump(), **trial.params})
     out_dir = trials_dir / trial.trial_id
     # A model without a record is left over from a crash before the record was written.
     shutil.rmtree(out_dir, ignore_errors=True)
-    if model == "ranking":
+    if model == RANKING:
         trained = train_dlrm(
             features.train_dir, features.valid_dir, cfg, out_dir, features.fingerprint
         )
@@ -132,7 +134,7 @@ def run_trial(trial: Trial, features: FeatureSet, settings: Settings) -> TrialOu
             features.fingerprint,
         )
     metric = monitored_metric(settings)
-    record = TrialRecord(
+    record = TuningRecord(
         trial_id=trial.trial_id,
         model=model,
         params=trial.params,
@@ -146,7 +148,7 @@ def run_trial(trial: Trial, features: FeatureSet, settings: Settings) -> TrialOu
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     write_text_atomic(record_file, record.model_dump_json(indent=2))
-    return TrialOutcome(record=record, reused=False)
+    return TuningOutcome(record=record, reused=False)
 
 
 def artifact_key(study: str) -> str:
@@ -154,7 +156,7 @@ def artifact_key(study: str) -> str:
     return "tuning-" + re.sub(r"[^a-z0-9-]+", "-", study.lower())
 
 
-def trials_table(outcomes: list[TrialOutcome], best: TrialRecord) -> list[dict[str, Any]]:
+def trials_table(outcomes: list[TuningOutcome], best: TuningRecord) -> list[dict[str, Any]]:
     rows = []
     for outcome in outcomes:
         record = outcome.record
@@ -174,8 +176,10 @@ def trials_table(outcomes: list[TrialOutcome], best: TrialRecord) -> list[dict[s
 
 
 @task(name="tuning-trial", task_run_name="trial-{trial.trial_id}", cache_policy=NO_CACHE)
-def trial_task(trial: Trial, features: FeatureSet, settings: Settings) -> TrialOutcome:
-    return run_trial(trial, features, settings)
+def tuning_trial_task(
+    trial: TuningTrial, features: FeatureSet, settings: Settings
+) -> TuningOutcome:
+    return run_tuning_trial(trial, features, settings)
 
 
 # One trial at a time: Keras seeds and graph state are process-global, so trials sharing a
@@ -185,8 +189,10 @@ def tune(settings: Settings | None = None) -> TuningResult:
     settings = settings or load_settings()
     raw = fetch_dataset_task(settings.data, settings.paths)
     features = build_features_task(raw, settings)
-    trials = plan_trials(settings, features)
-    futures = trial_task.map(trials, features=unmapped(features), settings=unmapped(settings))
+    trials = plan_tuning_trials(settings, features)
+    futures = tuning_trial_task.map(
+        trials, features=unmapped(features), settings=unmapped(settings)
+    )
     outcomes = [future.result() for future in futures]
     best = max((outcome.record for outcome in outcomes), key=lambda record: record.value)
     result = TuningResult(

@@ -18,14 +18,16 @@ import numpy as np
 import pandas as pd
 from merlin.schema import Tags
 
-from models.dlrm import RankingModel, load_model, model_schema
+from models.dlrm import load_model, model_schema
 from models.evaluation import USER_BATCH, RetrievalTask
 from models.metrics import per_user_top_k_metrics, top_k
-from models.ordering import OrderingPolicy, final_order
+from models.ordering import final_order
 from models.predict import predict_frame
 from models.training import binary_target, read_columns, read_schema, side_columns
-from models.two_tower import EMBEDDING, RetrievalModel, Retriever
+from models.two_tower import QueryEncoder
+from recflow.artifacts import OrderingPolicy, RankingModel, RetrievalModel
 from recflow.config import OrderingConfig
+from recflow.vocabulary import EMBEDDING
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def choose_ordering(
     vectors = np.stack(embeddings.set_index(item_id).loc[candidates[item_id], EMBEDDING]).astype(
         np.float32
     )
-    retriever = Retriever.load(retrieval)
+    queries_of = QueryEncoder.load(retrieval)
     ranker, ranker_schema = load_model(ranking.model_dir), model_schema(full)
     item_rows = candidates[item_cols]
 
@@ -69,7 +71,7 @@ def choose_ordering(
     for start in range(0, len(task.users), USER_BATCH):
         rows = slice(start, start + USER_BATCH)
         users = queries.iloc[rows].reset_index(drop=True)
-        scores = retriever.encode(users) @ vectors.T
+        scores = queries_of.encode(users) @ vectors.T
         positions, retrieval_scores = top_k(scores, n_candidates, task.seen_mask(rows))
         repeated = np.repeat(np.arange(len(users)), positions.shape[1])
         pairs = pd.concat(

@@ -12,7 +12,6 @@ from merlin.schema import Schema, Tags
 
 from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
-from models.ordering import OrderingPolicy
 from models.predict import input_columns
 from models.training import (
     binary_target,
@@ -24,7 +23,7 @@ from models.training import (
     seed_everything,
     split_dataset,
 )
-from recflow.artifacts import TrainedModel
+from recflow.artifacts import RankingModel
 from recflow.atomic import atomic_dir
 from recflow.config import RankingConfig
 
@@ -32,20 +31,6 @@ log = logging.getLogger(__name__)
 
 # What early stopping (and tuning) maximise.
 MONITOR = "auc"
-
-
-class RankingModel(TrainedModel):
-    """A trained DLRM (SavedModel in ``model/``) with its validation metrics.
-
-    ``ordering`` is how ``recommend`` combines this ranker with the retrieval model of the same
-    run, chosen on validation after both trained (``tasks.train.choose_ordering``).
-    """
-
-    ordering: OrderingPolicy = OrderingPolicy()
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / "model"
 
 
 def model_schema(schema: Schema) -> Schema:

@@ -18,23 +18,9 @@ time (``models/composed.py``), never assumed.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from models.metrics import top_k
-
-
-class OrderingPolicy(BaseModel):
-    """What ``recommend`` ranks its candidates by; recorded in the ranking model's manifest and
-    exported into each served version's ``ranking.json``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    # Weight of the ranker's standardised score; the retrieval score gets 1 - ranker_weight.
-    # 1.0 (the ranker alone) is what a manifest without a policy was served with.
-    ranker_weight: float = Field(1.0, ge=0.0, le=1.0)
-    # The validation metric of every weight that was tried (weight as a string -> value), so the
-    # record shows how close the alternatives were; empty if nothing was measured.
-    validation: dict[str, float] = {}
+from recflow.artifacts import OrderingPolicy
 
 
 def _standardised(scores: np.ndarray, valid: np.ndarray) -> np.ndarray:

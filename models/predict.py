@@ -1,7 +1,9 @@
 """Turning transformed feature rows into model inputs and scores.
 
-The one path from a pandas frame of workflow outputs to a Merlin Models prediction, used both
-in-process (evaluation, tests) and inside the Triton Python backend, so the two cannot drift.
+How a pandas frame of workflow outputs becomes a Keras model's prediction, in-process: to
+choose recommend's ordering on validation (models/composed.py), to embed the catalogue and the
+users (models/two_tower.py, serving/export.py) and, at export, to check that the ONNX ranker
+Triton runs scores like the trained DLRM (``serving.export.check_equivalence``).
 """
 
 from __future__ import annotations

@@ -4,13 +4,13 @@ The query tower sees the user-tagged columns, the item tower the item-tagged one
 in L2-normalised embeddings, so a score is a cosine. Training uses positive interactions only,
 with the other items of each batch as negatives (optionally log-q corrected for popularity).
 Serving needs no Merlin model for items: ``item_embeddings.parquet`` holds every catalogue
-item's embedding next to its raw id, and ``Retriever`` does exact top-k search over it.
+item's embedding next to its raw id, and the serving runtime searches it exactly
+(serving/runtime.py ``RetrievalStage``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import merlin.models.tf as mm
@@ -24,7 +24,6 @@ from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from models.baselines import popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
-from models.metrics import top_k
 from models.predict import predict_rows
 from models.training import (
     binary_target,
@@ -37,80 +36,34 @@ from models.training import (
     side_columns,
     split_dataset,
 )
-from recflow.artifacts import TrainedModel
+from recflow.artifacts import RetrievalModel
 from recflow.atomic import atomic_dir
 from recflow.config import RetrievalConfig
+from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 
 log = logging.getLogger(__name__)
 
-# Columns of item_embeddings.parquet next to the item features' own encoded ``item_id``.
-RAW_ITEM_ID = "raw_item_id"
-EMBEDDING = "embedding"
 
+class QueryEncoder:
+    """The trained query tower: transformed user feature rows -> query embeddings.
 
-class RetrievalModel(TrainedModel):
-    """A trained two-tower model: the query encoder (SavedModel), item embeddings, metrics."""
+    Choosing recommend's ordering on validation (models/composed.py) encodes users with it;
+    serving precomputes the same embeddings at export (serving/export.py).
+    """
 
-    n_items: int
-    dim: int
-
-    @property
-    def query_encoder_dir(self) -> Path:
-        return self.path / "query_encoder"
-
-    @property
-    def query_schema_dir(self) -> Path:
-        """Holds ``schema.pbtxt``: the user columns the query encoder takes."""
-        return self.path / "query_schema"
-
-    @property
-    def item_embeddings(self) -> Path:
-        """Parquet: ``raw_item_id`` int64, ``item_id`` (encoded) int64, ``embedding`` list<f32>."""
-        return self.path / "item_embeddings.parquet"
-
-
-class Retriever:
-    """Exact top-k search: user feature rows -> query embeddings -> best catalogue items."""
-
-    def __init__(self, encoder: tf.keras.Model, schema: Schema, items: pd.DataFrame):
+    def __init__(self, encoder: tf.keras.Model, schema: Schema):
         self.encoder, self.schema = encoder, schema
-        self.item_ids = items[RAW_ITEM_ID].to_numpy(np.int64)
-        self.vectors = np.stack(items[EMBEDDING].to_numpy()).astype(np.float32)
-        self._positions = pd.Index(self.item_ids)
 
     @classmethod
-    def load(cls, model: RetrievalModel) -> Retriever:
+    def load(cls, model: RetrievalModel) -> QueryEncoder:
         schema = TensorflowMetadata.from_proto_text_file(str(model.query_schema_dir))
         return cls(
-            tf.keras.models.load_model(str(model.query_encoder_dir)),
-            schema.to_merlin_schema(),
-            pd.read_parquet(model.item_embeddings),
+            tf.keras.models.load_model(str(model.query_encoder_dir)), schema.to_merlin_schema()
         )
 
     def encode(self, user_rows: pd.DataFrame) -> np.ndarray:
         """Query embeddings [rows, dim] of transformed user feature rows (the user workflow's)."""
         return predict_rows(self.encoder, user_rows, self.schema).astype(np.float32)
-
-    def top_k(
-        self,
-        user_rows: pd.DataFrame,
-        k: int,
-        exclude: Sequence[Collection[int]] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw item ids and scores [rows, k], best first; ``exclude``: raw ids per row.
-
-        Rows with fewer than ``k`` items left after exclusion are padded with id -1, score -inf.
-        """
-        scores = self.encode(user_rows) @ self.vectors.T
-        mask = None
-        if exclude is not None:
-            mask = np.zeros(scores.shape, dtype=bool)
-            for row, ids in enumerate(exclude):
-                positions = self._positions.get_indexer(np.fromiter(ids, np.int64))
-                mask[row, positions[positions >= 0]] = True
-        best, best_scores = top_k(scores, k, mask)
-        ids = np.where(best >= 0, self.item_ids[best], -1)
-        return ids, best_scores
 
 
 def _tower(schema: Schema, cfg: RetrievalConfig) -> mm.Encoder:

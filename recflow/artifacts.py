@@ -1,19 +1,30 @@
 """The artifacts one stage hands to the next (TFX-style): small, typed, JSON-serialisable.
 
-Each describes a directory on disk (layout in docs/layout.md) plus what a later stage or the
-registry needs to know about it without opening it.
+Every type a stage returns or takes from another stage is here, and nothing else: the raw
+dataset, the feature set and its statistics and validation report, the trained models, the
+candidate a training run hands to the release stage, and what a publish wrote. Most describe a
+directory on disk (layout in docs/layout.md) plus what a later stage or the registry needs to
+know about it without opening it. No heavy imports (the CLI, the registry and the serving stubs
+import this module): pandas only inside the one method that reads a table.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from recflow.atomic import write_text_atomic
+from recflow.vocabulary import ITEM_ID, USER_ID
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 MANIFEST = "manifest.json"
+# FeatureSet.held_out_dir's name in a feature set.
+HELD_OUT = "held_out"
 
 
 class Artifact(BaseModel):
@@ -76,3 +87,221 @@ class TrainedModel(Artifact):
     best_epoch: int
     train_seconds: float
     train_examples_per_s: float
+
+
+# --- features -----------------------------------------------------------------------------
+
+# What a data validation check looked at (tasks/data_checks.py).
+DataCheck = Literal[
+    "missing_column",
+    "extra_column",
+    "dtype",
+    "empty",
+    "null_rate",
+    "out_of_range",
+    "duplicates",
+    "unseen_ids",
+    "drift",
+]
+
+
+class ColumnStats(BaseModel):
+    dtype: str
+    count: int
+    nulls: int
+    min: float | None = None
+    max: float | None = None
+    cardinality: int | None = None
+    # True when cardinality is an estimate (tasks/statistics.py: more than SKETCH_SIZE values).
+    cardinality_approximate: bool = False
+    quantiles: list[float] | None = None
+    shares: dict[str, float] | None = None
+
+
+class Profile(BaseModel):
+    """Statistics of every table a feature build read, and of its output schema."""
+
+    tables: dict[str, dict[str, ColumnStats]]
+    # Rows each cleaning rule dropped (docs/features.md).
+    cleaning: dict[str, int] = {}
+
+
+class Anomaly(BaseModel):
+    table: str
+    column: str
+    check: DataCheck
+    expected: str
+    found: str
+    blocking: bool
+
+    def __str__(self) -> str:
+        kind = "BLOCKING" if self.blocking else "warning"
+        return (
+            f"[{kind}] {self.table}.{self.column}: {self.check}: "
+            f"expected {self.expected}, found {self.found}"
+        )
+
+
+class ValidationReport(BaseModel):
+    fingerprint: str
+    baseline: str | None
+    checked_at: str
+    anomalies: list[Anomaly]
+    cleaning: dict[str, int]
+
+    @property
+    def blocking(self) -> list[Anomaly]:
+        return [a for a in self.anomalies if a.blocking]
+
+    @property
+    def passed(self) -> bool:
+        return not self.blocking
+
+
+class FeatureSet(Artifact):
+    """Transformed splits, the fitted workflows, the output schema and the input statistics."""
+
+    fingerprint: str
+    variant: str
+    n_train: int
+    n_valid: int
+    cardinalities: dict[str, int]
+    # Added with FEATURES_VERSION 2; defaults keep older manifests loadable.
+    id_encoding: str = "categorify"
+    split: str = "random"
+    cleaning: dict[str, int] = {}
+
+    @property
+    def train_dir(self) -> Path:
+        return self.path / "train"
+
+    @property
+    def valid_dir(self) -> Path:
+        return self.path / "valid"
+
+    @property
+    def workflow_dir(self) -> Path:
+        return self.path / "workflow"
+
+    @property
+    def user_workflow_dir(self) -> Path:
+        return self.path / "workflow_user"
+
+    @property
+    def item_workflow_dir(self) -> Path:
+        return self.path / "workflow_item"
+
+    @property
+    def lookup_dir(self) -> Path:
+        return self.path / "lookup"
+
+    @property
+    def schema_file(self) -> Path:
+        return self.train_dir / "schema.pbtxt"
+
+    @property
+    def statistics_dir(self) -> Path:
+        return self.path / "statistics"
+
+    @property
+    def held_out_dir(self) -> Path:
+        """The split in raw ids (FEATURES_VERSION 5): ``train/`` and ``valid/`` parquet of
+        ``user_id``, ``item_id``, ``rating``, the rows the gate evaluates on."""
+        return self.path / HELD_OUT
+
+    id_columns: ClassVar[tuple[str, ...]] = (USER_ID, ITEM_ID)
+
+    def profile(self) -> Profile:
+        return Profile.model_validate_json((self.statistics_dir / "statistics.json").read_text())
+
+    def id_counts(self, column: str) -> pd.Series:
+        """Training-split rows per id of ``column`` (the vocabulary the build saw)."""
+        import pandas as pd
+
+        counts = pd.read_parquet(self.statistics_dir / f"{column}.parquet")
+        return counts.set_index(column)["count"]
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+class OrderingPolicy(BaseModel):
+    """What ``recommend`` ranks its candidates by (models/ordering.py); recorded in the ranking
+    model's manifest and exported into each served version's ``ranking.json``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # Weight of the ranker's standardised score; the retrieval score gets 1 - ranker_weight.
+    # 1.0 (the ranker alone) is what a manifest without a policy was served with.
+    ranker_weight: float = Field(1.0, ge=0.0, le=1.0)
+    # The validation metric of every weight that was tried (weight as a string -> value), so the
+    # record shows how close the alternatives were; empty if nothing was measured.
+    validation: dict[str, float] = {}
+
+
+class RankingModel(TrainedModel):
+    """A trained DLRM (SavedModel in ``model/``) with its validation metrics.
+
+    ``ordering`` is how ``recommend`` combines this ranker with the retrieval model of the same
+    run, chosen on validation after both trained (``tasks.train.choose_recommend_ordering``).
+    """
+
+    ordering: OrderingPolicy = OrderingPolicy()
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+
+class RetrievalModel(TrainedModel):
+    """A trained two-tower model: the query encoder (SavedModel), item embeddings, metrics."""
+
+    n_items: int
+    dim: int
+
+    @property
+    def query_encoder_dir(self) -> Path:
+        return self.path / "query_encoder"
+
+    @property
+    def query_schema_dir(self) -> Path:
+        """Holds ``schema.pbtxt``: the user columns the query encoder takes."""
+        return self.path / "query_schema"
+
+    @property
+    def item_embeddings(self) -> Path:
+        """Parquet: ``raw_item_id`` int64, ``item_id`` (encoded) int64, ``embedding`` list<f32>."""
+        return self.path / "item_embeddings.parquet"
+
+
+class Candidate(NamedTuple):
+    """What one training run hands to the release stage: the features and the models fit on
+    them. The registry loads the same from a record to export an older candidate again, where
+    the retrieval model may be absent (``None``: ranking alone is served)."""
+
+    features: FeatureSet
+    ranking: RankingModel
+    retrieval: RetrievalModel | None
+
+    @property
+    def run_id(self) -> str:
+        """The training run (``models/<run_id>/``): the candidate's id in the registry."""
+        return self.ranking.path.parent.name
+
+
+# --- release ------------------------------------------------------------------------------
+
+
+class Published(BaseModel):
+    """A candidate written to the Triton repository as a new version."""
+
+    candidate: str
+    version: int
+    repository: Path
+    models: list[str]
+    # What the gate measured on the held-out rows ("ranking.auc", "retrieval.recall@10", ...).
+    metrics: dict[str, float] = {}
+    baseline_metrics: dict[str, float] = {}
+
+    def version_dirs(self) -> list[Path]:
+        return [self.repository / model / str(self.version) for model in self.models]

@@ -388,7 +388,7 @@ class ServingConfig(_Section):
     instance_count: PositiveInt = 1
     recommend_instance_count: PositiveInt = 2
     # Versions each model keeps loaded (Triton version_policy latest N). At least 2: while a
-    # publish is loaded, the previous ensemble still runs on the previous composing versions.
+    # publish's version loads, every endpoint's previous version goes on answering.
     keep_versions: int = Field(2, ge=2)
     # Requests the dynamic batcher may hold back to merge them (0: merge only what is queued).
     max_queue_delay_us: int = Field(0, ge=0)

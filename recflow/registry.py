@@ -1,5 +1,8 @@
 """The local model registry: every candidate's lineage, gate decision, trial and publications.
 
+Records and their store only; what changes what serves (publish, promote, rollback) is the
+release stage's (release/publish.py), which calls :meth:`Registry.locked` and the save methods.
+
 Layout under ``paths.registry_dir`` (docs/registry.md)::
 
     state.json                      which candidate Triton serves, its version, the history
@@ -12,8 +15,8 @@ Layout under ``paths.registry_dir`` (docs/registry.md)::
 A candidate directory is created atomically; ``record.json`` and ``state.json`` are replaced
 atomically, under the publish lock, record first: ``state.json`` is the commit point.
 
-A record keeps pointers to its FeatureSet and model directories, so :func:`promote` and
-:func:`rollback` republish an older candidate by exporting it again as a new Triton version.
+A record keeps pointers to its FeatureSet and model directories (:meth:`Registry.candidate`
+loads them), so the release stage can republish an older candidate by exporting it again.
 Importing this module stays cheap (no TensorFlow): the CLI lists and shows records with it.
 """
 
@@ -27,29 +30,24 @@ import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
 from recflow.atomic import atomic_dir, write_text_atomic
-from recflow.config import ServingConfig, Settings
+from recflow.config import Settings
 from recflow.locks import exclusive_lock, publish_lock_file
+from recflow.vocabulary import RANKING, RETRIEVAL
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from models.dlrm import RankingModel
-    from models.two_tower import RetrievalModel
-    from tasks.features import FeatureSet
 
 # Letters, digits, '_' and '-' only: an id is a directory name and can never climb out of it.
 CANDIDATE_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z_-]{0,79}$")
 BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"
 RECORD, STATE, SAMPLE, SCHEMA = "record.json", "state.json", "trial_sample.parquet", "schema.pbtxt"
 SEEN = "seen.parquet"
-RANKING, RETRIEVAL = "ranking", "retrieval"
-# Metrics of the composed endpoint (retrieve, then order) are prefixed with its name.
-RECOMMEND = "recommend"
 
 
 class RegistryError(RuntimeError):
@@ -66,7 +64,7 @@ class _Record(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
-class Check(_Record):
+class GateCheck(_Record):
     """One line of a gate decision: a metric's value against one bound."""
 
     metric: str
@@ -86,7 +84,7 @@ class Check(_Record):
 
 
 class GateDecision(_Record):
-    checks: tuple[Check, ...]
+    checks: tuple[GateCheck, ...]
     # The blessed candidate the change bounds were measured against; None on a first run.
     compared_with: str | None = None
     notes: tuple[str, ...] = ()
@@ -100,7 +98,7 @@ class GateDecision(_Record):
         return BLESSED if self.blessed else NOT_BLESSED
 
     @property
-    def failed(self) -> tuple[Check, ...]:
+    def failed(self) -> tuple[GateCheck, ...]:
         return tuple(check for check in self.checks if not check.passed)
 
     def report(self) -> str:
@@ -194,16 +192,6 @@ class CandidateRecord(_Record):
         return self.decision.status
 
 
-class CandidateArtifacts(NamedTuple):
-    """What exporting a candidate needs, loaded from the directories its record points at."""
-
-    features: FeatureSet
-    ranking: RankingModel
-    retrieval: RetrievalModel | None
-    # Parquet of raw ``user_id``, ``item_id`` pairs: the items each user has already seen.
-    seen: Path
-
-
 class RegistryState(_Record):
     serving: str | None = None
     version: int | None = None
@@ -288,20 +276,20 @@ class Registry:
 
         return pd.read_parquet(self.path(candidate_id) / SAMPLE)
 
-    def artifacts(self, record: CandidateRecord) -> CandidateArtifacts:
-        from models.dlrm import RankingModel
-        from models.two_tower import RetrievalModel
-        from tasks.features import FeatureSet
+    def seen_file(self, candidate_id: str) -> Path:
+        """Parquet of raw ``user_id``, ``item_id`` pairs: the items each user has already seen."""
+        return self.path(candidate_id) / SEEN
 
+    def candidate(self, record: CandidateRecord) -> Candidate:
+        """The feature set and models ``record`` points at, loaded to be exported again."""
         for path in (record.features, *record.models.values()):
             if not path.is_dir():
                 raise RegistryError(f"candidate {record.id}: {path} is gone")
         retrieval = record.models.get(RETRIEVAL)
-        return CandidateArtifacts(
+        return Candidate(
             FeatureSet.load(record.features),
             RankingModel.load(record.models[RANKING]),
             None if retrieval is None else RetrievalModel.load(retrieval),
-            self.path(record.id) / SEEN,
         )
 
     def record_trial(self, candidate_id: str, result: TrialResult) -> CandidateRecord:
@@ -343,98 +331,3 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return version
     return f"{version}+g{commit}{'.dirty' if dirty else ''}"
-
-
-def export_candidate(
-    registry: Registry, record: CandidateRecord, repo: Path, cfg: ServingConfig
-) -> int:
-    """Export a registered candidate as a new version of ``repo``; return the version."""
-    from serving.repository import export_ranking
-
-    features, ranking, retrieval, seen = registry.artifacts(record)
-    return export_ranking(features, ranking, repo, cfg, retrieval, seen)
-
-
-def publish(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
-    """Publish a freshly gated candidate: blessed, trial-served, judged against what serves now."""
-    with registry.locked():
-        record, state = registry.load(candidate_id), registry.state()
-        _require_publishable(record, settings)
-        if state.serving != record.decision.compared_with:
-            raise RegistryError(
-                f"candidate {candidate_id} was judged against {record.decision.compared_with}, "
-                f"but {state.serving} serves now: gate it again, or promote it with a reason"
-            )
-        return _republish(registry, record, state, settings, "publish", reason)
-
-
-def promote(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
-    """Publish any blessed candidate, after trial serving it (unless trial serving is off)."""
-    from serving.trial import infra_validate
-
-    _require_blessed(registry.load(candidate_id))  # before paying for a server start
-    if settings.trial.enabled:
-        infra_validate(registry, candidate_id, settings)
-    with registry.locked():
-        record = registry.load(candidate_id)
-        _require_publishable(record, settings)
-        return _republish(registry, record, registry.state(), settings, "promote", reason)
-
-
-def rollback(registry: Registry, settings: Settings, reason: str, to: str | None = None) -> Event:
-    """Serve again the candidate that served before the current one (or ``to``, which must have
-    served before). No trial serving: it served these very artifacts already."""
-    with registry.locked():
-        state = registry.state()
-        if state.serving is None:
-            raise RegistryError("nothing is serving, so there is nothing to roll back")
-        served = [event.candidate for event in state.history]
-        if to is None:
-            earlier = [candidate for candidate in served if candidate != state.serving]
-            if not earlier:
-                raise RegistryError(f"{state.serving} is the only candidate that ever served")
-            to = earlier[-1]
-        elif check_id(to) not in served:
-            raise RegistryError(f"candidate {to} never served; promote it instead")
-        return _republish(registry, registry.load(to), state, settings, "rollback", reason)
-
-
-def _require_blessed(record: CandidateRecord) -> None:
-    if record.status != BLESSED:
-        raise RegistryError(f"candidate {record.id} is {record.status}: only blessed ones serve")
-
-
-def _require_publishable(record: CandidateRecord, settings: Settings) -> None:
-    """Blessed, and not failed trial serving; passed it, unless trial serving is off."""
-    _require_blessed(record)
-    trial = record.trial
-    if trial is not None and not trial.passed:
-        raise RegistryError(f"candidate {record.id} failed trial serving: {trial.message}")
-    if settings.trial.enabled and trial is None:
-        raise RegistryError(f"candidate {record.id} has not been through trial serving")
-
-
-def _republish(
-    registry: Registry,
-    record: CandidateRecord,
-    state: RegistryState,
-    settings: Settings,
-    action: Literal["publish", "promote", "rollback"],
-    reason: str,
-) -> Event:
-    # The caller holds the lock. The export is a new version, which Triton serves once its
-    # directory is renamed into place; the record and then the state follow it.
-    version = export_candidate(registry, record, settings.paths.triton_repo, settings.serving)
-    event = Event(
-        at=now(),
-        action=action,
-        candidate=record.id,
-        version=version,
-        previous=state.serving,
-        reason=reason,
-    )
-    registry.save(record.model_copy(update={"events": (*record.events, event)}))
-    registry.save_state(
-        RegistryState(serving=record.id, version=version, history=(*state.history, event))
-    )
-    return event

@@ -1,7 +1,9 @@
 """Code-bearing artifacts are loaded only from places no other user can change.
 
 A model version directory holds ``model.py`` and a pickled NVTabular workflow, and a feature
-build holds fitted workflows: loading one runs code. README, "Security and exposure".
+build holds fitted workflows: loading one runs code. README, "Security and exposure". The
+feature stage loads workflows through here (``tasks.features.load_workflow``); the serving
+stubs import this module, so it imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -34,10 +36,3 @@ def require_trusted(path: Path) -> Path:
             if not os.path.islink(entry) and os.stat(entry).st_mode & stat.S_IWOTH:
                 raise UntrustedLocation(f"refusing to load {path}: {entry} is world-writable")
     return path
-
-
-def load_workflow(path: Path):
-    """The NVTabular workflow saved at ``path``, unpickled only once ``require_trusted`` agrees."""
-    import nvtabular as nvt
-
-    return nvt.Workflow.load(str(require_trusted(path)))

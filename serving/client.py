@@ -30,13 +30,14 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 from typing_extensions import Self
 
 from recflow.config import ServingConfig
-
-USER_INPUT = "user_id"
-ITEM_INPUT = "item_id"
-SCORE_OUTPUT = "score"
-K_INPUT = "k"
-EXCLUDE_SEEN_INPUT = "exclude_seen"
-RANKED_OUTPUTS = ("item_ids", "scores")
+from recflow.vocabulary import (
+    EXCLUDE_SEEN_INPUT,
+    ITEM_INPUT,
+    K_INPUT,
+    RANKED_OUTPUTS,
+    SCORE_OUTPUT,
+    USER_INPUT,
+)
 
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 1.0

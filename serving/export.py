@@ -21,9 +21,10 @@ from merlin.schema import Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from models.predict import input_columns, predict_frame, predict_rows
-from recflow.trust import load_workflow
+from recflow.artifacts import FeatureSet
+from recflow.vocabulary import ITEM_ID, USER_ID
 from serving import runtime
-from tasks.features import FeatureSet, attach_side_features, serving_workflow
+from tasks.features import attach_side_features, load_workflow, serving_workflow
 
 # The largest difference between ONNX and Keras scores a publish accepts.
 MAX_ABS_DIFF = 1e-5
@@ -31,7 +32,7 @@ MAX_ABS_DIFF = 1e-5
 CHECK_ROWS = 4096
 # ONNX opset 17: the newest onnxruntime 1.32 and tf2onnx 1.17 both support fully.
 OPSET = 17
-SIDES = {runtime.USER_ID: Tags.USER, runtime.ITEM_ID: Tags.ITEM}
+SIDES = {USER_ID: Tags.USER, ITEM_ID: Tags.ITEM}
 
 
 class ExportMismatch(RuntimeError):
@@ -79,11 +80,11 @@ class ServingFeatures:
         self.items = pd.read_parquet(features.lookup_dir / "items.parquet")
         users = features.lookup_dir / "users.parquet"
         self.users = pd.read_parquet(users) if users.exists() else None
-        vocabulary = features.id_counts(runtime.USER_ID).index.to_numpy(np.int64)
-        lookup = np.empty(0, np.int64) if self.users is None else self.users[runtime.USER_ID]
+        vocabulary = features.id_counts(USER_ID).index.to_numpy(np.int64)
+        lookup = np.empty(0, np.int64) if self.users is None else self.users[USER_ID]
         self.known = {
-            runtime.USER_ID: np.unique(np.concatenate([vocabulary, np.asarray(lookup, np.int64)])),
-            runtime.ITEM_ID: np.unique(self.items[runtime.ITEM_ID].to_numpy(np.int64)),
+            USER_ID: np.unique(np.concatenate([vocabulary, np.asarray(lookup, np.int64)])),
+            ITEM_ID: np.unique(self.items[ITEM_ID].to_numpy(np.int64)),
         }
 
     @property
@@ -91,9 +92,7 @@ class ServingFeatures:
         return self.workflow.output_schema
 
     def transform(self, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
-        raw = pd.DataFrame(
-            {runtime.USER_ID: user_ids.astype(np.int64), runtime.ITEM_ID: item_ids.astype(np.int64)}
-        )
+        raw = pd.DataFrame({USER_ID: user_ids.astype(np.int64), ITEM_ID: item_ids.astype(np.int64)})
         return self.workflow.transform(attach_side_features(raw, self.items, self.users))
 
     def side_rows(self, side: str) -> tuple[np.ndarray, pd.DataFrame]:
@@ -106,7 +105,7 @@ class ServingFeatures:
         unseen = np.array([known.max(initial=0) + 1], dtype=np.int64)
         ids = np.concatenate([known, unseen])
         other = np.zeros_like(ids)
-        pairs = (ids, other) if side == runtime.USER_ID else (other, ids)
+        pairs = (ids, other) if side == USER_ID else (other, ids)
         columns = self.output_schema.select_by_tag(SIDES[side]).column_names
         return known, self.transform(*pairs)[columns].reset_index(drop=True)
 
@@ -114,11 +113,11 @@ class ServingFeatures:
 def write_rows(features: ServingFeatures, directory: Path) -> pd.DataFrame:
     """Write both sides' rows files; return the user rows (known users, then the unseen one)."""
     frames = {}
-    for side, file in ((runtime.USER_ID, runtime.USER_ROWS), (runtime.ITEM_ID, runtime.ITEM_ROWS)):
+    for side, file in ((USER_ID, runtime.USER_ROWS), (ITEM_ID, runtime.ITEM_ROWS)):
         known, frames[side] = features.side_rows(side)
         schema = features.output_schema.select_by_name(list(frames[side].columns))
         np.savez(directory / file, **{runtime.IDS: known}, **encode_frame(frames[side], schema))
-    return frames[runtime.USER_ID]
+    return frames[USER_ID]
 
 
 def write_queries(retrieval, known_users: np.ndarray, user_rows: pd.DataFrame, path: Path) -> None:

@@ -25,12 +25,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from models.dlrm import RankingModel
+from recflow.artifacts import FeatureSet, RankingModel
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import ServingConfig
+from recflow.vocabulary import (
+    EXCLUDE_SEEN_INPUT,
+    ITEM_ID,
+    ITEM_IDS_OUTPUT,
+    ITEM_INPUT,
+    K_INPUT,
+    RANKING,
+    RECOMMEND,
+    RETRIEVAL,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    SIMILAR,
+    USER_ID,
+    USER_INPUT,
+)
 from serving import runtime
 from serving.export import ServingFeatures, write_queries, write_ranker, write_rows
-from tasks.features import FeatureSet
 
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 CATALOG = "catalog.parquet"
@@ -60,23 +74,24 @@ class TensorSpec:
 
 
 INT64, INT32, FP32 = np.dtype("int64"), np.dtype("int32"), np.dtype("float32")
-USER = TensorSpec(runtime.USER_ID, INT64)
-ITEM = TensorSpec(runtime.ITEM_ID, INT64)
-K = TensorSpec(runtime.K, INT32)
-EXCLUDE_SEEN = TensorSpec(runtime.EXCLUDE_SEEN, np.dtype("bool"), optional=True)
-RANKED = [TensorSpec(runtime.ITEM_IDS, INT64, (-1,)), TensorSpec(runtime.SCORES, FP32, (-1,))]
-# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs.
+USER = TensorSpec(USER_INPUT, INT64)
+ITEM = TensorSpec(ITEM_INPUT, INT64)
+K = TensorSpec(K_INPUT, INT32)
+EXCLUDE_SEEN = TensorSpec(EXCLUDE_SEEN_INPUT, np.dtype("bool"), optional=True)
+RANKED = [TensorSpec(ITEM_IDS_OUTPUT, INT64, (-1,)), TensorSpec(SCORES_OUTPUT, FP32, (-1,))]
+# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs; a publish writes them
+# in this order.
 CONTRACTS = {
-    "ranking": ([USER, ITEM], [TensorSpec(runtime.SCORE, FP32)]),
-    "retrieval": ([USER, K, EXCLUDE_SEEN], RANKED),
-    "recommend": ([USER, K], RANKED),
-    "similar": ([ITEM, K], RANKED),
+    RANKING: ([USER, ITEM], [TensorSpec(SCORE_OUTPUT, FP32)]),
+    RETRIEVAL: ([USER, K, EXCLUDE_SEEN], RANKED),
+    RECOMMEND: ([USER, K], RANKED),
+    SIMILAR: ([ITEM, K], RANKED),
 }
 
 
 def published_stages(with_retrieval: bool) -> tuple[str, ...]:
     """The endpoints a publish writes: every one, or without a retrieval model ranking alone."""
-    return tuple(CONTRACTS) if with_retrieval else ("ranking",)
+    return tuple(CONTRACTS) if with_retrieval else (RANKING,)
 
 
 @dataclass(frozen=True)
@@ -87,11 +102,6 @@ class RankingEndpoint:
 
     def model(self, endpoint: str) -> str:
         return f"{self.prefix}_{endpoint}"
-
-    @property
-    def ensemble(self) -> str:
-        """The ranking endpoint (the name is kept for callers of the earlier ensemble)."""
-        return self.model("ranking")
 
     @property
     def all_models(self) -> tuple[str, ...]:
@@ -169,9 +179,9 @@ def export_ranking(
 
 # The files each endpoint's version directory holds besides model.py and ranking.json.
 STAGE_FILES = {
-    "ranking": (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
-    "retrieval": (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
-    "recommend": (
+    RANKING: (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
+    RETRIEVAL: (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
+    RECOMMEND: (
         runtime.USER_ROWS,
         runtime.ITEM_ROWS,
         runtime.RANKER,
@@ -179,7 +189,7 @@ STAGE_FILES = {
         runtime.SEEN,
         runtime.ITEM_EMBEDDINGS,
     ),
-    "similar": (runtime.ITEM_EMBEDDINGS,),
+    SIMILAR: (runtime.ITEM_EMBEDDINGS,),
 }
 
 
@@ -199,9 +209,9 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
         user_rows = write_rows(serving, work)
         write_ranker(ranking.model_dir, features, serving.output_schema, work / runtime.RANKER)
         if retrieval is not None:
-            known_users = serving.known[runtime.USER_ID]
+            known_users = serving.known[USER_ID]
             write_queries(retrieval, known_users, user_rows, work / runtime.QUERIES)
-            seen = pd.read_parquet(interactions, columns=[runtime.USER_ID, runtime.ITEM_ID])
+            seen = pd.read_parquet(interactions, columns=[USER_ID, ITEM_ID])
             seen.drop_duplicates().to_parquet(work / runtime.SEEN, index=False)
             shutil.copy(retrieval.item_embeddings, work / runtime.ITEM_EMBEDDINGS)
         for stage, directory in staging.items():
@@ -225,7 +235,7 @@ def _write_config(model_dir: Path, stage: str, cfg: ServingConfig) -> None:
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:
     """Item ids the CLI and clients may rank (``catalog.parquet``, column ``item_id``)."""
-    items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=["item_id"])
+    items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=[ITEM_ID])
     staging = repo / f".{CATALOG}.tmp"
     items.to_parquet(staging, index=False)
     staging.replace(repo / CATALOG)

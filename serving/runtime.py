@@ -31,8 +31,24 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import top_k
-from models.ordering import OrderingPolicy, final_order
+from models.ordering import final_order
+from recflow.artifacts import OrderingPolicy
 from recflow.trust import require_trusted
+from recflow.vocabulary import (
+    EMBEDDING,
+    EXCLUDE_SEEN_INPUT,
+    ITEM_ID,
+    ITEM_IDS_OUTPUT,
+    K_INPUT,
+    RANKING,
+    RAW_ITEM_ID,
+    RECOMMEND,
+    RETRIEVAL,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    SIMILAR,
+    USER_ID,
+)
 
 # Files of a version directory (docs/layout.md), written by serving/export.py.
 USER_ROWS, ITEM_ROWS = "user_rows.npz", "item_rows.npz"
@@ -44,15 +60,8 @@ RANKING_CONFIG = "ranking.json"
 # Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
 # array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
 IDS, VECTORS = "ids", "vectors"
-# Key of ranking.json holding recommend's models.ordering.OrderingPolicy.
+# Key of ranking.json holding recommend's recflow.artifacts.OrderingPolicy.
 ORDERING = "ordering"
-SCORE = "score"
-K, EXCLUDE_SEEN = "k", "exclude_seen"
-ITEM_IDS, SCORES = "item_ids", "scores"
-# Columns of models/two_tower.py's item_embeddings.parquet (a unit test checks they agree).
-# Not imported from there: that module pulls in TensorFlow.
-RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
-USER_ID, ITEM_ID = "user_id", "item_id"
 # A list column reaches the model as Merlin's ``__values``/``__offsets`` pair; the rows files
 # keep it padded (``__values``, [rows, width]) with its lengths (``__lengths``, [rows, 1]).
 VALUES, OFFSETS, LENGTHS = "__values", "__offsets", "__lengths"
@@ -170,7 +179,7 @@ class RankingPipeline:
         return self.model(tensors).reshape(-1)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {SCORE: self.scores(inputs[USER_ID], inputs[ITEM_ID]).reshape(-1, 1)}
+        return {SCORE_OUTPUT: self.scores(inputs[USER_ID], inputs[ITEM_ID]).reshape(-1, 1)}
 
     def warm_up(self) -> None:
         self.scores(np.zeros(1, np.int64), np.zeros(1, np.int64))
@@ -178,8 +187,8 @@ class RankingPipeline:
 
 def _request_k(inputs: dict[str, np.ndarray], rows: int, max_k: int) -> int:
     """The one ``k`` of a request: every row must ask for the same, within ``1..max_k``."""
-    ks = np.unique(inputs[K].reshape(-1))
-    if len(ks) != 1 or len(inputs[K].reshape(-1)) != rows:
+    ks = np.unique(inputs[K_INPUT].reshape(-1))
+    if len(ks) != 1 or len(inputs[K_INPUT].reshape(-1)) != rows:
         raise BadRequest(f"k must be given once per row and be equal for all rows, got {ks}")
     if not 1 <= int(ks[0]) <= max_k:
         raise BadRequest(f"k must be between 1 and {max_k}, got {int(ks[0])}")
@@ -193,7 +202,7 @@ def item_embeddings(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ranked(ids: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
-    return {ITEM_IDS: ids.astype(np.int64), SCORES: scores.astype(np.float32)}
+    return {ITEM_IDS_OUTPUT: ids.astype(np.int64), SCORES_OUTPUT: scores.astype(np.float32)}
 
 
 class RetrievalStage:
@@ -236,7 +245,7 @@ class RetrievalStage:
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
         k = _request_k(inputs, len(users), self.config["max_k"])
-        exclude = bool(inputs.get(EXCLUDE_SEEN, np.zeros(1, bool)).any())
+        exclude = bool(inputs.get(EXCLUDE_SEEN_INPUT, np.zeros(1, bool)).any())
         return _ranked(*self.top_k(users, k, exclude))
 
     def warm_up(self) -> None:
@@ -309,8 +318,8 @@ class SimilarStage:
 
 
 STAGES = {
-    "ranking": RankingPipeline,
-    "retrieval": RetrievalStage,
-    "recommend": RecommendStage,
-    "similar": SimilarStage,
+    RANKING: RankingPipeline,
+    RETRIEVAL: RetrievalStage,
+    RECOMMEND: RecommendStage,
+    SIMILAR: SimilarStage,
 }

@@ -1,430 +1,45 @@
 """Get a dataset variant onto disk as canonical tables: ``fetch_dataset`` and its Prefect task.
 
-For a MovieLens variant: resolve the checksum the archive must have, fetch the archive into the
-cache (streamed, resumed, retried, verified before it is renamed into place), extract it with
-every member checked, and normalise it into ``paths.raw_dir/<variant>``. The ``synthetic``
-variant is generated instead. An existing output made from the same source checksum is reused.
-File formats, the mirror checksum file and the safety rules are described in docs/data.md.
+For a MovieLens variant: resolve the checksum the archive must have (tasks/checksums.py), fetch
+the archive into the cache (tasks/transfer.py: streamed, resumed, retried; verified before it is
+renamed into place), extract it with every member checked (tasks/extract.py), and normalise it
+into ``paths.raw_dir/<variant>`` (tasks/normalize.py). The variants are in tasks/variants.py;
+``synthetic`` is generated instead. An existing output made from the same source checksum is
+reused. File formats, the mirror checksum file and the safety rules are in docs/data.md.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import json
 import logging
+import math
 import os
-import re
 import shutil
-import stat
-import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import TypeVar
-from urllib.parse import urlparse
+from collections.abc import Callable
+from pathlib import Path
 
-import httpx
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from recflow.artifacts import MANIFEST, RawDataset
 from recflow.atomic import atomic_dir
 from recflow.config import DataConfig, DownloadConfig, PathsConfig, SyntheticConfig
+from recflow.locks import exclusive_lock
 from tasks import synthetic
-from tasks.normalize import Layout, NormalizeReport, normalize
+from tasks.checksums import Checksum, ChecksumMismatch, expected_checksum, file_digests
+from tasks.extract import safe_extract
+from tasks.normalize import NormalizeReport, normalize
+from tasks.transfer import Source, TransferFailed, open_source, progress_bars
+from tasks.variants import SYNTHETIC, Variant, get_variant
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens"
-SYNTHETIC = "synthetic"
-# A mirror declares the sha256 of re-packed archives in this file next to them (sha256sum format).
-MIRROR_CHECKSUMS = "SHA256SUMS"
-# GroupLens publishes "<archive>.md5" next to each archive; used for variants with no pinned value.
-PUBLISHED_MD5_SUFFIX = ".md5"
-# Members smaller than this are not ratio-checked: tiny files compress absurdly well and harmlessly.
-RATIO_CHECK_MIN_BYTES = 1 << 20
 # Rows each normalisation cleaning rule dropped, beside the tables (validation reports them).
 SOURCE_CLEANING = "cleaning.json"
 # Prefect-level retries, on top of the per-request retries of DownloadConfig.
 TASK_RETRIES = 2
 TASK_RETRY_BACKOFF_S = 30.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    layout: Layout
-    size: int | None  # bytes of the official archive
-    sha256: str | None  # official value: TensorFlow Datasets' url_checksums/movielens.txt
-    md5: str | None  # as published by GroupLens in <name>.zip.md5
-    folder: str | None = None  # the folder the archive unpacks into, if not named after it
-
-    @property
-    def filename(self) -> str:
-        return f"{self.name}.zip"
-
-    @property
-    def root(self) -> str:
-        return self.folder or self.name
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant(
-            name="ml-100k",
-            layout=Layout.ML100K,
-            size=4_924_029,
-            sha256="50d2a982c66986937beb9ffb3aa76efe955bf3d5c6b761f4e3a7cd717c6a3229",
-            md5="0e33842e24a9c977be4e0107933c0723",
-        ),
-        Variant(
-            name="ml-1m",
-            layout=Layout.DAT,
-            size=5_917_549,
-            sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
-            md5="c4d9eecfca2ab87c1945afe126590906",
-        ),
-        # No official sha256 on record: the published md5 verifies it. Size from third parties.
-        Variant(
-            name="ml-10m",
-            layout=Layout.DAT,
-            size=65_566_137,
-            sha256=None,
-            md5="ce571fd55effeba0271552578f2648bd",
-            folder="ml-10M100K",
-        ),
-        Variant(
-            name="ml-20m",
-            layout=Layout.CSV,
-            size=198_702_078,
-            sha256="96f243c338a8665f6bcc89c53edf6ee39162a846940de6b7c8c48aeada765ff3",
-            md5="cd245b17a1ae2cc31bb14903e1204af3",
-        ),
-        Variant(
-            name="ml-25m",
-            layout=Layout.CSV,
-            size=261_978_986,
-            sha256="8b21cfb7eb1706b4ec0aac894368d90acf26ebdfb6aced3ebd4ad5bd1eb9c6aa",
-            md5="6b51fb2759a8657d3bfcbfc42b592ada",
-        ),
-        # The 2018-09 release, as recorded by TFDS; GroupLens may regenerate it.
-        Variant(
-            name="ml-latest-small",
-            layout=Layout.CSV,
-            size=978_202,
-            sha256="696d65a3dfceac7c45750ad32df2c259311949efec81f0f144fdfb91ebc9e436",
-            md5="31a303aabbc519bd33d025e44d6c2570",
-        ),
-        # Regenerated by GroupLens from time to time: nothing to pin, the published md5 decides.
-        Variant(name="ml-latest", layout=Layout.CSV, size=None, sha256=None, md5=None),
-    )
-}
-
-
-def get_variant(name: str) -> Variant:
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        known = ", ".join([*VARIANTS, SYNTHETIC])
-        raise UnknownVariant(f"unknown dataset variant {name!r}; known: {known}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors
-
-
-class DownloadError(RuntimeError):
-    """A dataset could not be produced from its source."""
-
-
-class UnknownVariant(DownloadError):
-    """A variant name that is neither in the registry nor ``synthetic``."""
-
-
-class TransferFailed(DownloadError):
-    """The source could not be read, even after retries: worth trying again later."""
-
-
-class SourceRefused(DownloadError):
-    """The source answered with a client error (404, 403...): retrying will not help."""
-
-
-class ChecksumUnavailable(DownloadError):
-    """Nothing says what the archive's checksum should be, so it cannot be verified."""
-
-
-class ChecksumMismatch(DownloadError):
-    def __init__(self, file: str, algorithm: str, expected: str, actual: str, origin: str):
-        self.file, self.algorithm = file, algorithm
-        self.expected, self.actual, self.origin = expected, actual, origin
-        hint = (
-            ""
-            if origin.endswith(MIRROR_CHECKSUMS)
-            else f"; if a mirror re-packed this archive, declare its sha256 in {MIRROR_CHECKSUMS}"
-        )
-        super().__init__(
-            f"{file}: {algorithm} mismatch: expected {expected} (from {origin}), got {actual}{hint}"
-        )
-
-
-class UnsafeArchive(DownloadError):
-    def __init__(self, archive: Path, member: str | None, reason: str):
-        self.archive, self.member, self.reason = archive, member, reason
-        where = f"{archive.name}: member {member!r}" if member is not None else archive.name
-        super().__init__(f"refusing to extract {where}: {reason}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Sources: the GroupLens host, a mirror base URL, or a local mirror directory
-
-
-@dataclass(frozen=True)
-class Checksum:
-    algorithm: str  # "sha256" or "md5"
-    value: str
-    origin: str  # where the value came from, for error messages
-
-
-class _HttpSource:
-    def __init__(self, base_url: str, config: DownloadConfig, *, is_mirror: bool):
-        self.base_url = base_url.rstrip("/")
-        self.is_mirror = is_mirror
-        self.config = config
-        # identity: Range offsets must count bytes of the file, not of a re-encoding of it.
-        self.client = httpx.Client(
-            timeout=config.timeout_s,
-            follow_redirects=True,
-            headers={"Accept-Encoding": "identity", "User-Agent": "recflow"},
-        )
-
-    def location(self, name: str) -> str:
-        return f"{self.base_url}/{name}"
-
-    def read_text(self, name: str) -> str | None:
-        """A small optional file from the source, or None if the source has no such file."""
-
-        def attempt() -> str | None:
-            response = self.client.get(self.location(name))
-            # Object stores answer 403, not 404, for a missing key that may not be listed.
-            if response.status_code in (403, 404):
-                return None
-            _raise_for_status(response)
-            return response.text
-
-        return _retrying(self.location(name), self.config, attempt)
-
-    def fetch(self, name: str, part: Path, progress: Progress) -> None:
-        """Complete ``part`` from the source, resuming from its current length."""
-        bar = progress.add_task(name, total=None)
-        _retrying(self.location(name), self.config, lambda: self._resume(name, part, progress, bar))
-
-    def _resume(self, name: str, part: Path, progress: Progress, bar) -> None:
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        with self.client.stream("GET", self.location(name), headers=headers) as response:
-            if response.status_code == 416 and offset:
-                if _range_total(response) == offset:
-                    return  # the partial file is already complete
-                part.unlink()
-                raise _Retryable(f"{name}: partial file does not fit the remote one, restarting")
-            _raise_for_status(response)
-            if response.status_code == 206 and _range_start(response) != offset:
-                part.unlink()
-                raise _Retryable(f"{name}: server sent another range than asked for, restarting")
-            if response.status_code != 206:
-                offset = 0  # the server ignored the Range header: start over
-            length = response.headers.get("Content-Length")
-            progress.update(bar, completed=offset, total=offset + int(length) if length else None)
-            with open(part, "ab" if offset else "wb") as out:
-                for chunk in response.iter_bytes(self.config.chunk_bytes):
-                    out.write(chunk)
-                    progress.advance(bar, len(chunk))
-
-    def close(self) -> None:
-        self.client.close()
-
-
-class _DirSource:
-    is_mirror = True
-
-    def __init__(self, root: Path, config: DownloadConfig):
-        if not root.is_dir():
-            raise SourceRefused(f"mirror directory {root} does not exist")
-        self.root = root
-        self.config = config
-
-    def location(self, name: str) -> str:
-        return str(self.root / name)
-
-    def read_text(self, name: str) -> str | None:
-        path = self.root / name
-        return path.read_text() if path.is_file() else None
-
-    def fetch(self, name: str, part: Path, progress: Progress) -> None:
-        source = self.root / name
-        if not source.is_file():
-            raise SourceRefused(f"{source} does not exist")
-        bar = progress.add_task(name, total=source.stat().st_size)
-        with open(source, "rb") as src, open(part, "wb") as out:
-            while chunk := src.read(self.config.chunk_bytes):
-                out.write(chunk)
-                progress.advance(bar, len(chunk))
-
-    def close(self) -> None:
-        pass
-
-
-Source = _HttpSource | _DirSource
-
-
-@contextlib.contextmanager
-def open_source(mirror: str | None, config: DownloadConfig) -> Iterator[Source]:
-    """The GroupLens host, or the mirror (a base URL, a file:// URL or a directory) replacing it."""
-    if mirror is None:
-        source = _HttpSource(GROUPLENS_URL, config, is_mirror=False)
-    elif mirror.startswith(("http://", "https://")):
-        source = _HttpSource(mirror, config, is_mirror=True)
-    elif mirror.startswith("file://"):
-        source = _DirSource(Path(urlparse(mirror).path), config)
-    else:
-        source = _DirSource(Path(mirror).expanduser(), config)
-    try:
-        yield source
-    finally:
-        source.close()
-
-
-class _Retryable(Exception):
-    """A failure worth another attempt (5xx, 429, a partial file that no longer fits)."""
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    code = response.status_code
-    if code >= 500 or code == 429:
-        raise _Retryable(f"HTTP {code} from {response.request.url}")
-    if code >= 400:
-        raise SourceRefused(f"GET {response.request.url}: HTTP {code} {response.reason_phrase}")
-
-
-def _retrying(what: str, config: DownloadConfig, attempt: Callable[[], T]) -> T:
-    """Run ``attempt`` up to 1 + retries times, backing off exponentially in between."""
-    for number in range(config.retries):
-        try:
-            return attempt()
-        except (httpx.TransportError, _Retryable) as exc:
-            delay = config.backoff_s * 2**number
-            log.warning(
-                "%s: %s; retry %d of %d in %.1f s",
-                what,
-                _describe(exc),
-                number + 1,
-                config.retries,
-                delay,
-            )
-            time.sleep(delay)
-    try:
-        return attempt()
-    except (httpx.TransportError, _Retryable) as exc:
-        raise TransferFailed(
-            f"{what}: giving up after {config.retries + 1} attempts: {_describe(exc)}"
-        ) from exc
-
-
-def _describe(exc: Exception) -> str:
-    return str(exc) if isinstance(exc, _Retryable) else f"{type(exc).__name__}: {exc}"
-
-
-def _range_start(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-def _range_total(response: httpx.Response) -> int | None:
-    match = re.match(r"bytes [^/]*/(\d+)", response.headers.get("Content-Range", ""))
-    return int(match.group(1)) if match else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Checksums
-
-
-def expected_checksum(variant: Variant, source: Source) -> Checksum:
-    """The checksum the archive must match, from the most specific declaration available.
-
-    A mirror's own declaration wins (it may have re-packed the archive), then the official
-    values of the registry, then the md5 that the source publishes next to the archive.
-    """
-    if source.is_mirror:
-        declared = source.read_text(MIRROR_CHECKSUMS)
-        if declared is not None:
-            origin = source.location(MIRROR_CHECKSUMS)
-            value = parse_checksum_file(declared, origin).get(variant.filename)
-            if value is not None:
-                return Checksum("sha256", value, origin)
-    if variant.sha256:
-        return Checksum("sha256", variant.sha256, "recflow's registry of official values")
-    if variant.md5:
-        return Checksum("md5", variant.md5, "recflow's registry of GroupLens-published md5s")
-    published = source.read_text(variant.filename + PUBLISHED_MD5_SUFFIX)
-    found = re.search(r"\b[0-9a-fA-F]{32}\b", published or "")
-    if found is None:
-        raise ChecksumUnavailable(
-            f"{variant.filename}: no checksum pinned and none published at "
-            f"{source.location(variant.filename + PUBLISHED_MD5_SUFFIX)}; a mirror can declare "
-            f"one in {MIRROR_CHECKSUMS}"
-        )
-    return Checksum(
-        "md5", found.group(0).lower(), source.location(variant.filename + PUBLISHED_MD5_SUFFIX)
-    )
-
-
-def parse_checksum_file(text: str, origin: str) -> dict[str, str]:
-    """Parse ``sha256sum`` output: '<64 hex>  <name>' (or '<hex> *<name>') per line."""
-    sums = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *]?(.+)", line)
-        if match is None:
-            raise DownloadError(
-                f"{origin} line {number}: expected '<sha256>  <file>', got {line!r}"
-            )
-        sums[PurePosixPath(match.group(2).strip()).name] = match.group(1).lower()
-    return sums
-
-
-def file_digests(path: Path, chunk_bytes: int = 1 << 20) -> dict[str, str]:
-    """sha256 and md5 of a file in one pass."""
-    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5(usedforsecurity=False)}
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            for digest in digests.values():
-                digest.update(chunk)
-    return {name: digest.hexdigest() for name, digest in digests.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# Archives
 
 
 def fetch_archive(
@@ -443,7 +58,8 @@ def fetch_archive(
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / variant.filename
     part = cache_dir / (variant.filename + ".part")
-    with _locked(cache_dir / f".{variant.filename}.lock"):
+    # Serialise fetches of one archive: two writers appending to one .part would corrupt it.
+    with exclusive_lock(cache_dir / f".{variant.filename}.lock", math.inf):
         if final.exists():
             digests = file_digests(final, config.chunk_bytes)
             if digests[expected.algorithm] == expected.value:
@@ -457,7 +73,7 @@ def fetch_archive(
                 expected.origin,
             )
         log.info("%s: fetching from %s", variant.filename, source.location(variant.filename))
-        with _progress() as progress:
+        with progress_bars() as progress:
             source.fetch(variant.filename, part, progress)
         digests = file_digests(part, config.chunk_bytes)
         if digests[expected.algorithm] != expected.value:
@@ -474,99 +90,6 @@ def fetch_archive(
         os.replace(part, final)
         log.info("%s: %s verified (%s)", variant.filename, expected.algorithm, expected.origin)
         return final, digests["sha256"]
-
-
-def safe_extract(archive: Path, target: Path, *, max_bytes: int, max_ratio: float) -> None:
-    """Extract a zip archive into ``target``, refusing anything that could escape or explode.
-
-    Every member is checked before the first byte is written: no absolute paths, no '..', no
-    links or special files, no duplicates, total size and per-member ratio within bounds. The
-    declared sizes can be trusted as bounds because zipfile stops reading a member at its
-    declared size and fails the CRC check if the data differs.
-    """
-    target.mkdir(parents=True, exist_ok=True)
-    root = target.resolve()
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = zf.infolist()
-            _check_members(archive, members, max_bytes, max_ratio)
-            for info in members:
-                dest = target.joinpath(*PurePosixPath(info.filename).parts)
-                if not dest.resolve().is_relative_to(root):
-                    raise UnsafeArchive(archive, info.filename, "resolves outside the target")
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                # "x": never write through something that already exists (e.g. a planted link).
-                with zf.open(info) as src, open(dest, "xb") as out:
-                    shutil.copyfileobj(src, out)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise UnsafeArchive(archive, None, f"corrupt zip archive ({exc})") from exc
-
-
-def _check_members(
-    archive: Path, members: list[zipfile.ZipInfo], max_bytes: int, max_ratio: float
-) -> None:
-    seen: set[str] = set()
-    total = 0
-    for info in members:
-        name = info.filename
-        reason = _unsafe_name(name) or _unsafe_kind(info)
-        if reason:
-            raise UnsafeArchive(archive, name, reason)
-        key = name.rstrip("/")
-        if key in seen:
-            raise UnsafeArchive(archive, name, "duplicate entry (a later one would overwrite)")
-        seen.add(key)
-        total += info.file_size
-        if total > max_bytes:
-            raise UnsafeArchive(
-                archive, name, f"uncompressed size exceeds the {max_bytes:,}-byte limit"
-            )
-        ratio = info.file_size / max(info.compress_size, 1)
-        if info.file_size > RATIO_CHECK_MIN_BYTES and ratio > max_ratio:
-            raise UnsafeArchive(
-                archive, name, f"compression ratio {ratio:,.0f}:1 exceeds {max_ratio:,.0f}:1"
-            )
-
-
-def _unsafe_name(name: str) -> str | None:
-    if not name or "\x00" in name:
-        return "empty name or NUL byte"
-    if "\\" in name:
-        return "backslash in name (a Windows path separator)"
-    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
-        return "absolute path"
-    if ".." in PurePosixPath(name).parts:
-        return "path with '..'"
-    return None
-
-
-_KINDS = {
-    stat.S_IFLNK: "symbolic link",
-    stat.S_IFCHR: "character device",
-    stat.S_IFBLK: "block device",
-    stat.S_IFIFO: "FIFO",
-    stat.S_IFSOCK: "socket",
-}
-
-
-def _unsafe_kind(info: zipfile.ZipInfo) -> str | None:
-    # Unix modes live in the high 16 bits; archives made elsewhere leave them 0 (= regular).
-    kind = stat.S_IFMT(info.external_attr >> 16)
-    return _KINDS.get(kind) or (None if kind in (0, stat.S_IFREG, stat.S_IFDIR) else "special file")
-
-
-# ---------------------------------------------------------------------------------------------
-# Entry points
-
-
-def dataset_dir(data: DataConfig, paths: PathsConfig) -> Path:
-    """Where ``fetch_dataset`` puts the tables of ``data.variant``."""
-    if data.variant == SYNTHETIC:
-        return paths.raw_dir / synthetic.dataset_name(data.synthetic)
-    return paths.raw_dir / get_variant(data.variant).name
 
 
 def source_cleaning(dataset: Path) -> dict[str, int]:
@@ -666,28 +189,3 @@ def _retry_transfer_only(_task, _task_run, state) -> bool:
 def fetch_dataset_task(data: DataConfig, paths: PathsConfig) -> RawDataset:
     get_run_logger().info("fetching dataset %s", data.variant)
     return fetch_dataset(data, paths)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-
-
-@contextlib.contextmanager
-def _locked(lock_file: Path) -> Iterator[None]:
-    """Serialise fetches of one archive: two writers appending to one .part would corrupt it."""
-    with open(lock_file, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

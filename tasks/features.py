@@ -14,7 +14,6 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import ClassVar
 
 import dask.dataframe as dd
 import numpy as np
@@ -27,30 +26,25 @@ from merlin.io import Dataset
 from merlin.schema import Schema, Tags
 from prefect import task
 
-from recflow.artifacts import Artifact, RawDataset
+from recflow.artifacts import HELD_OUT, ColumnStats, FeatureSet, Profile, RawDataset
 from recflow.atomic import atomic_dir
 from recflow.compute import dataset_cpu_flag, open_cluster
 from recflow.config import FeaturesConfig, Settings, ValidationConfig
-from tasks.validate import (
-    DUPLICATES,
-    FEATURES_TABLE,
-    MISSING_VALUE,
-    OUT_OF_RANGE,
-    QUANTILE_PROBS,
-    ColumnStats,
-    Profile,
-    arrow_dtype,
-    input_error,
-    profile_table,
+from recflow.trust import require_trusted
+from recflow.vocabulary import (
+    ITEM_COUNT,
+    ITEM_ID,
+    RATING,
+    TARGET,
+    TIMESTAMP,
+    USER_COUNT,
+    USER_ID,
 )
+from tasks.data_checks import DUPLICATES, MISSING_VALUE, OUT_OF_RANGE, input_error
+from tasks.statistics import FEATURES_TABLE, QUANTILE_PROBS, arrow_dtype, profile_table
 
 log = logging.getLogger(__name__)
 
-# Column names shared with training and serving.
-USER_ID, ITEM_ID = "user_id", "item_id"
-RATING, TIMESTAMP = "rating", "timestamp"
-TARGET = "rating_binary"
-ITEM_COUNT, USER_COUNT = "item_count", "user_count"
 NO_GENRES = "(no genres listed)"
 BUCKETS = ("age_bucket", "year_bucket")
 # The value each side feature takes when it is missing from the source or the id is unknown.
@@ -74,7 +68,8 @@ AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
 # 3: the splits are joined with their side features once and written as parquet partitions of
 # at most features.partition_rows rows, which NVTabular then fits and transforms from files.
 # 4: hashed ids are a function of the id alone (ValueHashBucket).
-FEATURES_VERSION = "4"
+# 5: the split is kept in raw ids (held_out/), which the gate reads instead of redoing it.
+FEATURES_VERSION = "5"
 # What the columns the stage reads must hold: integer ids (signed: an id beyond int64 does not
 # fit the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
 REQUIRED = {
@@ -88,62 +83,6 @@ _KINDS = {
     "list": ("list<",),
 }
 SPLIT_FLAG = "__valid"
-
-
-class FeatureSet(Artifact):
-    """Transformed splits, the fitted workflows, the output schema and the input statistics."""
-
-    fingerprint: str
-    variant: str
-    n_train: int
-    n_valid: int
-    cardinalities: dict[str, int]
-    # Added with FEATURES_VERSION 2; defaults keep older manifests loadable.
-    id_encoding: str = "categorify"
-    split: str = "random"
-    cleaning: dict[str, int] = {}
-
-    @property
-    def train_dir(self) -> Path:
-        return self.path / "train"
-
-    @property
-    def valid_dir(self) -> Path:
-        return self.path / "valid"
-
-    @property
-    def workflow_dir(self) -> Path:
-        return self.path / "workflow"
-
-    @property
-    def user_workflow_dir(self) -> Path:
-        return self.path / "workflow_user"
-
-    @property
-    def item_workflow_dir(self) -> Path:
-        return self.path / "workflow_item"
-
-    @property
-    def lookup_dir(self) -> Path:
-        return self.path / "lookup"
-
-    @property
-    def schema_file(self) -> Path:
-        return self.train_dir / "schema.pbtxt"
-
-    @property
-    def statistics_dir(self) -> Path:
-        return self.path / "statistics"
-
-    id_columns: ClassVar[tuple[str, ...]] = (USER_ID, ITEM_ID)
-
-    def profile(self) -> Profile:
-        return Profile.model_validate_json((self.statistics_dir / "statistics.json").read_text())
-
-    def id_counts(self, column: str) -> pd.Series:
-        """Training-split rows per id of ``column`` (the vocabulary the build saw)."""
-        counts = pd.read_parquet(self.statistics_dir / f"{column}.parquet")
-        return counts.set_index(column)["count"]
 
 
 def fingerprint(raw: RawDataset, cfg: FeaturesConfig, validation: ValidationConfig) -> str:
@@ -458,6 +397,11 @@ def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -
     return nvt.Workflow(outputs)
 
 
+def load_workflow(path: Path) -> nvt.Workflow:
+    """The NVTabular workflow saved at ``path``, unpickled only once ``require_trusted`` agrees."""
+    return nvt.Workflow.load(str(require_trusted(path)))
+
+
 def serving_workflow(workflow: nvt.Workflow) -> nvt.Workflow:
     """The fitted workflow without its target branch: what serving applies to raw requests."""
     return workflow.remove_inputs([RATING])
@@ -497,12 +441,7 @@ def build_features(
         log.info("features %s already built for %s; reusing", fp, raw.variant)
         return FeatureSet.load(target)
 
-    dtypes = input_dtypes(raw)
-    interactions = read_interactions(raw, cfg)
-    tables = {"interactions": profile_table(interactions, dtypes["interactions"])}
-    for name in ("items", "users"):
-        if name in dtypes:
-            tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
+    interactions, tables = profile_inputs(raw, cfg)
     with atomic_dir(target, replace=rebuild) as staging:
         work = staging / "work"
         train, valid, cleaning = clean_and_split(
@@ -512,38 +451,13 @@ def build_features(
             tables["interactions"][TIMESTAMP].quantiles,
             work / "clean",
         )
+        write_held_out({"train": train, "valid": valid}, staging / HELD_OUT)
         items, users, vocab = side_feature_tables(raw, train)
-        (staging / "lookup").mkdir()
-        items.to_parquet(staging / "lookup" / "items.parquet", index=False)
-        if users is not None:
-            users.to_parquet(staging / "lookup" / "users.parquet", index=False)
+        write_lookups(staging / "lookup", items, users)
         joined = write_joined_splits({"train": train, "valid": valid}, items, users, work)
-        for name, files in joined.items():
-            if not files:
-                raise input_error(
-                    "interactions",
-                    "*",
-                    "empty",
-                    f"rows in the {name} split",
-                    f"0 ({cfg.split} split)",
-                )
-        # One partition per file: write_joined_splits sized them (features.partition_rows).
-        datasets = {
-            name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
-            for name, files in joined.items()
-        }
-        workflow = build_workflow(cfg, raw.has_users, staging / "categories")
-        workflow.fit(datasets["train"])
-        for name, dataset in datasets.items():
-            workflow.transform(dataset).to_parquet(
-                str(staging / name), shuffle=None, out_files_per_proc=None
-            )
+        workflow = fit_and_transform(joined, cfg, raw.has_users, staging, cpu)
         shutil.rmtree(work)
-        workflow.save(str(staging / "workflow"))
-        for side in ("user", "item"):
-            # remove_inputs edits the graph in place: each side starts from a saved copy.
-            fitted = nvt.Workflow.load(str(staging / "workflow"))
-            side_workflow(fitted, side).save(str(staging / f"workflow_{side}"))
+        save_workflows(workflow, staging)
         counts = {name: _rows(staging / name) for name in ("train", "valid")}
         features = FeatureSet(
             path=target,
@@ -568,6 +482,72 @@ def build_features(
         {rule: n for rule, n in cleaning.items() if n} or "nothing",
     )
     return features
+
+
+def profile_inputs(raw: RawDataset, cfg: FeaturesConfig) -> tuple[dd.DataFrame, dict]:
+    """The interactions (lazily, in partitions) and the statistics of every input table."""
+    dtypes = input_dtypes(raw)
+    interactions = read_interactions(raw, cfg)
+    tables = {"interactions": profile_table(interactions, dtypes["interactions"])}
+    for name in ("items", "users"):
+        if name in dtypes:
+            tables[name] = profile_table(pd.read_parquet(getattr(raw, name)), dtypes[name])
+    return interactions, tables
+
+
+def write_held_out(splits: dict[str, dd.DataFrame], directory: Path) -> None:
+    """Each split in raw ids (``user_id``, ``item_id``, ``rating``): the rows the gate scores
+    every model on, kept so it never has to reproduce the split (FeatureSet.held_out_dir)."""
+    columns = [USER_ID, ITEM_ID, RATING]
+    dd.compute(
+        *(
+            split[columns].to_parquet(
+                str(directory / name), compute=False, write_index=False, write_metadata_file=False
+            )
+            for name, split in splits.items()
+        )
+    )
+
+
+def write_lookups(directory: Path, items: pd.DataFrame, users: pd.DataFrame | None) -> None:
+    """The side-feature tables serving looks raw ids up in (serving/export.py)."""
+    directory.mkdir()
+    items.to_parquet(directory / "items.parquet", index=False)
+    if users is not None:
+        users.to_parquet(directory / "users.parquet", index=False)
+
+
+def fit_and_transform(
+    joined: dict[str, list[Path]], cfg: FeaturesConfig, has_users: bool, staging: Path, cpu: bool
+) -> nvt.Workflow:
+    """Fit the workflow on the training files only, then transform every split into
+    ``staging/<split>``; raises ``DataValidationError`` for an empty split."""
+    for name, files in joined.items():
+        if not files:
+            raise input_error(
+                "interactions", "*", "empty", f"rows in the {name} split", f"0 ({cfg.split} split)"
+            )
+    # One partition per file: write_joined_splits sized them (features.partition_rows).
+    datasets = {
+        name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
+        for name, files in joined.items()
+    }
+    workflow = build_workflow(cfg, has_users, staging / "categories")
+    workflow.fit(datasets["train"])
+    for name, dataset in datasets.items():
+        workflow.transform(dataset).to_parquet(
+            str(staging / name), shuffle=None, out_files_per_proc=None
+        )
+    return workflow
+
+
+def save_workflows(workflow: nvt.Workflow, staging: Path) -> None:
+    """The fitted workflow and its user-side and item-side sub-workflows."""
+    workflow.save(str(staging / "workflow"))
+    for side in ("user", "item"):
+        # remove_inputs edits the graph in place: each side starts from a saved copy.
+        fitted = nvt.Workflow.load(str(staging / "workflow"))
+        side_workflow(fitted, side).save(str(staging / f"workflow_{side}"))
 
 
 def feature_statistics(split_dir: Path, schema: Schema) -> dict[str, ColumnStats]:

@@ -22,19 +22,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from recflow.vocabulary import ITEM_ID, RATING, TIMESTAMP, USER_ID
+
 log = logging.getLogger(__name__)
 
 INTERACTIONS_SCHEMA = pa.schema(
     [
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
-        ("rating", pa.float32()),
-        ("timestamp", pa.int64()),
+        (USER_ID, pa.int64()),
+        (ITEM_ID, pa.int64()),
+        (RATING, pa.float32()),
+        (TIMESTAMP, pa.int64()),
     ]
 )
 ITEMS_SCHEMA = pa.schema(
     [
-        ("item_id", pa.int64()),
+        (ITEM_ID, pa.int64()),
         ("title", pa.string()),
         ("year", pa.int32()),
         ("genres", pa.list_(pa.string())),
@@ -42,7 +44,7 @@ ITEMS_SCHEMA = pa.schema(
 )
 USERS_SCHEMA = pa.schema(
     [
-        ("user_id", pa.int64()),
+        (USER_ID, pa.int64()),
         ("gender", pa.string()),
         ("age", pa.int32()),
         ("occupation", pa.string()),
@@ -51,10 +53,10 @@ USERS_SCHEMA = pa.schema(
 )
 TAGS_SCHEMA = pa.schema(
     [
-        ("user_id", pa.int64()),
-        ("item_id", pa.int64()),
+        (USER_ID, pa.int64()),
+        (ITEM_ID, pa.int64()),
         ("tag", pa.string()),
-        ("timestamp", pa.int64()),
+        (TIMESTAMP, pa.int64()),
     ]
 )
 
@@ -140,7 +142,7 @@ def normalize(layout: Layout | str, root: Path, out_dir: Path) -> NormalizeRepor
         log.info("%s: the cleaning rules dropped nothing", root.name)
     return NormalizeReport(
         n_interactions=len(tables.interactions),
-        n_users=int(tables.interactions["user_id"].nunique()),
+        n_users=int(tables.interactions[USER_ID].nunique()),
         n_items=len(tables.items),
         has_users=tables.users is not None,
         has_tags=tables.tags is not None,
@@ -216,8 +218,8 @@ def _parse_dat(root: Path) -> _Tables:
 
 def _parse_csv(root: Path) -> _Tables:
     interactions = _read_ratings(root / "ratings.csv", delimiter=",", header=True)
-    movies = _read_strings(root / "movies.csv", ["item_id", "title", "genres"])
-    items = list(zip(movies["item_id"], movies["title"], movies["genres"], strict=True))
+    movies = _read_strings(root / "movies.csv", [ITEM_ID, "title", "genres"])
+    items = list(zip(movies[ITEM_ID], movies["title"], movies["genres"], strict=True))
     tags = None
     if (root / "tags.csv").exists():
         tags = _read_strings(root / "tags.csv", TAGS_SCHEMA.names)
@@ -317,7 +319,7 @@ def _ml1m_occupation(code: str) -> str:
 
 
 def _items_frame(rows: list[tuple[str, str, list[str] | str]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=["item_id", "title", "genres"])
+    frame = pd.DataFrame(rows, columns=[ITEM_ID, "title", "genres"])
     frame["title"] = frame["title"].fillna("").str.strip()
     frame["year"] = pd.array([parse_year(t) for t in frame["title"]], dtype="Int32")
     frame["genres"] = [split_genres(g) if isinstance(g, list | str) else [] for g in frame.genres]
@@ -340,34 +342,34 @@ def _clean(tables: _Tables) -> None:
     inter = tables.interactions
     dropped["interactions: malformed line"] += inter.attrs.pop("malformed", 0)
     inter = _drop(inter, inter.notna().all(axis=1), "interactions: missing value", dropped)
-    rating = inter["rating"].to_numpy()
+    rating = inter[RATING].to_numpy()
     half_stars = np.round(rating * 2) == rating * 2
     on_scale = (rating >= MIN_RATING) & (rating <= MAX_RATING) & half_stars
     inter = _drop(inter, on_scale, "interactions: rating off the 0.5-5 half-star scale", dropped)
     # A re-rating is the user's latest opinion: keep the last one.
-    inter = inter.sort_values(["user_id", "item_id", "timestamp"], kind="stable")
-    latest = ~inter.duplicated(["user_id", "item_id"], keep="last")
+    inter = inter.sort_values([USER_ID, ITEM_ID, TIMESTAMP], kind="stable")
+    latest = ~inter.duplicated([USER_ID, ITEM_ID], keep="last")
     inter = _drop(inter, latest, "interactions: earlier rating of a re-rated item", dropped)
 
-    items = _coerce_ints(tables.items, ["item_id"], "items", dropped)
-    items = _drop(items, ~items["item_id"].duplicated(), "items: duplicate item_id", dropped)
-    known = inter["item_id"].isin(items["item_id"])
+    items = _coerce_ints(tables.items, [ITEM_ID], "items", dropped)
+    items = _drop(items, ~items[ITEM_ID].duplicated(), "items: duplicate item_id", dropped)
+    known = inter[ITEM_ID].isin(items[ITEM_ID])
     inter = _drop(inter, known, "interactions: item not in the item table", dropped)
 
     if tables.users is not None:
-        users = _coerce_ints(tables.users, ["user_id", "age"], "users", dropped)
-        users = _drop(users, ~users["user_id"].duplicated(), "users: duplicate user_id", dropped)
-        known = inter["user_id"].isin(users["user_id"])
+        users = _coerce_ints(tables.users, [USER_ID, "age"], "users", dropped)
+        users = _drop(users, ~users[USER_ID].duplicated(), "users: duplicate user_id", dropped)
+        known = inter[USER_ID].isin(users[USER_ID])
         inter = _drop(inter, known, "interactions: user not in the user table", dropped)
-        tables.users = users.astype({"age": "int32"}).sort_values("user_id", kind="stable")
+        tables.users = users.astype({"age": "int32"}).sort_values(USER_ID, kind="stable")
 
     if tables.tags is not None:
-        tags = _coerce_ints(tables.tags, ["user_id", "item_id", "timestamp"], "tags", dropped)
+        tags = _coerce_ints(tables.tags, [USER_ID, ITEM_ID, TIMESTAMP], "tags", dropped)
         tables.tags = _drop(tags, tags["tag"].notna(), "tags: missing tag", dropped)
 
-    inter = inter.astype({"rating": "float32"})
-    tables.interactions = inter.sort_values(["user_id", "timestamp", "item_id"], kind="stable")
-    tables.items = items.sort_values("item_id", kind="stable")
+    inter = inter.astype({RATING: "float32"})
+    tables.interactions = inter.sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
+    tables.items = items.sort_values(ITEM_ID, kind="stable")
 
 
 def _coerce_ints(frame: pd.DataFrame, columns: list[str], table: str, dropped: Counter):

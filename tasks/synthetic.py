@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from rich.progress import Progress
 
 from recflow.config import SyntheticConfig
+from recflow.vocabulary import ITEM_ID, RATING, TIMESTAMP, USER_ID
 from tasks.normalize import (
     INTERACTIONS_FILE,
     INTERACTIONS_SCHEMA,
@@ -230,7 +231,7 @@ class _World:
         names = np.array(GENRES)
         return pd.DataFrame(
             {
-                "item_id": ids,
+                ITEM_ID: ids,
                 "title": [
                     f"Synthetic Movie {i} ({y})" for i, y in zip(ids, self.item_years, strict=True)
                 ],
@@ -273,7 +274,7 @@ class _Users:
     def table(self) -> pa.Table:
         return pa.table(
             {
-                "user_id": self.ids,
+                USER_ID: self.ids,
                 "gender": np.array(["M", "F"])[self.gender],
                 "age": self.age,
                 "occupation": np.array(OCCUPATIONS)[self.occupation],
@@ -348,10 +349,10 @@ def _rate(rng: np.random.Generator, users: _Users, counts: np.ndarray, world: _W
     order = np.lexsort((items, timestamp, rows))
     return pa.table(
         {
-            "user_id": users.ids[rows[order]],
-            "item_id": items[order] + 1,
-            "rating": stars[order].astype(np.float32),
-            "timestamp": timestamp[order],
+            USER_ID: users.ids[rows[order]],
+            ITEM_ID: items[order] + 1,
+            RATING: stars[order].astype(np.float32),
+            TIMESTAMP: timestamp[order],
         },
         schema=INTERACTIONS_SCHEMA,
     )

@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import NamedTuple
-
 import pandas as pd
 from prefect import task
 
 from models.composed import choose_ordering
-from models.dlrm import RankingModel, train_dlrm
-from models.two_tower import RAW_ITEM_ID, RetrievalModel, train_two_tower
+from models.dlrm import train_dlrm
+from models.two_tower import train_two_tower
+from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
 from recflow.config import Settings
-from recflow.trust import load_workflow
-from tasks.features import ITEM_ID, FeatureSet, side_workflow
-
-RANKING_DIR, RETRIEVAL_DIR = "ranking", "retrieval"
-
-
-class Candidate(NamedTuple):
-    """What one training run hands to the gate: the features and the two models fit on them."""
-
-    features: FeatureSet
-    ranking: RankingModel
-    retrieval: RetrievalModel
-
-    @classmethod
-    def load(cls, features: FeatureSet, run_dir: Path) -> Candidate:
-        """The models a run wrote into ``run_dir`` (``models/<run_id>/``)."""
-        return cls(
-            features,
-            RankingModel.load(run_dir / RANKING_DIR),
-            RetrievalModel.load(run_dir / RETRIEVAL_DIR),
-        )
+from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL
+from tasks.features import load_workflow, side_workflow
 
 
 def item_catalogue(features: FeatureSet) -> pd.DataFrame:
@@ -53,7 +32,7 @@ def train_ranking(features: FeatureSet, settings: Settings, run_id: str) -> Rank
         features.train_dir,
         features.valid_dir,
         settings.ranking,
-        settings.paths.models_dir / run_id / RANKING_DIR,
+        settings.paths.models_dir / run_id / RANKING,
         features.fingerprint,
     )
 
@@ -64,7 +43,7 @@ def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> Re
         features.valid_dir,
         item_catalogue(features),
         settings.retrieval,
-        settings.paths.models_dir / run_id / RETRIEVAL_DIR,
+        settings.paths.models_dir / run_id / RETRIEVAL,
         features.fingerprint,
     )
 

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from distributed import Client
 
-from recflow.artifacts import RawDataset
+from recflow.artifacts import FeatureSet, RawDataset
 from recflow.compute import GPUUnavailableError, open_cluster
 from recflow.config import ComputeConfig, SyntheticConfig, load_settings
 from tasks import synthetic
-from tasks.features import FeatureSet, build_features_task
+from tasks.features import build_features_task
 
 if TYPE_CHECKING:
     # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.

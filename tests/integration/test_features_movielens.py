@@ -16,9 +16,11 @@ from merlin.schema import Tags
 
 from recflow.compute import open_cluster
 from recflow.config import ComputeConfig, DataConfig, FeaturesConfig, PathsConfig, ValidationConfig
+from tasks.data_checks import DataValidationError
 from tasks.download import fetch_dataset
 from tasks.features import NO_GENRES, build_features, clean_and_split, input_dtypes
-from tasks.validate import ACCEPTED, DataValidationError, profile_table, validate_features
+from tasks.statistics import profile_table
+from tasks.validate import ACCEPTED, validate_features
 from tests.movielens_server import REPO, MovieLensServer, make_mirror, movielens_archive
 
 pytestmark = pytest.mark.integration

@@ -20,27 +20,32 @@ from typer.testing import CliRunner
 
 import flows.stages
 import tasks.download
+from cli.app import EXIT_INVALID_DATA, app
 from flows.pipeline import pipeline
+from flows.reporting import Keys, published_markdown
 from flows.stages import as_settings, fetch_data
-from models.dlrm import RankingModel
-from models.two_tower import RetrievalModel
-from recflow.artifacts import MANIFEST, RawDataset, TrainedModel
-from recflow.cli import EXIT_INVALID_DATA, app
+from recflow.artifacts import (
+    MANIFEST,
+    Anomaly,
+    ColumnStats,
+    FeatureSet,
+    Profile,
+    Published,
+    RankingModel,
+    RawDataset,
+    RetrievalModel,
+    TrainedModel,
+    ValidationReport,
+)
 from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
 from recflow.registry import CandidateRecord, Evaluation, Event
-from recflow.reporting import Keys, Published, published_markdown
-from tasks.download import ChecksumMismatch, TransferFailed
-from tasks.features import FeatureSet, fingerprint
-from tasks.gate import GateFailed, judge
-from tasks.validate import (
-    REPORT,
-    Anomaly,
-    ColumnStats,
-    DataValidationError,
-    Profile,
-    ValidationReport,
-)
+from release.gate import GateFailed, judge
+from tasks.checksums import ChecksumMismatch
+from tasks.data_checks import DataValidationError
+from tasks.features import fingerprint
+from tasks.transfer import TransferFailed
+from tasks.validate import REPORT
 from tests.prefect_server import PrefectServer
 
 
@@ -133,7 +138,9 @@ class FakeStages:
         features.save_manifest()
         return features
 
-    def validate(self, features: FeatureSet, settings: Settings) -> ValidationReport:
+    def validate(
+        self, features: FeatureSet, settings: Settings, raw: RawDataset
+    ) -> ValidationReport:
         report = ValidationReport(
             fingerprint=features.fingerprint,
             baseline=None,

@@ -19,22 +19,19 @@ import shutil
 import numpy as np
 import pytest
 
-from recflow.registry import Registry, RegistryError, publish
+from recflow.artifacts import Candidate, RankingModel, RetrievalModel
+from recflow.registry import Registry, RegistryError
+from recflow.vocabulary import RANKING, RETRIEVAL
+from release.gate import GateFailed, gate
+from release.publish import publish
+from release.trial import TrialServingFailed, infra_validate
 from serving.client import RecflowClient
 from serving.repository import RankingEndpoint
 from serving.runtime import RecommendStage
 from serving.server import TritonServer
-from serving.trial import TrialServingFailed, infra_validate
 from tasks.download import fetch_dataset
 from tasks.features import build_features
-from tasks.gate import GateFailed, gate
-from tasks.train import (
-    RETRIEVAL_DIR,
-    Candidate,
-    choose_recommend_ordering,
-    train_ranking,
-    train_retrieval,
-)
+from tasks.train import choose_recommend_ordering, train_ranking, train_retrieval
 from tests.support.cli import cli_for
 from tests.support.settings import small_settings
 
@@ -85,20 +82,25 @@ def data(home):
 def train(settings, features, run_id, retrieval_from: Candidate | None = None) -> Candidate:
     """Train a candidate; with ``retrieval_from``, only its ranking model, and reuse that
     candidate's retrieval model (this story is about the ranking model)."""
-    run_dir = settings.paths.models_dir / run_id
-    train_ranking(features, settings, run_id)
+    ranking = train_ranking(features, settings, run_id)
     if retrieval_from is None:
-        train_retrieval(features, settings, run_id)
+        retrieval = train_retrieval(features, settings, run_id)
     else:
-        shutil.copytree(retrieval_from.retrieval.path, run_dir / RETRIEVAL_DIR)
-    return choose_recommend_ordering(Candidate.load(features, run_dir), settings)
+        copied = settings.paths.models_dir / run_id / RETRIEVAL
+        shutil.copytree(retrieval_from.retrieval.path, copied)
+        retrieval = RetrievalModel.load(copied)
+    return choose_recommend_ordering(Candidate(features, ranking, retrieval), settings)
 
 
 def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
     """The same trained models under another run: a candidate without another training."""
     target = settings.paths.models_dir / run_id
     shutil.copytree(candidate.ranking.path.parent, target)
-    return Candidate.load(candidate.features, target)
+    return Candidate(
+        candidate.features,
+        RankingModel.load(target / RANKING),
+        RetrievalModel.load(target / RETRIEVAL),
+    )
 
 
 def live_versions(settings) -> set[str]:

@@ -13,14 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from recflow.config import DataConfig, DownloadConfig, PathsConfig
-from tasks.download import (
-    MIRROR_CHECKSUMS,
-    VARIANTS,
-    ChecksumMismatch,
-    TransferFailed,
-    UnsafeArchive,
-    fetch_dataset,
-)
+from tasks.checksums import MIRROR_CHECKSUMS, ChecksumMismatch
+from tasks.download import fetch_dataset
+from tasks.extract import UnsafeArchive
+from tasks.transfer import TransferFailed
+from tasks.variants import VARIANTS
 from tests.movielens_server import MovieLensServer, make_mirror, movielens_archive
 
 pytestmark = pytest.mark.integration

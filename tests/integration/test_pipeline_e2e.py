@@ -9,10 +9,10 @@ import pytest
 from flows.pipeline import pipeline
 from models.dlrm import load_model
 from models.predict import predict_frame
+from recflow.artifacts import FeatureSet
 from serving.client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
 from serving.server import TritonServer
-from tasks.features import FeatureSet
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import pytest
 
-from recflow.reporting import Keys
+from flows.reporting import Keys
 
 if TYPE_CHECKING:
     # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.

@@ -15,13 +15,13 @@ import tritonclient.grpc as grpcclient
 from models.dlrm import load_model
 from models.ordering import final_order
 from models.predict import predict_frame
-from models.two_tower import Retriever
 from serving.client import RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import RankingEndpoint
 from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline
 from serving.server import TritonServer
 from tests.support.published import Published
+from tests.support.retrieval import ExactRetriever
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -50,7 +50,7 @@ def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpo
 def test_onnx_ranker_scores_like_keras_and_a_different_model_is_refused(
     published: Published, endpoint: RankingEndpoint
 ) -> None:
-    onnx = published.newest_version_dir(endpoint.ensemble) / RANKER
+    onnx = published.newest_version_dir(endpoint.model("ranking")) / RANKER
     rows = held_out_rows(published.features)
     schema = ServingFeatures(published.features).output_schema
     model = load_model(published.ranking.model_dir)
@@ -88,14 +88,14 @@ def test_retrieval_equals_exact_top_k_in_process(
 ) -> None:
     k = 15
     user_rows = ServingFeatures(published.features).transform(users, np.zeros_like(users))
-    retriever = Retriever.load(published.retrieval)
+    retriever = ExactRetriever.load(published.retrieval)
     seen = [published.seen(int(user)) for user in users]
     for exclude_seen in (False, True):
         ids, scores = retriever.top_k(user_rows, k, seen if exclude_seen else None)
         for row, user in enumerate(users):
             served = client.retrieve(int(user), k, exclude_seen=exclude_seen)
             # A user who has seen all but a few items gets fewer than k; the client drops the
-            # -1 padding that Retriever.top_k keeps.
+            # -1 padding that ExactRetriever.top_k keeps.
             found = ids[row] >= 0
             assert [item for item, _ in served] == ids[row][found].tolist()
             np.testing.assert_allclose([s for _, s in served], scores[row][found], atol=1e-5)
@@ -148,7 +148,7 @@ def test_recommend_for_many_users_at_once_equals_one_at_a_time(
 def test_a_user_with_no_unseen_candidates_gets_an_empty_list(
     published: Published, client: RecflowClient, endpoint: RankingEndpoint
 ) -> None:
-    stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.ensemble / "1")
+    stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.model("ranking") / "1")
     none = np.empty(0, np.int64)
     assert stage.scores(none, none).shape == (0,)
     catalog = set(pd.read_parquet(published.retrieval.item_embeddings)["raw_item_id"])

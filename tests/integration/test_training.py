@@ -9,10 +9,11 @@ from merlin.schema import Tags
 from models.evaluation import RetrievalTask
 from models.metrics import top_k_metrics
 from models.training import binary_target, read_columns, read_schema, side_columns
-from models.two_tower import RAW_ITEM_ID, Retriever
+from recflow.vocabulary import RAW_ITEM_ID
 from tasks.download import fetch_dataset
 from tasks.features import build_features_task
 from tasks.train import item_catalogue, train_ranking, train_retrieval
+from tests.support.retrieval import ExactRetriever
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
@@ -91,7 +92,7 @@ def test_exported_encoder_and_embeddings_reproduce_the_validation_recall(retriev
     def raw(positions):
         return raw_of.loc[task.candidates[positions]].to_numpy()
 
-    retriever = Retriever.load(retrieval)
+    retriever = ExactRetriever.load(retrieval)
     ids, scores = retriever.top_k(rows, 10, exclude=[raw(seen) for seen in task.seen])
     assert (np.diff(scores, axis=1) <= 0).all()
     assert not any(set(found) & set(raw(seen)) for found, seen in zip(ids, task.seen, strict=True))

@@ -26,16 +26,10 @@ import tritonclient.grpc as grpcclient
 import typer
 from typer.testing import CliRunner
 
-from recflow.cli_serve import CATALOG_FILE, register
+from cli.serve import CATALOG_FILE, register
 from recflow.config import ServingConfig, Settings
-from serving.client import (
-    ITEM_INPUT,
-    SCORE_OUTPUT,
-    USER_INPUT,
-    AsyncRecflowClient,
-    RecflowClient,
-    TritonRequestError,
-)
+from recflow.vocabulary import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT
+from serving.client import AsyncRecflowClient, RecflowClient, TritonRequestError
 from serving.server import (
     SHM_DIR,
     STOP_GRACE_S,

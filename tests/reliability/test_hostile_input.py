@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from recflow.config import DataConfig, PathsConfig
-from tasks.download import UnsafeArchive, fetch_dataset, source_cleaning
+from tasks.download import fetch_dataset, source_cleaning
+from tasks.extract import UnsafeArchive
 from tasks.normalize import MalformedSource
 from tests.movielens_server import make_mirror
 from tests.support.archives import entry, make_zip
@@ -125,8 +126,8 @@ def test_files_that_cannot_be_cleaned_are_clear_errors(tmp_path: Path, name: str
 
 
 def test_no_rows_left_after_cleaning_stops_before_training(tmp_path: Path) -> None:
+    from tasks.data_checks import DataValidationError
     from tasks.features import input_dtypes
-    from tasks.validate import DataValidationError
 
     home, fetch = fetch_from(tmp_path, layout(HEADER + "1,1,9.0,5\n1,2,-1,6\n"))
     raw = fetch()
@@ -201,7 +202,7 @@ def _one_line(output: str) -> str:
 def test_hostile_names_from_the_cli_are_refused_and_write_nothing(
     tmp_path: Path, args: list[str], exit_code: int, message: str
 ) -> None:
-    from recflow.cli import app
+    from cli.app import app
 
     home = tmp_path / "home"
     home.mkdir()

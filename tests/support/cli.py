@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from typer.testing import CliRunner
 
-from recflow.cli_models import models_app
+from cli.models import models_app
 from recflow.config import Settings
 
 

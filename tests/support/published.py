@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.dlrm import RankingModel
-from models.ordering import OrderingPolicy
-from models.two_tower import RetrievalModel
-from recflow.artifacts import RawDataset
+from recflow.artifacts import FeatureSet, OrderingPolicy, RankingModel, RawDataset, RetrievalModel
 from recflow.compute import dataset_cpu_flag, open_cluster
 from recflow.config import Settings
 from serving.repository import export_ranking
 from tasks.download import fetch_dataset
-from tasks.features import FeatureSet, build_features
+from tasks.features import build_features
 from tasks.train import train_ranking, train_retrieval
 from tests.support.settings import small_settings
 

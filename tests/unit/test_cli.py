@@ -15,14 +15,14 @@ from importlib.metadata import version
 import pytest
 from typer.testing import CliRunner
 
-from recflow.cli import app
+from cli.app import app
 
 # Each takes from a second (tritonclient) to many (TensorFlow) to import on 2 cores.
 HEAVY = ("prefect", "pandas", "dask", "tensorflow", "merlin", "nvtabular", "tritonclient")
 PROBE = """
 import json, sys
 from typer.testing import CliRunner
-from recflow.cli import app
+from cli.app import app
 result = CliRunner().invoke(app, sys.argv[1:])
 heavy = [name for name in {heavy!r} if name in sys.modules]
 print(json.dumps({{"exit_code": result.exit_code, "heavy": heavy}}))

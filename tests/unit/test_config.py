@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from recflow.cli import app
+from cli.app import app
 from recflow.config import Settings, load_settings, parse_overrides
 
 

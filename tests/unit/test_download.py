@@ -15,30 +15,21 @@ import typer
 from prefect.states import Failed
 from typer.testing import CliRunner
 
-from recflow.cli import main as root_callback
-from recflow.cli_data import data_app
+from cli.app import main as root_callback
+from cli.data import data_app
 from recflow.config import DataConfig, DownloadConfig, PathsConfig
-from tasks.download import (
+from tasks.checksums import (
     MIRROR_CHECKSUMS,
-    TASK_RETRIES,
-    VARIANTS,
     ChecksumMismatch,
     ChecksumUnavailable,
-    DownloadError,
-    SourceRefused,
-    TransferFailed,
-    UnknownVariant,
-    UnsafeArchive,
-    _retry_transfer_only,
     expected_checksum,
-    fetch_dataset,
-    fetch_dataset_task,
     file_digests,
-    get_variant,
-    open_source,
     parse_checksum_file,
-    safe_extract,
 )
+from tasks.download import TASK_RETRIES, _retry_transfer_only, fetch_dataset, fetch_dataset_task
+from tasks.extract import UnsafeArchive, safe_extract
+from tasks.transfer import SourceRefused, TransferFailed, open_source
+from tasks.variants import VARIANTS, DownloadError, UnknownVariant, get_variant
 from tests.movielens_server import make_mirror, movielens_archive
 from tests.support.archives import entry, make_zip
 

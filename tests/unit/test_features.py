@@ -11,8 +11,8 @@ from merlin.schema import Tags
 
 from recflow.artifacts import RawDataset
 from recflow.config import FeaturesConfig, SyntheticConfig
-from recflow.trust import load_workflow
 from tasks import synthetic
+from tasks.data_checks import DUPLICATES, MISSING_VALUE, OUT_OF_RANGE, DataValidationError
 from tasks.features import (
     SPLIT_FLAG,
     _dedupe_and_flag,
@@ -20,6 +20,7 @@ from tasks.features import (
     build_features,
     feature_statistics,
     input_dtypes,
+    load_workflow,
     partition_count,
     read_interactions,
     side_feature_tables,
@@ -27,13 +28,7 @@ from tasks.features import (
     write_joined_splits,
 )
 from tasks.normalize import INTERACTIONS_SCHEMA
-from tasks.validate import (
-    DUPLICATES,
-    MISSING_VALUE,
-    OUT_OF_RANGE,
-    DataValidationError,
-    profile_table,
-)
+from tasks.statistics import profile_table
 
 SMALL = SyntheticConfig(n_users=120, n_items=60, n_ratings=3_000)
 

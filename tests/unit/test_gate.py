@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from flows.reporting import recommend_table
 from recflow.config import GateConfig, MetricBounds, Settings, load_settings
 from recflow.registry import Evaluation
-from recflow.reporting import recommend_table
-from tasks.gate import judge
+from release.gate import judge
 
 
 def evaluation(metrics, blessed=None, baseline=None) -> Evaluation:

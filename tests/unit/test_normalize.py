@@ -16,7 +16,7 @@ import pytest
 
 from recflow.config import SyntheticConfig
 from tasks import synthetic
-from tasks.download import safe_extract
+from tasks.extract import safe_extract
 from tasks.normalize import (
     INTERACTIONS_FILE,
     INTERACTIONS_SCHEMA,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.ordering import OrderingPolicy, final_order, final_scores
+from models.ordering import final_order, final_scores
+from recflow.artifacts import OrderingPolicy
 
 RANKER, RETRIEVAL, HALF = (OrderingPolicy(ranker_weight=w) for w in (1.0, 0.0, 0.5))
 # Two users, four candidates each, in retrieval order (retrieval scores descending).

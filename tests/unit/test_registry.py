@@ -14,23 +14,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cli.models import EXIT_TRIAL_FAILED
 from recflow import registry as reg
-from recflow.cli_models import EXIT_TRIAL_FAILED
 from recflow.config import Settings, load_settings
 from recflow.registry import (
     CandidateRecord,
-    Check,
     Evaluation,
+    GateCheck,
     GateDecision,
     Lineage,
     Registry,
     RegistryError,
     TrialResult,
     check_id,
-    promote,
-    publish,
-    rollback,
 )
+from release import publish as release
+from release.publish import promote, publish, rollback
 from tests.support.cli import cli_for
 
 A, B, C = "20250101T000000Z-aaaaaa", "20250102T000000Z-bbbbbb", "20250103T000000Z-cccccc"
@@ -55,12 +54,12 @@ def exports(monkeypatch) -> list[str]:
         exported.append(record.id)
         return len(exported)
 
-    monkeypatch.setattr(reg, "export_candidate", export)
+    monkeypatch.setattr(release, "export_candidate", export)
     return exported
 
 
 def record(candidate_id: str, blessed: bool = True, compared_with: str | None = None):
-    check = Check(
+    check = GateCheck(
         metric="ranking.auc", kind="absolute", value=0.8, op=">=", bound=0.6, passed=blessed
     )
     return CandidateRecord(
@@ -218,7 +217,7 @@ def test_cli_lists_shows_promotes_and_rolls_back(cli, registry, settings, tmp_pa
 
 
 def test_cli_exit_code_when_trial_serving_blocks(registry, settings, tmp_path, monkeypatch):
-    from serving import trial
+    from release import trial
 
     add(registry, tmp_path, record(A))
     failed = TrialResult(passed=False, at=reg.now(), message="model did not load")
@@ -226,7 +225,7 @@ def test_cli_exit_code_when_trial_serving_blocks(registry, settings, tmp_path, m
     def failing(registry, candidate_id, settings):
         raise trial.TrialServingFailed(candidate_id, failed)
 
-    monkeypatch.setattr(trial, "infra_validate", failing)
+    monkeypatch.setattr(release, "infra_validate", failing)
     result = cli_for(with_trial(settings))("promote", A, "--reason", "go")
     assert result.exit_code == EXIT_TRIAL_FAILED
     assert "model did not load" in result.output

@@ -6,7 +6,6 @@ import pytest
 from merlin.schema import ColumnSchema, Schema, Tags
 
 from recflow.config import ServingConfig
-from serving import runtime
 from serving.export import encode_frame
 from serving.repository import (
     RankingEndpoint,
@@ -106,9 +105,3 @@ def test_k_must_be_one_sane_value_per_request(k, message):
     with pytest.raises(BadRequest, match=message):
         _request_k({"k": np.array(k).reshape(-1, 1)}, 2, 1000)
     assert _request_k({"k": np.array([[7], [7]])}, 2, 1000) == 7
-
-
-def test_item_embedding_columns_match_the_retrieval_export():
-    from models import two_tower
-
-    assert (runtime.RAW_ITEM_ID, runtime.EMBEDDING) == (two_tower.RAW_ITEM_ID, two_tower.EMBEDDING)

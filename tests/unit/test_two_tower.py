@@ -5,7 +5,9 @@ from merlin.schema import ColumnSchema, Schema, Tags
 
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
-from models.two_tower import EMBEDDING, RAW_ITEM_ID, Retriever
+from models.two_tower import QueryEncoder
+from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
+from tests.support.retrieval import ExactRetriever
 
 USER, ITEM = "user_id", "item_id"
 
@@ -61,7 +63,7 @@ def test_retriever_returns_raw_ids_best_first_without_excluded_items():
         # User u's query is item u's vector.
         return vectors[np.asarray(inputs[USER])]
 
-    retriever = Retriever(encoder, schema, items)
+    retriever = ExactRetriever(QueryEncoder(encoder, schema), items)
     ids, scores = retriever.top_k(pd.DataFrame({USER: [0, 2]}), k=3, exclude=[{100}, {999}])
     assert ids.tolist() == [[200, 300, 400], [300, 200, 100]]
     np.testing.assert_allclose(scores[1], [1.0, 0.6, 0.0], atol=1e-6)

@@ -9,24 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recflow.artifacts import FeatureSet, Profile
 from recflow.config import ValidationConfig
-from tasks.features import FeatureSet, _rule_counts, _write_statistics
-from tasks.validate import (
-    ACCEPTED,
-    DUPLICATES,
-    FEATURES_TABLE,
-    MAX_SHARES,
-    REPORT,
-    SKETCH_SIZE,
-    DataValidationError,
-    Profile,
-    compare,
-    distinct_count,
-    ks_statistic,
-    profile_table,
-    unseen_share,
-    validate_features,
-)
+from tasks.data_checks import DUPLICATES, DataValidationError, compare, ks_statistic, unseen_share
+from tasks.features import _rule_counts, _write_statistics
+from tasks.statistics import FEATURES_TABLE, MAX_SHARES, SKETCH_SIZE, distinct_count, profile_table
+from tasks.validate import ACCEPTED, REPORT, validate_features
 
 CFG = ValidationConfig()
 INTERACTION_DTYPES = {

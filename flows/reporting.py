@@ -10,17 +10,15 @@ and its history across runs. To report a new stage, add a key to ``Keys``, a bui
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel
 
-from recflow.artifacts import RawDataset, TrainedModel
-from recflow.registry import RECOMMEND, RETRIEVAL, Evaluation, GateDecision, TrialResult
-from tasks.features import FeatureSet
-from tasks.validate import FEATURES_TABLE, ValidationReport
+from recflow.artifacts import FeatureSet, Published, RawDataset, TrainedModel, ValidationReport
+from recflow.registry import Evaluation, GateDecision, TrialResult
+from recflow.vocabulary import RECOMMEND, RETRIEVAL
+from tasks.statistics import FEATURES_TABLE
 
 Row = dict[str, Any]
 
@@ -37,21 +35,6 @@ class Keys:
     GATE = "gate-decision"
     SMOKE_TEST = "serving-smoke-test"
     PUBLISHED = "published-model"
-
-
-class Published(BaseModel):
-    """A candidate written to the Triton repository as a new version."""
-
-    candidate: str
-    version: int
-    repository: Path
-    models: list[str]
-    # What the gate measured on the held-out rows ("ranking.auc", "retrieval.recall@10", ...).
-    metrics: dict[str, float] = {}
-    baseline_metrics: dict[str, float] = {}
-
-    def version_dirs(self) -> list[Path]:
-        return [self.repository / model / str(self.version) for model in self.models]
 
 
 def reuse_note(what: str, reused: bool, key: str) -> str:

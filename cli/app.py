@@ -10,19 +10,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from recflow.cli_common import console, error, print_scores, settings_of
-from recflow.cli_config import config_app
-from recflow.cli_data import data_app
-from recflow.cli_models import EXIT_TRIAL_FAILED, models_app
-from recflow.cli_schedule import register as register_schedule
-from recflow.cli_serve import register as register_serving
+from cli.common import console, error, print_scores, settings_of
+from cli.config import config_app
+from cli.data import data_app
+from cli.models import EXIT_TRIAL_FAILED, models_app
+from cli.schedule import register as register_schedule
+from cli.serve import register as register_serving
 from recflow.config import Settings, load_settings
 
 # Exit codes: 1 is an error, 2 a command line or settings the CLI refuses (as click does); a
 # candidate that fails the gate is an expected outcome, not a crash.
 EXIT_USAGE = 2
 EXIT_NOT_BLESSED = 3
-# recflow.cli_models' EXIT_TRIAL_FAILED is 4. Data the validation stage refuses stops the run
+# cli.models' EXIT_TRIAL_FAILED is 4. Data the validation stage refuses stops the run
 # before training: the anomalies are the message, and nothing was trained or published.
 EXIT_INVALID_DATA = 5
 
@@ -113,7 +113,7 @@ def demo(
     k: Annotated[int, typer.Option("-k", min=1, help="How many items")] = 10,
 ) -> None:
     """The whole product in one go: run the pipeline, serve it on Triton, recommend over gRPC."""
-    from recflow.demo import most_active_user
+    from cli.demo import most_active_user
     from serving.client import RecflowClient
     from serving.server import TritonServer
 
@@ -140,9 +140,9 @@ def _run_pipeline(settings: Settings, force: bool = False):
     from flows.pipeline import pipeline
     from recflow.locks import LockTimeout
     from recflow.registry import RegistryError
-    from serving.trial import TrialServingFailed
-    from tasks.gate import GateFailed
-    from tasks.validate import DataValidationError
+    from release.gate import GateFailed
+    from release.trial import TrialServingFailed
+    from tasks.data_checks import DataValidationError
 
     try:
         result = pipeline(settings, force)

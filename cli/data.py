@@ -12,8 +12,8 @@ import typer
 from rich.filesize import decimal
 from rich.table import Table
 
+from cli.common import console, error, settings_of
 from recflow.artifacts import MANIFEST
-from recflow.cli_common import console, error, settings_of
 
 data_app = typer.Typer(
     name="data", help="Download, verify and normalise datasets.", no_args_is_help=True
@@ -30,8 +30,9 @@ def fetch(
     ] = None,
 ) -> None:
     """Download (or generate) VARIANT, verify it and write its canonical tables."""
-    from tasks.download import DownloadError, fetch_dataset
+    from tasks.download import fetch_dataset
     from tasks.normalize import MalformedSource
+    from tasks.variants import DownloadError
 
     settings = settings_of(ctx)
     update = {"variant": variant} | ({"mirror": mirror} if mirror is not None else {})
@@ -50,8 +51,8 @@ def fetch(
 @data_app.command("list")
 def list_variants(ctx: typer.Context) -> None:
     """The variants, their archive sizes, and whether the archive and tables are on disk."""
-    from tasks.download import SYNTHETIC, VARIANTS
     from tasks.synthetic import dataset_name
+    from tasks.variants import SYNTHETIC, VARIANTS
 
     settings = settings_of(ctx)
     paths = settings.paths

@@ -1,7 +1,8 @@
 """``recflow models``: the registry's candidates, and promoting or rolling back what Triton serves.
 
 Mounted on the main app as ``app.add_typer(models_app, name="models")``. Listing and showing
-read the registry only (no TensorFlow import), so they answer at once.
+read the registry only (no TensorFlow import), so they answer at once; promote and rollback
+import the release stage (Prefect, serving) inside their commands.
 """
 
 from __future__ import annotations
@@ -11,18 +12,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from recflow.cli_common import console, error, settings_of
+from cli.common import console, error, settings_of
 from recflow.registry import (
     CandidateRecord,
     Event,
     Registry,
     RegistryError,
     check_id,
-    promote,
-    rollback,
 )
 
-# recflow.cli's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
+# cli.app's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
 EXIT_TRIAL_FAILED = 4
 # The metric `models list` shows for each candidate.
 HEADLINE_METRICS = ("ranking.auc", "retrieval.recall@10")
@@ -110,6 +109,8 @@ def show(
 def promote_command(ctx: typer.Context, candidate_id: CandidateArg, reason: ReasonOpt) -> None:
     """Publish a blessed candidate as a new Triton version, after trial serving it."""
     settings = settings_of(ctx)
+    from release.publish import promote
+
     _report(lambda: promote(Registry.from_settings(settings), candidate_id, settings, reason))
 
 
@@ -126,6 +127,8 @@ def rollback_command(
 ) -> None:
     """Serve the previous candidate again, as a new Triton version."""
     settings = settings_of(ctx)
+    from release.publish import rollback
+
     _report(lambda: rollback(Registry.from_settings(settings), settings, reason, to))
 
 
@@ -138,7 +141,7 @@ def _load(registry: Registry, candidate_id: str) -> CandidateRecord:
 
 
 def _report(change) -> Event:
-    from serving.trial import TrialServingFailed
+    from release.trial import TrialServingFailed
 
     try:
         event = change()

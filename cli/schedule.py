@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from recflow.cli_common import console, settings_of
+from cli.common import console, settings_of
 
 # Two runs of the deployment never overlap: a run that overruns the interval delays the next
 # one (ENQUEUE, Prefect's default) rather than racing it to publish.

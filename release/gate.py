@@ -1,8 +1,8 @@
 """Evaluation gate (TFX's Evaluator): is the candidate good, and no worse than what serves now?
 
 ``evaluate_candidate`` scores the candidate and the blessed models (the ones Triton serves, from
-the registry) on the **same** rows: the candidate's split, reproduced from the raw interactions
-with the feature stage's own cleaning and split. Each model sees those raw rows through its own
+the registry) on the **same** rows: the candidate's split in raw ids, as its feature build kept
+it (``FeatureSet.held_out_dir``). Each model sees those raw rows through its own
 serving artifacts (its lookup tables, its fitted workflow, its models), exported into a scratch
 repository and run in-process by the endpoints' own code, so the numbers are what Triton would
 compute: ranking AUC and log loss on the held-out pairs, retrieval recall/ndcg/mrr@k over the
@@ -10,7 +10,7 @@ whole catalogue with each user's training items excluded, and the same top-k met
 lists the recommend endpoint returns (retrieve, then the run's final ordering). ``judge``
 applies ``GateConfig``'s bounds and returns one check per bound; ``register_candidate`` files
 the lineage and the decision in the registry (recflow/registry.py, docs/registry.md). Trial
-serving and publishing follow in serving/trial.py and ``recflow.registry.publish``.
+serving and publishing follow in release/trial.py and release/publish.py.
 """
 
 from __future__ import annotations
@@ -20,51 +20,42 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 from prefect import task
 
 from models.baselines import popularity_scores
-from models.dlrm import RankingModel
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.metrics import binary_metrics, top_k_metrics
-from models.two_tower import RAW_ITEM_ID, RetrievalModel
-from recflow.artifacts import RawDataset
+from recflow.artifacts import Candidate, FeatureSet, RawDataset
 from recflow.config import GateConfig, MetricBounds, Settings
 from recflow.registry import (
-    RANKING,
-    RECOMMEND,
-    RETRIEVAL,
     CandidateRecord,
-    Check,
     Evaluation,
-    Event,
+    GateCheck,
     GateDecision,
     Lineage,
     Registry,
-    TrialResult,
     code_version,
     now,
-    publish,
     tree_sha256,
 )
-from serving.repository import RankingEndpoint, export_ranking, published_stages
-from serving.runtime import SCORE, RankingPipeline, RecommendStage, RetrievalStage
-from serving.trial import infra_validate
-from tasks.features import (
+from recflow.vocabulary import (
     ITEM_ID,
+    LABEL,
+    RANKING,
     RATING,
-    TIMESTAMP,
+    RAW_ITEM_ID,
+    RECOMMEND,
+    RETRIEVAL,
+    SCORE_OUTPUT,
     USER_ID,
-    FeatureSet,
-    clean_and_split,
-    fingerprint,
-    read_interactions,
 )
-from tasks.train import Candidate
+from release.export import version_dirs
+from serving.repository import export_ranking
+from serving.runtime import RankingPipeline, RecommendStage, RetrievalStage
+from tasks.features import fingerprint
 
-LABEL = "label"
 # Rows per in-process scoring call: bounds memory on large validation splits.
 SCORE_CHUNK_ROWS = 65_536
 RECOMMEND_CHUNK_USERS = 1024
@@ -98,55 +89,34 @@ class HeldOut(NamedTuple):
     valid: pd.DataFrame
 
 
-def held_out(raw: RawDataset, features: FeatureSet, settings: Settings) -> HeldOut:
-    """The candidate's training and validation rows, reproduced with the feature stage's own
-    cleaning and split (deterministic for a given configuration) and checked against the row
-    counts the feature build recorded."""
-    if fingerprint(raw, settings.features, settings.validation) != features.fingerprint:
-        raise ValueError(
-            f"features {features.fingerprint} were not built from {raw.variant} "
-            f"({raw.checksum[:12]}) with these settings: their held-out rows cannot be reproduced"
-        )
-    interactions = read_interactions(raw, settings.features)
-    quantiles = features.profile().tables["interactions"][TIMESTAMP].quantiles
-    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="held-out-", dir=settings.paths.cache_dir) as work:
-        train, valid, _ = clean_and_split(
-            interactions, settings.features, settings.validation, quantiles, Path(work) / "split"
-        )
-        columns = [USER_ID, ITEM_ID, RATING]
-        train, valid = dd.compute(train[columns], valid[columns])
+def held_out(features: FeatureSet, rating_threshold: float) -> HeldOut:
+    """The candidate's training and validation rows as its feature build split them, labelled
+    as training labels them, and checked against the row counts the build recorded."""
+    columns = [USER_ID, ITEM_ID, RATING]
+    train, valid = (
+        pd.read_parquet(features.held_out_dir / split, columns=columns)
+        for split in ("train", "valid")
+    )
     if (len(train), len(valid)) != (features.n_train, features.n_valid):
         raise RuntimeError(
-            f"reproduced {len(train)} training and {len(valid)} held-out rows, but features "
-            f"{features.fingerprint} has {features.n_train} and {features.n_valid}: the data or "
-            "the features configuration changed since the build"
+            f"{features.held_out_dir} holds {len(train)} training and {len(valid)} held-out rows, "
+            f"but features {features.fingerprint} has {features.n_train} and {features.n_valid}"
         )
 
     def labelled(rows: pd.DataFrame) -> pd.DataFrame:
         rows = rows.sort_values(columns, kind="stable", ignore_index=True)
-        labels = (rows[RATING] >= settings.features.rating_threshold).astype("int8")
+        labels = (rows[RATING] >= rating_threshold).astype("int8")
         return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels})
 
     return HeldOut(labelled(train), labelled(valid))
 
 
-def export_scratch(
-    features: FeatureSet,
-    ranking: RankingModel,
-    retrieval: RetrievalModel | None,
-    seen: Path,
-    settings: Settings,
-    scratch: Path,
-) -> dict[str, Path]:
-    """Export a model pair into ``scratch`` as Triton would serve it; the version directory of
-    each endpoint, by endpoint name (``ranking``, ``retrieval``, ...)."""
+def export_scratch(candidate: Candidate, seen: Path, settings: Settings, scratch: Path):
+    """Export a candidate into ``scratch`` as Triton would serve it; the version directory of
+    each endpoint, by stage (``ranking``, ``retrieval``, ...)."""
+    features, ranking, retrieval = candidate
     version = export_ranking(features, ranking, scratch, settings.serving, retrieval, seen)
-    endpoint = RankingEndpoint(settings.serving.model_prefix)
-    return {
-        stage: scratch / endpoint.model(stage) / str(version)
-        for stage in published_stages(retrieval is not None)
-    }
+    return version_dirs(scratch, settings.serving, version, retrieval is not None)
 
 
 def ranking_scores(version_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
@@ -214,9 +184,7 @@ def recommend_metrics(
     return top_k_metrics(np.where(lists >= 0, positions, -1), task.relevant, ks)
 
 
-def evaluate_candidate(
-    raw: RawDataset, candidate: Candidate, settings: Settings, registry: Registry
-) -> Evaluated:
+def evaluate_candidate(candidate: Candidate, settings: Settings, registry: Registry) -> Evaluated:
     """The candidate's and the blessed models' metrics on the candidate's held-out rows.
 
     Ranking: AUC and log loss of the ranking endpoint's scores. Retrieval: top-k metrics of
@@ -225,7 +193,7 @@ def evaluate_candidate(
     unseen) are scored on the same rows by the same code.
     """
     blessed = registry.serving()
-    split = held_out(raw, candidate.features, settings)
+    split = held_out(candidate.features, settings.features.rating_threshold)
     rows = split.valid
     cold = pd.DataFrame({USER_ID: [COLD_ID], ITEM_ID: [COLD_ID]})
     pairs = pd.concat([rows[[USER_ID, ITEM_ID]], cold], ignore_index=True)
@@ -235,13 +203,13 @@ def evaluate_candidate(
         # Seen items are the training rows: what evaluation excludes from each user's top k.
         seen = Path(scratch) / "train_pairs.parquet"
         split.train[[USER_ID, ITEM_ID]].to_parquet(seen, index=False)
-        exported = export_scratch(*candidate, seen, settings, Path(scratch) / "candidate")
-        scores = ranking_scores(exported["ranking"], pairs)
+        exported = export_scratch(candidate, seen, settings, Path(scratch) / "candidate")
+        scores = ranking_scores(exported[RANKING], pairs)
         metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
         catalogue = pd.read_parquet(candidate.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
         task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
-        metrics |= _prefixed(RETRIEVAL, retrieval_metrics(exported["retrieval"], task, ks))
-        metrics |= _prefixed(RECOMMEND, recommend_metrics(exported["recommend"], task, ks))
+        metrics |= _prefixed(RETRIEVAL, retrieval_metrics(exported[RETRIEVAL], task, ks))
+        metrics |= _prefixed(RECOMMEND, recommend_metrics(exported[RECOMMEND], task, ks))
         positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
         popular = popularity_scores(positives, task.candidates)
         baseline = evaluate_retrieval(
@@ -253,15 +221,14 @@ def evaluate_candidate(
         baseline_metrics |= _prefixed(RANKING, candidate.ranking.baseline_metrics)
         blessed_metrics = {}
         if blessed is not None:
-            features, ranking, retrieval, _ = registry.artifacts(blessed)
             old = export_scratch(
-                features, ranking, retrieval, seen, settings, Path(scratch) / "blessed"
+                registry.candidate(blessed), seen, settings, Path(scratch) / "blessed"
             )
-            blessed_metrics = _ranking_metrics(rows[LABEL], ranking_scores(old["ranking"], rows))
-            if "retrieval" in old:
+            blessed_metrics = _ranking_metrics(rows[LABEL], ranking_scores(old[RANKING], rows))
+            if RETRIEVAL in old:
                 blessed_metrics |= _prefixed(
-                    RETRIEVAL, retrieval_metrics(old["retrieval"], task, ks)
-                ) | _prefixed(RECOMMEND, recommend_metrics(old["recommend"], task, ks))
+                    RETRIEVAL, retrieval_metrics(old[RETRIEVAL], task, ks)
+                ) | _prefixed(RECOMMEND, recommend_metrics(old[RECOMMEND], task, ks))
     evaluation = Evaluation(
         rows=len(rows),
         metrics=metrics,
@@ -270,7 +237,7 @@ def evaluate_candidate(
         blessed_metrics=blessed_metrics,
     )
     picked = rows.sample(min(settings.trial.rows, len(rows)), random_state=0).index
-    sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(**{SCORE: scores[[*picked, -1]]})
+    sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(**{SCORE_OUTPUT: scores[[*picked, -1]]})
     return Evaluated(evaluation, sample.reset_index(drop=True))
 
 
@@ -304,14 +271,14 @@ def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
     )
 
 
-def _metric_checks(metric: str, bounds: MetricBounds, evaluation: Evaluation) -> list[Check]:
+def _metric_checks(metric: str, bounds: MetricBounds, evaluation: Evaluation) -> list[GateCheck]:
     value = evaluation.metrics[metric]
     better = 1.0 if bounds.higher_is_better else -1.0
     op = ">=" if bounds.higher_is_better else "<="
 
-    def check(kind: str, check_op: str, bound: float, reference: str = "") -> Check:
+    def check(kind: str, check_op: str, bound: float, reference: str = "") -> GateCheck:
         passed = value >= bound if check_op == ">=" else value <= bound
-        return Check(
+        return GateCheck(
             metric=metric,
             kind=kind,
             value=value,
@@ -393,9 +360,18 @@ def register_candidate(
 
 
 def gate(run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings) -> CandidateRecord:
-    """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED."""
+    """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED.
+
+    ``raw`` must be the dataset the candidate's features were built from, with these settings:
+    the record's lineage and the served endpoints' seen items come from it.
+    """
+    if fingerprint(raw, settings.features, settings.validation) != candidate.features.fingerprint:
+        raise ValueError(
+            f"features {candidate.features.fingerprint} were not built from {raw.variant} "
+            f"({raw.checksum[:12]}) with these settings"
+        )
     registry = Registry.from_settings(settings)
-    evaluated = evaluate_candidate(raw, candidate, settings, registry)
+    evaluated = evaluate_candidate(candidate, settings, registry)
     decision = judge(evaluated.evaluation, settings.gate)
     record = register_candidate(registry, run_id, raw, candidate, evaluated, decision, settings)
     if not decision.blessed:
@@ -408,13 +384,3 @@ def gate_task(
     run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings
 ) -> CandidateRecord:
     return gate(run_id, raw, candidate, settings)
-
-
-@task(name="trial-serving", task_run_name="trial-serving-{candidate_id}")
-def trial_task(candidate_id: str, settings: Settings) -> TrialResult:
-    return infra_validate(Registry.from_settings(settings), candidate_id, settings)
-
-
-@task(name="publish", task_run_name="publish-{candidate_id}")
-def publish_task(candidate_id: str, settings: Settings, reason: str) -> Event:
-    return publish(Registry.from_settings(settings), candidate_id, settings, reason)

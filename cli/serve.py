@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from recflow.cli_common import console, error, print_scores, settings_of
+from cli.common import console, error, print_scores, settings_of
 
 # The exporter writes the candidate items next to the model repository: one row per item,
 # column item_id (int64). `recommend` ranks all of them.

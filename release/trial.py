@@ -8,7 +8,7 @@ pair within ``trial.atol``. The retrieval, recommend and similar endpoints answe
 for a few of those users and items, which must equal what the same version directories answer
 in-process: the same ids, scores within ``trial.atol``. The server is stopped whatever
 happens. A failure to start, load, answer or agree blocks publishing: :func:`infra_validate`
-records it and raises :class:`TrialServingFailed`.
+records it and raises :class:`TrialServingFailed`. ``release.publish.promote`` runs it too.
 """
 
 from __future__ import annotations
@@ -19,19 +19,25 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from prefect import task
 
 from recflow.config import Settings
-from recflow.registry import (
+from recflow.registry import CandidateRecord, Registry, TrialResult, now
+from recflow.vocabulary import (
+    EXCLUDE_SEEN_INPUT,
+    ITEM_IDS_OUTPUT,
+    ITEM_INPUT,
+    K_INPUT,
+    RANKING,
     RETRIEVAL,
-    CandidateRecord,
-    Registry,
-    TrialResult,
-    export_candidate,
-    now,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    USER_INPUT,
 )
-from serving.client import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT, RecflowClient, TritonRequestError
-from serving.repository import CONTRACTS, RankingEndpoint, published_stages
-from serving.runtime import EXCLUDE_SEEN, ITEM_IDS, SCORE, SCORES, STAGES, K
+from release.export import export_candidate, version_dirs
+from serving.client import RecflowClient, TritonRequestError
+from serving.repository import CONTRACTS, RankingEndpoint
+from serving.runtime import STAGES
 from serving.server import TritonServer, TritonServerError
 
 FREE_PORTS = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
@@ -54,8 +60,6 @@ def trial_serve(
     """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
     ``item_id``, ``score``) with the in-process scores."""
     endpoint = RankingEndpoint(settings.serving.model_prefix)
-    stages = published_stages(RETRIEVAL in record.models)
-    models = [endpoint.model(stage) for stage in stages]
     log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -63,6 +67,7 @@ def trial_serve(
         repo = Path(scratch)
         try:
             version = export_candidate(registry, record, repo, settings.serving)
+            exported = version_dirs(repo, settings.serving, version, RETRIEVAL in record.models)
         except Exception as error:  # noqa: BLE001 - a model that cannot be exported cannot serve
             # Loading the SavedModels and converting the ranker to ONNX happen here, not in
             # Triton: a model that cannot load fails now, as does an ONNX export that scores
@@ -74,7 +79,7 @@ def trial_serve(
             settings.serving.model_copy(update=FREE_PORTS),
             log_file=log_file,
             backend_cache_dir=settings.paths.cache_dir,
-            models=models,
+            models=[endpoint.model(stage) for stage in exported],
         )
         # The trial checks answers, not latency: on a busy machine the first requests may take
         # longer than a serving deadline.
@@ -85,16 +90,10 @@ def trial_serve(
             with server, RecflowClient.from_config(patient) as client:
                 startup_s = time.perf_counter() - started
                 served = _served_scores(client, sample, settings.trial.warmup_requests)
-                disagreement = _ranked_disagreement(
-                    client,
-                    endpoint,
-                    {stage: repo / endpoint.model(stage) / str(version) for stage in stages},
-                    sample,
-                    settings,
-                )
+                disagreement = _ranked_disagreement(client, endpoint, exported, sample, settings)
         except (TritonServerError, TimeoutError, TritonRequestError) as error:
             return TrialResult(passed=False, at=now(), log_file=log_file, message=str(error))
-    expected = sample[SCORE].to_numpy(np.float32)
+    expected = sample[SCORE_OUTPUT].to_numpy(np.float32)
     result = {"at": now(), "rows": len(sample), "startup_s": startup_s, "log_file": log_file}
     if served.shape != expected.shape or not np.isfinite(served).all():
         return TrialResult(
@@ -111,9 +110,10 @@ def trial_serve(
             f"served {served[worst]:.6f}, in-process {expected[worst]:.6f}"
         )
     else:
+        others = [endpoint.model(stage) for stage in exported if stage != RANKING]
         message = disagreement or (
             f"{len(sample)} served scores equal the in-process ones within {settings.trial.atol}"
-            f", and {', '.join(models[1:]) or 'no other endpoint'} answered as in-process"
+            f", and {', '.join(others) or 'no other endpoint'} answered as in-process"
         )
     passed = bool(diff[worst] <= settings.trial.atol) and disagreement is None
     return TrialResult(passed=passed, max_abs_diff=float(diff[worst]), message=message, **result)
@@ -122,7 +122,7 @@ def trial_serve(
 def _ranked_disagreement(
     client: RecflowClient,
     endpoint: RankingEndpoint,
-    version_dirs: dict[str, Path],  # by stage
+    exported: dict[str, Path],  # version directories by stage
     sample: pd.DataFrame,
     settings: Settings,
 ) -> str | None:
@@ -133,25 +133,26 @@ def _ranked_disagreement(
     # (``similar`` rejects an item without an embedding).
     users = [*sample[USER_INPUT].iloc[:-1].drop_duplicates()[: n - 1], sample[USER_INPUT].iloc[-1]]
     probes = {USER_INPUT: users, ITEM_INPUT: list(sample[ITEM_INPUT].iloc[:-1].unique()[:n])}
-    for stage, version_dir in version_dirs.items():
-        if stage == "ranking":
+    for stage, version_dir in exported.items():
+        if stage == RANKING:
             continue  # its scores were compared with the gate's already
         name = endpoint.model(stage)
         key = CONTRACTS[stage][0][0].name
         local = STAGES[stage](version_dir)
         for value in probes[key]:
-            request = {key: np.array([[value]], np.int64), K: np.array([[k]], np.int32)}
-            if stage == "retrieval":
-                request[EXCLUDE_SEEN] = np.array([[True]])
+            request = {key: np.array([[value]], np.int64), K_INPUT: np.array([[k]], np.int32)}
+            if stage == RETRIEVAL:
+                request[EXCLUDE_SEEN_INPUT] = np.array([[True]])
             expected = local(request)
-            served = client.infer(name, request, [ITEM_IDS, SCORES])
-            same_ids = np.array_equal(served[ITEM_IDS], expected[ITEM_IDS])
+            served = client.infer(name, request, [ITEM_IDS_OUTPUT, SCORES_OUTPUT])
+            served_ids, expected_ids = served[ITEM_IDS_OUTPUT], expected[ITEM_IDS_OUTPUT]
+            same_ids = np.array_equal(served_ids, expected_ids)
             if not same_ids or not np.allclose(
-                served[SCORES], expected[SCORES], atol=settings.trial.atol, rtol=0
+                served[SCORES_OUTPUT], expected[SCORES_OUTPUT], atol=settings.trial.atol, rtol=0
             ):
                 return (
-                    f"{name} for {key} {value}: served {served[ITEM_IDS].ravel()[:5].tolist()}..., "
-                    f"in-process {expected[ITEM_IDS].ravel()[:5].tolist()}..."
+                    f"{name} for {key} {value}: served {served_ids.ravel()[:5].tolist()}..., "
+                    f"in-process {expected_ids.ravel()[:5].tolist()}..."
                 )
     return None
 
@@ -182,3 +183,8 @@ def infra_validate(registry: Registry, candidate_id: str, settings: Settings) ->
     if not result.passed:
         raise TrialServingFailed(candidate_id, result)
     return result
+
+
+@task(name="trial-serving", task_run_name="trial-serving-{candidate_id}")
+def trial_task(candidate_id: str, settings: Settings) -> TrialResult:
+    return infra_validate(Registry.from_settings(settings), candidate_id, settings)

@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from recflow.cli_common import console, settings_of
+from cli.common import console, settings_of
 from recflow.config import flat_settings, setting_sources
 
 config_app = typer.Typer(

@@ -1,0 +1,40 @@
+"""The names every stage agrees on: columns, served tensors, model kinds. Plain strings only.
+
+They are written once, here, because each crosses a boundary: a column written by the feature
+stage is read by training, the gate and the export; a tensor name is in the Triton configs,
+the stubs and every client; a model kind names a directory, a registry key, a metric prefix and
+an endpoint. The serving stubs import this module, so it imports nothing.
+
+"Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
+Triton before it is published). The hyperparameter search's trials are tuning trials
+(flows/tune.py: ``TuningTrial``, ``tuning_trial_task``); only the config key ``tuning.n_trials``,
+the records' ``trial_id`` and the study's ``trials/`` directory say "trial" for them.
+A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
+(recflow/artifacts.py) names what data validation looked at.
+"""
+
+# Columns of the canonical raw tables (recflow.artifacts.RawDataset) and of the features.
+USER_ID, ITEM_ID = "user_id", "item_id"
+RATING, TIMESTAMP = "rating", "timestamp"
+# The binary training target the feature workflow derives from ``rating``.
+TARGET = "rating_binary"
+ITEM_COUNT, USER_COUNT = "item_count", "user_count"
+# The gate's held-out rows: raw ids and a 0/1 label (rating >= features.rating_threshold).
+LABEL = "label"
+# item_embeddings.parquet: the raw id next to the item features' own encoded ``item_id``.
+RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
+
+# Served tensors: requests carry raw ids; ranking answers a score per pair, the top-k
+# endpoints the best item ids with their scores.
+USER_INPUT, ITEM_INPUT = USER_ID, ITEM_ID
+K_INPUT, EXCLUDE_SEEN_INPUT = "k", "exclude_seen"
+SCORE_OUTPUT = "score"
+ITEM_IDS_OUTPUT, SCORES_OUTPUT = "item_ids", "scores"
+RANKED_OUTPUTS = (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
+
+# Model kinds: the directories of a training run (models/<run_id>/<kind>/), the keys of a
+# registry record's models and metrics ("ranking.auc"), and endpoint names.
+RANKING, RETRIEVAL = "ranking", "retrieval"
+# The composed endpoint (retrieve, then order) and the item-to-item one. The endpoints and
+# their order are serving/repository.py's CONTRACTS.
+RECOMMEND, SIMILAR = "recommend", "similar"
