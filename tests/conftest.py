@@ -11,6 +11,9 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+# The CLI's rich console is made at import, sized from COLUMNS or else the terminal; an xdist
+# worker has none (80 columns), and wrapped tables would split the ids the tests look for.
+os.environ.setdefault("COLUMNS", "200")
 
 # --- one published model set and one server for the whole session ----------------------------
 # Tests that change what is served (a hot swap, the soak) export a newer version and load it;
@@ -63,8 +66,26 @@ def prefect_harness():
 SUITES = {"unit", "integration", "reliability"}
 
 
+# --- two workers (pytest-xdist, `--dist loadgroup` in pyproject) --------------------------------
+# Most of the suite waits: on Triton and Prefect starting, on `recflow run` subprocesses, on
+# stub loads. Two workers fill that time. Each group runs whole on one worker, so what a group
+# builds once is still built once per run: every test of the published model set and its server
+# (one group), the Prefect server with its scheduled pipeline (another), and each module (its
+# module-scoped fixtures).
+SHARED_SETUPS = {"published": "published-model-set", "scheduled_pipeline": "prefect-server"}
+
+
+def worker_group(item: pytest.Item) -> str:
+    for fixture, group in SHARED_SETUPS.items():
+        if fixture in item.fixturenames:
+            return group
+    return Path(item.path).name
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
+        item.add_marker(pytest.mark.xdist_group(worker_group(item)))
         suite = Path(item.path).relative_to(Path(__file__).parent).parts[0]
         if suite not in SUITES:
             continue

@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+from recflow.atomic import write_text_atomic
+from recflow.locks import exclusive_lock
+
 OBSERVATIONS = Path(__file__).resolve().parents[2] / "test-artifacts" / "reliability.json"
 
 
@@ -26,9 +29,12 @@ def observations() -> Iterator[dict[str, dict[str, Any]]]:
     recorded: dict[str, dict[str, Any]] = {}
     yield recorded
     if recorded:
-        OBSERVATIONS.parent.mkdir(exist_ok=True)
-        previous = json.loads(OBSERVATIONS.read_text()) if OBSERVATIONS.is_file() else {}
-        OBSERVATIONS.write_text(json.dumps({**previous, **recorded}, indent=2, default=str))
+        # Each pytest-xdist worker merges its own records in; the lock keeps them from
+        # overwriting each other's.
+        with exclusive_lock(OBSERVATIONS.with_suffix(".lock"), timeout_s=60):
+            previous = json.loads(OBSERVATIONS.read_text()) if OBSERVATIONS.is_file() else {}
+            merged = json.dumps({**previous, **recorded}, indent=2, default=str)
+            write_text_atomic(OBSERVATIONS, merged)
 
 
 @pytest.fixture
