@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures for real servers, shared across directories (registered here: only the root conftest
+# may declare plugins).
+pytest_plugins = ["tests.support.prefect_server", "tests.support.dask_cluster"]
+
 # Heavy libraries print deprecation chatter and try telemetry; neither helps a test log.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -72,7 +76,11 @@ SUITES = {"unit", "integration", "reliability"}
 # builds once is still built once per run: every test of the published model set and its server
 # (one group), the Prefect server with its scheduled pipeline (another), and each module (its
 # module-scoped fixtures).
-SHARED_SETUPS = {"published": "published-model-set", "scheduled_pipeline": "prefect-server"}
+SHARED_SETUPS = {
+    "published": "published-model-set",
+    "scheduled_pipeline": "prefect-server",
+    "prefect_server": "prefect-server",
+}
 
 
 def worker_group(item: pytest.Item) -> str:

@@ -1,5 +1,5 @@
 """The Prefect dashboard itself: headless Chromium renders the flow run page of the pipeline run
-triggered in tests/prefect_server.py, and the rendered text must name the run and its state.
+triggered in tests/support/prefect_server.py, and the rendered text must name the run and its state.
 
 The dashboard is a JavaScript single-page app: ``--virtual-time-budget`` lets its requests to the
 API and its rendering finish before Chromium dumps the DOM or takes the screenshot. The screenshot
@@ -20,10 +20,9 @@ import pytest
 from tests.support.environment import unavailable
 
 if TYPE_CHECKING:
-    from tests.prefect_server import ScheduledPipeline
+    from tests.support.prefect_server import ScheduledPipeline
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.prefect_server"]
 
 REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts"

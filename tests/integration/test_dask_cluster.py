@@ -17,10 +17,9 @@ from tasks import synthetic
 from tasks.features import build_features_task
 
 if TYPE_CHECKING:
-    # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.
-    from tests.dask_cluster import DaskCluster
+    # Only for types: tests/conftest.py imports it as a plugin, so pytest rewrites its asserts.
+    from tests.support.dask_cluster import DaskCluster
 
-pytest_plugins = ["tests.dask_cluster"]
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from tasks.download import fetch_dataset
 from tasks.features import NO_GENRES, build_features, clean_and_split, input_dtypes
 from tasks.statistics import profile_table
 from tasks.validate import ACCEPTED, validate_features
-from tests.movielens_server import REPO, MovieLensServer, make_mirror, movielens_archive
+from tests.support.movielens_server import REPO, MovieLensServer, make_mirror, movielens_archive
 
 pytestmark = pytest.mark.integration
 

@@ -46,7 +46,7 @@ from tasks.data_checks import DataValidationError
 from tasks.features import fingerprint
 from tasks.transfer import TransferFailed
 from tasks.validate import REPORT
-from tests.prefect_server import PrefectServer
+from tests.support.prefect_server import PrefectServer
 
 
 def saved_model(

@@ -18,7 +18,7 @@ from tasks.download import fetch_dataset
 from tasks.extract import UnsafeArchive
 from tasks.transfer import TransferFailed
 from tasks.variants import VARIANTS
-from tests.movielens_server import MovieLensServer, make_mirror, movielens_archive
+from tests.support.movielens_server import MovieLensServer, make_mirror, movielens_archive
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,10 @@ import pytest
 from flows.reporting import Keys
 
 if TYPE_CHECKING:
-    # Not imported at run time: pytest_plugins imports it first, so pytest can rewrite its asserts.
-    from tests.prefect_server import ScheduledPipeline
+    # Only for types: tests/conftest.py imports it as a plugin, so pytest rewrites its asserts.
+    from tests.support.prefect_server import ScheduledPipeline
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["tests.prefect_server"]
 
 
 def story(pipeline: ScheduledPipeline, run: UUID) -> tuple[list[dict], dict[str, dict]]:

@@ -19,8 +19,8 @@ from recflow.config import DataConfig, PathsConfig
 from tasks.download import fetch_dataset, source_cleaning
 from tasks.extract import UnsafeArchive
 from tasks.normalize import MalformedSource
-from tests.movielens_server import make_mirror
 from tests.support.archives import entry, make_zip
+from tests.support.movielens_server import make_mirror
 
 VARIANT = "ml-latest-small"
 ROOT = f"{VARIANT}/"

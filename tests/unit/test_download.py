@@ -30,8 +30,8 @@ from tasks.download import TASK_RETRIES, _retry_transfer_only, fetch_dataset, fe
 from tasks.extract import UnsafeArchive, safe_extract
 from tasks.transfer import SourceRefused, TransferFailed, open_source
 from tasks.variants import VARIANTS, DownloadError, UnknownVariant, get_variant
-from tests.movielens_server import make_mirror, movielens_archive
 from tests.support.archives import entry, make_zip
+from tests.support.movielens_server import make_mirror, movielens_archive
 
 DOWNLOAD = DownloadConfig(retries=0, backoff_s=0.0, timeout_s=5.0)
 LIMITS = {"max_bytes": 1 << 30, "max_ratio": 200.0}

@@ -33,7 +33,7 @@ from tasks.normalize import (
     parse_year,
     split_genres,
 )
-from tests.movielens_server import movielens_archive
+from tests.support.movielens_server import movielens_archive
 
 LIMITS = {"max_bytes": 1 << 30, "max_ratio": 200.0}
 

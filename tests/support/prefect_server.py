@@ -6,7 +6,7 @@ session and, on exit, signals the whole session, so nothing it forked survives t
 
 The session fixture ``scheduled_pipeline`` is shared by test_prefect_server.py and
 test_dashboard.py: one server, one deployment served by ``recflow schedule``, and one pipeline
-run triggered through it. Register this module with ``pytest_plugins = ["tests.prefect_server"]``.
+run triggered through it. tests/conftest.py registers this module as a plugin.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Each runs as its own OS process of this venv's interpreter, as on a deployment, 
 a remote scheduler sees (pickling, imports in the workers, a client with no ``.cluster``).
 Everything listens on 127.0.0.1 only.
 
-Use the session fixture ``dask_cluster`` by registering this module as a plugin
-(``pytest_plugins = ["tests.dask_cluster"]``), or ``running_dask_cluster`` directly.
+Tests use the session fixture ``dask_cluster`` (tests/conftest.py registers this module as a
+plugin), or ``running_dask_cluster`` directly.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 
 from tests.support.environment import unavailable
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def movielens_dir() -> Path:
