@@ -81,6 +81,21 @@ SHARED_SETUPS = {
     "scheduled_pipeline": "prefect-server",
     "prefect_server": "prefect-server",
 }
+# The longest groups start first (longest-first scheduling; minutes measured in CI), so that no
+# long group is left to start when the other worker is nearly done. The rest keep their order.
+# xdist keeps this order because pyproject passes --no-loadscope-reorder.
+LONGEST_FIRST = [
+    "published-model-set",  # ~9: serving, soak, restart, publish faults, two concurrent runs
+    "prefect-server",  # ~5: server start, a scheduled pipeline run and a cached rerun
+    "test_gate_registry.py",  # ~3: two trainings, three Triton starts
+    "test_pipeline_e2e.py",  # ~2: a pipeline run with trial serving, then Triton
+    "test_tune_flow.py",
+    "test_training.py",
+    "test_flows.py",
+    "test_faults_dask.py",
+    "test_dask_cluster.py",
+    "test_features_movielens.py",
+]
 
 
 def worker_group(item: pytest.Item) -> str:
@@ -90,8 +105,13 @@ def worker_group(item: pytest.Item) -> str:
     return Path(item.path).name
 
 
+def longest_first(group: str) -> int:
+    return LONGEST_FIRST.index(group) if group in LONGEST_FIRST else len(LONGEST_FIRST)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: longest_first(worker_group(item)))  # stable: the rest keep order
     for item in items:
         item.add_marker(pytest.mark.xdist_group(worker_group(item)))
         suite = Path(item.path).relative_to(Path(__file__).parent).parts[0]

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory, prefect_harness):
+def pipeline_run(tmp_path_factory, prefect_harness):
     settings = small_settings(
         tmp_path_factory.mktemp("home"),
         "serving.grpc_port=0",
@@ -30,8 +30,8 @@ def published(tmp_path_factory, prefect_harness):
 
 
 @pytest.fixture(scope="module")
-def server(published):
-    settings, _ = published
+def server(pipeline_run):
+    settings, _ = pipeline_run
     with TritonServer.from_settings(settings) as running:
         yield running
 
@@ -42,8 +42,8 @@ def client(server):
         yield connected
 
 
-def test_planted_signal_is_learned_by_both_models(published):
-    _, result = published
+def test_planted_signal_is_learned_by_both_models(pipeline_run):
+    _, result = pipeline_run
     # The gate's numbers: each model served from its export, on the held-out rows.
     assert result.metrics["ranking.auc"] >= 0.75
     assert result.metrics["ranking.auc"] > result.baseline_metrics["ranking.auc"]
@@ -52,8 +52,8 @@ def test_planted_signal_is_learned_by_both_models(published):
     assert result.version == 1
 
 
-def test_served_scores_equal_in_process_scores(published, client):
-    settings, result = published
+def test_served_scores_equal_in_process_scores(pipeline_run, client):
+    settings, result = pipeline_run
     rows = pd.read_parquet(result.raw.interactions).sample(300, random_state=0)
     # Include ids the model never saw: they must be scored (as cold), not rejected.
     rows = pd.concat([rows, pd.DataFrame({"user_id": [10**9], "item_id": [10**9 + 1]})])
@@ -91,8 +91,8 @@ def test_bad_requests_get_triton_errors_and_server_keeps_serving(client):
     assert score.shape == (1, 1) and 0.0 <= float(score[0, 0]) <= 1.0
 
 
-def test_recommend_over_grpc_returns_unseen_top_k(published, client):
-    _, result = published
+def test_recommend_over_grpc_returns_unseen_top_k(pipeline_run, client):
+    _, result = pipeline_run
     inter = pd.read_parquet(result.raw.interactions)
     user = int(inter["user_id"].iloc[0])
     seen = set(inter.loc[inter["user_id"] == user, "item_id"])
