@@ -20,7 +20,6 @@ for it; with two, the other instance answers.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from lifecycle_bench import emit  # the script's directory is on sys.path
 
 from recflow.config import load_settings
 from serving.client import K_INPUT, RANKED_OUTPUTS, USER_INPUT, RecflowClient
@@ -148,10 +148,7 @@ def main() -> None:
                         **phase(server, args.small_clients, args.seconds, big_users),
                         "load_avg_1m": round(max(load_before, os.getloadavg()[0]), 1),
                     }
-                    print(json.dumps(result), flush=True)
-                    if args.out is not None:
-                        with args.out.open("a") as out:
-                            out.write(json.dumps(result) + "\n")
+                    emit(result, args.out)
 
 
 if __name__ == "__main__":

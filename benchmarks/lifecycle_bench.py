@@ -135,10 +135,15 @@ def main() -> None:
             result["load_one_s"][model] = round(time.monotonic() - started, 2)
         result["swap"] = swap_under_load(server, endpoint, args.clients, export)
         result["stub_rss_mb_after_swap"] = [round(mb) for mb in stub_rss_mb(server.pid)]
+    emit(result, args.out)
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print ``result`` as one JSON line, and append it to ``out`` if given."""
     print(json.dumps(result), flush=True)
-    if args.out is not None:
-        with args.out.open("a") as out:
-            out.write(json.dumps(result) + "\n")
+    if out is not None:
+        with out.open("a") as lines:
+            lines.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":
