@@ -192,7 +192,10 @@ def clean_and_split(
     # The split's global cutoff, read off the profile's percentiles instead of another pass.
     cutoff = float(np.interp(1 - cfg.valid_fraction, QUANTILE_PROBS, timestamp_quantiles))
     kept = interactions.map_partitions(_keep_valid_rows, *bounds)
-    shuffled = kept.shuffle(USER_ID)
+    # The task-based shuffle, not P2P (the default on a distributed cluster): when a worker dies
+    # mid-shuffle, the scheduler recomputes lost tasks, while distributed 2023.7's P2P shuffle
+    # can hang for good (seen in tests/reliability/test_faults_dask.py; dask/distributed#7970).
+    shuffled = kept.shuffle(USER_ID, shuffle="tasks")
     flagged = shuffled.map_partitions(_dedupe_and_flag, cfg, cutoff)
     n_raw = interactions.shape[0]
     write = flagged.to_parquet(str(work_dir), compute=False, write_metadata_file=False)
