@@ -110,7 +110,7 @@ class RankingEndpoint:
 
 
 def instance_count(stage: str, cfg: ServingConfig) -> int:
-    return cfg.recommend_instance_count if stage == "recommend" else cfg.instance_count
+    return cfg.recommend_instance_count if stage == RECOMMEND else cfg.instance_count
 
 
 def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
