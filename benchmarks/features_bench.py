@@ -101,7 +101,6 @@ def dataset(rows: int, work_dir: Path) -> RawDataset:
         n_interactions=rows,
         n_users=cfg.n_users,
         n_items=cfg.n_items,
-        has_users=True,
     )
 
 

@@ -17,7 +17,7 @@ import typer
 from cli.common import console, error, print_scores, settings_of
 
 # The exporter writes the candidate items next to the model repository: one row per item,
-# column item_id (int64). `recommend` ranks all of them.
+# column item_id (int64, or the dataset's strings). `recommend` ranks all of them.
 CATALOG_FILE = "catalog.parquet"
 CATALOG_COLUMN = "item_id"
 MAX_PORT = 65535
@@ -47,12 +47,10 @@ def _split(csv: str) -> list[str]:
     return [part.strip() for part in csv.split(",") if part.strip()]
 
 
-def _ids(csv: str, option: str) -> list[int]:
-    try:
-        return [int(part) for part in _split(csv)]
-    except ValueError as exc:
-        message = f"expected comma-separated integers, got {csv!r}"
-        raise typer.BadParameter(message, param_hint=option) from exc
+# Ids are the dataset's own: integers, or strings where its ids are strings. The client sends
+# them as the endpoint's metadata says (INT64 or BYTES), and says so if one cannot be.
+USER_HELP = "User id (the dataset's own: an integer, or a string where its ids are strings)"
+ITEM_HELP = USER_HELP.replace("User", "Item")
 
 
 def model_names(csv: str, repository: Path) -> list[str]:
@@ -72,7 +70,7 @@ def model_names(csv: str, repository: Path) -> list[str]:
     return names
 
 
-def read_catalog(path: Path) -> list[int]:
+def read_catalog(path: Path) -> list[int | str]:
     """Item ids of the candidate catalog (``item_id`` column of a parquet file)."""
     import pyarrow.parquet as pq  # only recommend needs pyarrow
 
@@ -123,13 +121,13 @@ def serve(
 
 def score(
     ctx: typer.Context,
-    user: Annotated[int, typer.Option(help="User id")],
+    user: Annotated[str, typer.Option(help=USER_HELP)],
     items: Annotated[str, typer.Option(help="Comma-separated item ids, e.g. 1,2,3")],
 ) -> None:
     """Score items for a user with the ranking model, in the order given."""
     from serving.client import RecflowClient, TritonRequestError
 
-    item_ids = _ids(items, "--items")
+    item_ids = _split(items)
     settings = settings_of(ctx)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
         scores = client.score(user, item_ids)
@@ -138,7 +136,7 @@ def score(
 
 def recommend(
     ctx: typer.Context,
-    user: Annotated[int, typer.Option(help="User id")],
+    user: Annotated[str, typer.Option(help=USER_HELP)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
     catalog: Annotated[
         Path | None,
@@ -155,7 +153,7 @@ def recommend(
     """Top-k items for a user: retrieval then ranking on the server, or ranking of --catalog."""
     from serving.client import RecflowClient, TritonRequestError
 
-    excluded = _ids(exclude, "--exclude")
+    excluded = _split(exclude)
     settings = settings_of(ctx)
     repo = settings.paths.triton_repo
     if catalog is None and not (repo / f"{settings.serving.model_prefix}_recommend").is_dir():
@@ -170,7 +168,7 @@ def recommend(
 
 def similar(
     ctx: typer.Context,
-    item: Annotated[int, typer.Option(help="Item id")],
+    item: Annotated[str, typer.Option(help=ITEM_HELP)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
 ) -> None:
     """The items closest to an item in the retrieval model's embedding space."""

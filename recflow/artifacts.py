@@ -45,22 +45,62 @@ class Artifact(BaseModel):
         return cls.model_validate({**fields, "path": Path(path)})
 
 
+class SideFeatures(BaseModel):
+    """The feature columns of a users or items table, by kind (docs/features.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    categorical: tuple[str, ...] = ()  # one vocabulary each (NVTabular Categorify)
+    continuous: tuple[str, ...] = ()  # float32, normalised
+    lists: tuple[str, ...] = ()  # multi-hot: a list of categories per row
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.categorical, *self.continuous, *self.lists)
+
+
+# What the MovieLens variants and the synthetic data declare (tasks/normalize.py derives the
+# buckets and the zip prefix when it writes the tables).
+MOVIELENS_ITEMS = SideFeatures(categorical=("year_bucket",), lists=("genres",))
+MOVIELENS_USERS = SideFeatures(categorical=("gender", "age_bucket", "occupation", "zip_prefix"))
+Feedback = Literal["rating", "label", "implicit"]
+
+
 class RawDataset(Artifact):
-    """Canonical tables of one dataset variant, identical in schema across variants.
+    """The canonical tables of one dataset (docs/data.md), whatever its source.
 
     ``interactions.parquet``: user_id int64, item_id int64, rating float32, timestamp int64 (unix s)
-    ``items.parquet``: item_id int64, title string, year Int32 (nullable), genres list<string>
-    ``users.parquet`` (only where the variant has users): user_id int64, gender string,
-        age int32, occupation string, zip string
+    ``items.parquet``: item_id int64 and the columns ``items`` declares
+    ``users.parquet`` (only where the dataset has users): user_id int64 and ``users``' columns
+    ``user_ids.parquet``, ``item_ids.parquet`` (only with ``external_ids``): each int64 id next
+    to the source's own string id (``external_id``), see tasks/external_ids.py
     """
 
+    # Bump when the tables' layout changes: a dataset of another layout is made again.
+    LAYOUT: ClassVar[int] = 2
+
     variant: str
-    # sha256 of the source archive (or of the generator config for synthetic data)
+    # sha256 of the source archive, of the generator config (synthetic data), or of every input
+    # file and the column mapping (custom data)
     checksum: str
     n_interactions: int
     n_users: int
     n_items: int
-    has_users: bool
+    layout: int = 1
+    items_features: SideFeatures = MOVIELENS_ITEMS
+    # None: no users table
+    users_features: SideFeatures | None = MOVIELENS_USERS
+    # What ``rating`` holds: a rating (positive from the feature stage's threshold unless
+    # ``positive_threshold`` says), a 0/1 label, or 1 for every row (implicit feedback).
+    feedback: Feedback = "rating"
+    rating_scale: tuple[float, float] | None = None  # None: validation.rating_min/max
+    positive_threshold: float | None = None  # None: features.rating_threshold
+    # True when the source's ids are strings: the int64 ids are their hashes.
+    external_ids: bool = False
+
+    @property
+    def has_users(self) -> bool:
+        return self.users_features is not None
 
     @property
     def interactions(self) -> Path:
@@ -73,6 +113,10 @@ class RawDataset(Artifact):
     @property
     def users(self) -> Path:
         return self.path / "users.parquet"
+
+    def external_ids_file(self, column: str) -> Path:
+        """``user_ids.parquet`` or ``item_ids.parquet`` (``column``: user_id or item_id)."""
+        return self.path / f"{column.removesuffix('_id')}_ids.parquet"
 
 
 class TrainedModel(Artifact):
@@ -170,6 +214,12 @@ class FeatureSet(Artifact):
     id_encoding: str = "categorify"
     split: str = "random"
     cleaning: dict[str, int] = {}
+    # Added with FEATURES_VERSION 6. The label is ``rating >= positive_threshold``; implicit
+    # feedback's splits also hold the sampled negatives (rating 0), which no user has seen.
+    positive_threshold: float = 4.0
+    feedback: Feedback = "rating"
+    # The dataset's ids are strings (RawDataset.external_ids); lookup/ holds their table.
+    external_ids: bool = False
 
     @property
     def train_dir(self) -> Path:

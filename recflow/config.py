@@ -87,11 +87,92 @@ class DownloadConfig(_Section):
     max_compression_ratio: float = Field(200.0, gt=1)
 
 
+class CsvOptions(_Section):
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    header: bool = True  # without one, columns are named by position: "0", "1", ...
+    encoding: str = "utf-8"
+    # A list column's values inside one CSV field, e.g. "Comedy|Drama".
+    list_separator: str = "|"
+
+
+class TableSource(_Section):
+    """Where one of your tables is: a path, a glob or an fsspec URL, in parquet or CSV."""
+
+    # "data/ratings.parquet", "exports/part-*.csv", "https://host/ratings.csv",
+    # "s3://bucket/ratings/*.parquet" (s3/gcs need their fsspec driver installed).
+    path: str
+    # None: from the file names' extension (.parquet/.pq or .csv/.tsv/.txt).
+    format: Literal["parquet", "csv"] | None = None
+    csv: CsvOptions = CsvOptions()
+
+
+class InteractionsSource(TableSource):
+    """The interaction log and how its columns map onto recflow's.
+
+    Feedback is one of: a ``rating`` on ``rating_scale`` (positive from ``positive_threshold``),
+    a 0/1 ``label``, or neither (implicit: every row is a positive, and the feature stage
+    samples the ranker's negatives, features.implicit_negatives per positive).
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    # Unix seconds or anything pandas parses as a date; None: no time (no time/last_n split).
+    timestamp: str | None = "timestamp"
+    rating: str | None = None
+    rating_scale: tuple[float, float] | None = None
+    positive_threshold: float | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind_of_feedback(self) -> InteractionsSource:
+        if self.rating is not None and self.label is not None:
+            raise ValueError("map either a rating or a label column, not both")
+        if self.rating is not None:
+            if self.rating_scale is None or self.positive_threshold is None:
+                raise ValueError("a rating column needs rating_scale and positive_threshold")
+            low, high = self.rating_scale
+            if not low <= self.positive_threshold <= high:
+                raise ValueError(f"positive_threshold must lie on rating_scale {low}..{high}")
+        elif self.rating_scale is not None or self.positive_threshold is not None:
+            raise ValueError("rating_scale and positive_threshold need a rating column")
+        return self
+
+    @property
+    def feedback(self) -> Literal["rating", "label", "implicit"]:
+        return "rating" if self.rating else "label" if self.label else "implicit"
+
+
+class SideTableSource(TableSource):
+    """A users or items table: its id column and the feature columns by kind."""
+
+    id: str
+    categorical: tuple[str, ...] = ()
+    continuous: tuple[str, ...] = ()
+    # Multi-hot columns: a list per row (parquet) or a list_separator-joined string (CSV).
+    lists: tuple[str, ...] = ()
+
+
+class CustomSource(_Section):
+    """Your own data as the dataset (``data.variant=custom``); docs/data.md, "Your own data"."""
+
+    # Names the dataset's directory (<home>/data/<name>) and its lineage.
+    name: str = Field("custom", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    interactions: InteractionsSource | None = None
+    users: SideTableSource | None = None
+    items: SideTableSource | None = None
+    # Interactions whose user or item is missing from a given side table: keep them (the id
+    # gets each feature's missing value, as an id unknown at serving time does), drop them, or
+    # refuse the data. Counted in every case.
+    unknown_side_ids: Literal["keep", "drop", "error"] = "keep"
+
+
 class DataConfig(_Section):
+    # synthetic, a MovieLens variant (tasks/variants.py), or custom (data.custom).
     variant: str = "synthetic"
     # A base URL or a local directory that replaces the GroupLens host.
     mirror: str | None = None
     synthetic: SyntheticConfig = SyntheticConfig()
+    custom: CustomSource = CustomSource()
     download: DownloadConfig = DownloadConfig()
 
 
@@ -169,6 +250,10 @@ class FeaturesConfig(_Section):
     hash_buckets: PositiveInt = 100_000
     # Log-normalised training-split counts of each item and user as continuous features.
     popularity: bool = True
+    # Implicit feedback only (every interaction a positive): negatives per positive that the
+    # ranker learns from, drawn from the catalogue with probability ~ count^0.75 (word2vec's
+    # popularity smoothing), never an item the user interacted with.
+    implicit_negatives: PositiveInt = 4
     # Also emit the raw rating as a REGRESSION target next to the binary one. Off by default:
     # a second TARGET column makes Merlin's loader yield a dict of targets.
     rating_target: bool = False

@@ -89,7 +89,7 @@ class HeldOut(NamedTuple):
     valid: pd.DataFrame
 
 
-def held_out(features: FeatureSet, rating_threshold: float) -> HeldOut:
+def held_out(features: FeatureSet) -> HeldOut:
     """The candidate's training and validation rows as its feature build split them, labelled
     as training labels them, and checked against the row counts the build recorded."""
     columns = [USER_ID, ITEM_ID, RATING]
@@ -105,7 +105,7 @@ def held_out(features: FeatureSet, rating_threshold: float) -> HeldOut:
 
     def labelled(rows: pd.DataFrame) -> pd.DataFrame:
         rows = rows.sort_values(columns, kind="stable", ignore_index=True)
-        labels = (rows[RATING] >= rating_threshold).astype("int8")
+        labels = (rows[RATING] >= features.positive_threshold).astype("int8")
         return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels})
 
     return HeldOut(labelled(train), labelled(valid))
@@ -193,7 +193,10 @@ def evaluate_candidate(candidate: Candidate, settings: Settings, registry: Regis
     unseen) are scored on the same rows by the same code.
     """
     blessed = registry.serving()
-    split = held_out(candidate.features, settings.features.rating_threshold)
+    split = held_out(candidate.features)
+    if candidate.features.feedback == "implicit":
+        # The training split's sampled negatives are no interaction: nothing a user has seen.
+        split = split._replace(train=split.train[split.train[LABEL] == 1])
     rows = split.valid
     cold = pd.DataFrame({USER_ID: [COLD_ID], ITEM_ID: [COLD_ID]})
     pairs = pd.concat([rows[[USER_ID, ITEM_ID]], cold], ignore_index=True)

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
+from recflow.artifacts import FeatureSet
 from recflow.config import Settings
+from recflow.external_ids import EXTERNAL_ID
 from recflow.registry import CandidateRecord, Registry, TrialResult, now
 from recflow.vocabulary import (
     EXCLUDE_SEEN_INPUT,
@@ -37,7 +39,7 @@ from recflow.vocabulary import (
 from release.export import export_candidate, version_dirs
 from serving.client import RecflowClient, TritonRequestError
 from serving.repository import CONTRACTS, RankingEndpoint
-from serving.runtime import STAGES
+from serving.runtime import load_stage
 from serving.server import TritonServer, TritonServerError
 
 FREE_PORTS = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
@@ -60,6 +62,7 @@ def trial_serve(
     """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
     ``item_id``, ``score``) with the in-process scores."""
     endpoint = RankingEndpoint(settings.serving.model_prefix)
+    sample = _as_requested(sample, FeatureSet.load(record.features))
     log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -119,6 +122,26 @@ def trial_serve(
     return TrialResult(passed=passed, max_abs_diff=float(diff[worst]), message=message, **result)
 
 
+def _as_requested(sample: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:
+    """The sample's ids as an app sends them: the dataset's strings (UTF-8) where its ids are
+    strings; an id no table names (the cold pair) gets a string no table holds either."""
+    if not features.external_ids:
+        return sample
+    sample = sample.copy()
+    for column in (USER_INPUT, ITEM_INPUT):
+        names = pd.read_parquet(features.lookup_dir / f"{column}s.parquet")
+        named = names.set_index(column)[EXTERNAL_ID].reindex(sample[column])
+        cold = "recflow-cold-" + sample[column].astype(str)
+        sample[column] = [name.encode("utf-8") for name in named.fillna(cold.set_axis(named.index))]
+    return sample
+
+
+def _id_array(values) -> np.ndarray:
+    """[rows, 1] ids: int64, or UTF-8 bytes (TYPE_STRING) for string ids."""
+    array = np.asarray(values).reshape(-1, 1)
+    return array.astype(object) if array.dtype.kind in "OSU" else array.astype(np.int64)
+
+
 def _ranked_disagreement(
     client: RecflowClient,
     endpoint: RankingEndpoint,
@@ -138,9 +161,9 @@ def _ranked_disagreement(
             continue  # its scores were compared with the gate's already
         name = endpoint.model(stage)
         key = CONTRACTS[stage][0][0].name
-        local = STAGES[stage](version_dir)
+        local = load_stage(stage, version_dir)
         for value in probes[key]:
-            request = {key: np.array([[value]], np.int64), K_INPUT: np.array([[k]], np.int32)}
+            request = {key: _id_array([value]), K_INPUT: np.array([[k]], np.int32)}
             if stage == RETRIEVAL:
                 request[EXCLUDE_SEEN_INPUT] = np.array([[True]])
             expected = local(request)
@@ -158,9 +181,7 @@ def _ranked_disagreement(
 
 
 def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> np.ndarray:
-    pairs = {
-        name: sample[name].to_numpy(np.int64).reshape(-1, 1) for name in (USER_INPUT, ITEM_INPUT)
-    }
+    pairs = {name: _id_array(sample[name].to_numpy()) for name in (USER_INPUT, ITEM_INPUT)}
     step = client.max_batch_size
     batches = [
         {name: column[start : start + step] for name, column in pairs.items()}

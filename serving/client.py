@@ -11,7 +11,9 @@ inputs ``user_id`` and ``item_id`` INT64 ``[1]``, output ``score`` FP32 ``[1]``;
 (user, item) pairs sends ``[N, 1]`` arrays, at most ``max_batch_size`` rows per request. The
 retrieval, recommend and similar endpoints take an id and ``k`` (INT32 ``[1]``) per row and
 answer ``item_ids`` INT64 and ``scores`` FP32 ``[k]`` per row, best first, padded with id -1
-when fewer items qualify (docs/serving.md).
+when fewer items qualify (docs/serving.md). Where the dataset's ids are strings, every id
+tensor is BYTES (Triton ``TYPE_STRING``) instead, padded with ``b""``: the helpers read which
+from the model's metadata once per model and take and return ids as ``str`` then.
 """
 
 from __future__ import annotations
@@ -60,6 +62,9 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _DEFAULTS = ServingConfig()
 
 T = TypeVar("T")
+# A user or item id: int, or str for a dataset with string ids.
+Id = int | str
+_BYTES = "BYTES"
 
 
 class TritonRequestError(RuntimeError):
@@ -133,11 +138,22 @@ def _join_scores(parts: Iterable[Mapping[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate(scores) if scores else np.empty(0, dtype=np.float32)
 
 
+def _id_array(ids: Iterable[Id], as_strings: bool) -> np.ndarray:
+    """[rows, 1] ids as the endpoint takes them: UTF-8 bytes (BYTES) or int64."""
+    ids = list(ids)
+    if as_strings:
+        return np.array([str(i).encode("utf-8") for i in ids], dtype=object).reshape(-1, 1)
+    try:
+        return np.array([int(i) for i in ids], dtype=np.int64).reshape(-1, 1)
+    except ValueError as exc:
+        raise TritonRequestError(None, None, f"this model takes integer ids: {exc}") from exc
+
+
 def _ranked_request(
-    id_input: str, id_value: int, k: int, exclude_seen: bool | None = None
+    id_input: str, id_value: Id, k: int, as_strings: bool, exclude_seen: bool | None = None
 ) -> dict[str, np.ndarray]:
     request = {
-        id_input: np.array([[id_value]], dtype=np.int64),
+        id_input: _id_array([id_value], as_strings),
         K_INPUT: np.array([[k]], dtype=np.int32),
     }
     if exclude_seen is not None:
@@ -145,32 +161,46 @@ def _ranked_request(
     return request
 
 
-def _ranked_list(outputs: Mapping[str, np.ndarray]) -> list[tuple[int, float]]:
-    """One row of ``item_ids``/``scores`` as ``(item_id, score)``, without the -1 padding."""
+def _ranked_list(outputs: Mapping[str, np.ndarray]) -> list[tuple[Id, float]]:
+    """One row of ``item_ids``/``scores`` as ``(item_id, score)``, without the padding."""
     ids, scores = (outputs[name].reshape(-1) for name in RANKED_OUTPUTS)
+    if ids.dtype == object:
+        return [(i.decode("utf-8"), float(s)) for i, s in zip(ids, scores, strict=True) if i]
     return [(int(i), float(s)) for i, s in zip(ids, scores, strict=True) if i >= 0]
 
 
-def _recommend_request(user_id: int, k: int, excluded: set[int]) -> dict[str, np.ndarray]:
+def _recommend_request(
+    user_id: Id, k: int, excluded: set[Id], as_strings: bool
+) -> dict[str, np.ndarray]:
     # Ask for as many more as may be excluded, so k remain after dropping them.
-    return _ranked_request(USER_INPUT, user_id, k + len(excluded))
+    return _ranked_request(USER_INPUT, user_id, k + len(excluded), as_strings)
 
 
-def _without(top: list[tuple[int, float]], excluded: set[int], k: int) -> list[tuple[int, float]]:
+def _id_set(ids: Iterable[Id], as_strings: bool) -> set[Id]:
+    """``ids`` as the endpoint answers them (str or int), so they compare with its answers."""
+    array = _id_array(ids, as_strings).reshape(-1)
+    return {i.decode("utf-8") for i in array} if as_strings else set(array.tolist())
+
+
+def _takes_strings(metadata) -> bool:
+    return any(tensor.datatype == _BYTES for tensor in metadata.inputs)
+
+
+def _without(top: list[tuple[Id, float]], excluded: set[Id], k: int) -> list[tuple[Id, float]]:
     return [(item, score) for item, score in top if item not in excluded][:k]
 
 
-def _shortlist(candidates: Iterable[int], excluded: set[int], k: int) -> list[int]:
+def _shortlist(candidates: Iterable[Id], excluded: set[Id], k: int) -> list[Id]:
     """The distinct candidates in order, without the excluded ones."""
     if k < 0:
         raise ValueError(f"k must be >= 0, not {k}")
     return [item for item in dict.fromkeys(candidates) if item not in excluded]
 
 
-def _top_k(item_ids: Sequence[int], scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+def _top_k(item_ids: Sequence[Id], scores: np.ndarray, k: int) -> list[tuple[Id, float]]:
     # Stable sort: equal scores keep candidate order, so results are reproducible.
     order = np.argsort(-scores, kind="stable")[:k]
-    return [(int(item_ids[i]), float(scores[i])) for i in order]
+    return [(item_ids[i], float(scores[i])) for i in order]
 
 
 class _ClientBase:
@@ -198,6 +228,8 @@ class _ClientBase:
         self.model_prefix = model_prefix
         self.max_batch_size = max_batch_size
         self._grpc = self._client_class(url, channel_args=_CHANNEL_ARGS)
+        # Per model: whether its ids are strings (read from its metadata once).
+        self._string_ids: dict[str, bool] = {}
 
     @classmethod
     def from_config(cls, config: ServingConfig, retries: int | None = DEFAULT_RETRIES) -> Self:
@@ -229,10 +261,10 @@ class _ClientBase:
         return _Attempts(self.timeout_s, self.retries)
 
     def _ranking_batches(
-        self, user_id: int, item_ids: Sequence[int]
+        self, user_id: Id, item_ids: Sequence[Id], as_strings: bool
     ) -> list[dict[str, np.ndarray]]:
-        items = np.asarray(item_ids, dtype=np.int64).reshape(-1, 1)
-        users = np.full_like(items, user_id)
+        items = _id_array(item_ids, as_strings)
+        users = _id_array([user_id] * len(items), as_strings)
         step = self.max_batch_size
         return [
             {USER_INPUT: users[start : start + step], ITEM_INPUT: items[start : start + step]}
@@ -274,6 +306,22 @@ class RecflowClient(_ClientBase):
     def unload_model(self, name: str) -> None:
         self._call(name, self._grpc.unload_model, name, client_timeout=self.timeout_s)
 
+    def takes_strings(self, model_name: str) -> bool:
+        """Whether ``model_name``'s ids are strings (BYTES), from its metadata (cached)."""
+        if model_name not in self._string_ids:
+            attempts = self._attempts()
+            while True:
+                try:
+                    metadata = self._grpc.get_model_metadata(
+                        model_name, client_timeout=attempts.remaining_s()
+                    )
+                except InferenceServerException as exc:
+                    time.sleep(attempts.backoff_s(exc, model_name))
+                else:
+                    break
+            self._string_ids[model_name] = _takes_strings(metadata)
+        return self._string_ids[model_name]
+
     def infer(
         self, model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
@@ -293,19 +341,20 @@ class RecflowClient(_ClientBase):
             else:
                 return _outputs(result, model_name, output_names)
 
-    def score(self, user_id: int, item_ids: Sequence[int]) -> np.ndarray:
+    def score(self, user_id: Id, item_ids: Sequence[Id]) -> np.ndarray:
         """Ranking scores (float32, in ``item_ids`` order) of ``user_id`` for each item."""
-        batches = self._ranking_batches(user_id, item_ids)
+        strings = self.takes_strings(self.ranking_model)
+        batches = self._ranking_batches(user_id, item_ids, strings)
         return _join_scores(self.infer(self.ranking_model, b, [SCORE_OUTPUT]) for b in batches)
 
     def recommend(
         self,
-        user_id: int,
+        user_id: Id,
         k: int = 10,
         *,
-        candidates: Iterable[int] | None = None,
-        exclude: Collection[int] = (),
-    ) -> list[tuple[int, float]]:
+        candidates: Iterable[Id] | None = None,
+        exclude: Collection[Id] = (),
+    ) -> list[tuple[Id, float]]:
         """The ``k`` best items for ``user_id`` as ``(item_id, score)``, best first.
 
         Without candidates, the multi-stage ``recommend`` endpoint picks them (retrieval, then
@@ -313,22 +362,25 @@ class RecflowClient(_ClientBase):
         the ranking endpoint scores them: duplicates are scored once, those in ``exclude``
         dropped, ties keep candidate order. :class:`AsyncRecflowClient` takes the same arguments.
         """
-        excluded = set(exclude)
+        model = self.recommend_model if candidates is None else self.ranking_model
+        excluded = _id_set(exclude, self.takes_strings(model))
         if candidates is None:
-            request = _recommend_request(user_id, k, excluded)
+            request = _recommend_request(user_id, k, excluded, self.takes_strings(model))
             top = _ranked_list(self.infer(self.recommend_model, request, RANKED_OUTPUTS))
             return _without(top, excluded, k)
         shortlist = _shortlist(candidates, excluded, k)
         return _top_k(shortlist, self.score(user_id, shortlist), k)
 
-    def retrieve(self, user_id: int, k: int, exclude_seen: bool = False) -> list[tuple[int, float]]:
+    def retrieve(self, user_id: Id, k: int, exclude_seen: bool = False) -> list[tuple[Id, float]]:
         """The retrieval endpoint's ``k`` nearest items to the user's query embedding."""
-        request = _ranked_request(USER_INPUT, user_id, k, exclude_seen)
+        strings = self.takes_strings(self.retrieval_model)
+        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen)
         return _ranked_list(self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
 
-    def similar(self, item_id: int, k: int) -> list[tuple[int, float]]:
+    def similar(self, item_id: Id, k: int) -> list[tuple[Id, float]]:
         """The ``k`` items whose embeddings are closest to ``item_id``'s (cosine)."""
-        request = _ranked_request(ITEM_INPUT, item_id, k)
+        strings = self.takes_strings(self.similar_model)
+        request = _ranked_request(ITEM_INPUT, item_id, k, strings)
         return _ranked_list(self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     def close(self) -> None:
@@ -345,6 +397,22 @@ class AsyncRecflowClient(_ClientBase):
     """asyncio client for ``infer``/``score``; create it inside the event loop that uses it."""
 
     _client_class = grpcclient_aio.InferenceServerClient
+
+    async def takes_strings(self, model_name: str) -> bool:
+        """Like :meth:`RecflowClient.takes_strings`."""
+        if model_name not in self._string_ids:
+            attempts = self._attempts()
+            while True:
+                try:
+                    metadata = await self._grpc.get_model_metadata(
+                        model_name, client_timeout=attempts.remaining_s()
+                    )
+                except InferenceServerException as exc:
+                    await asyncio.sleep(attempts.backoff_s(exc, model_name))
+                else:
+                    break
+            self._string_ids[model_name] = _takes_strings(metadata)
+        return self._string_ids[model_name]
 
     async def infer(
         self, model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
@@ -364,9 +432,10 @@ class AsyncRecflowClient(_ClientBase):
             else:
                 return _outputs(result, model_name, output_names)
 
-    async def score(self, user_id: int, item_ids: Sequence[int]) -> np.ndarray:
+    async def score(self, user_id: Id, item_ids: Sequence[Id]) -> np.ndarray:
         """Like :meth:`RecflowClient.score`, sending the batches concurrently."""
-        batches = self._ranking_batches(user_id, item_ids)
+        strings = await self.takes_strings(self.ranking_model)
+        batches = self._ranking_batches(user_id, item_ids, strings)
         parts = await asyncio.gather(
             *(self.infer(self.ranking_model, b, [SCORE_OUTPUT]) for b in batches)
         )
@@ -374,29 +443,33 @@ class AsyncRecflowClient(_ClientBase):
 
     async def recommend(
         self,
-        user_id: int,
+        user_id: Id,
         k: int = 10,
         *,
-        candidates: Iterable[int] | None = None,
-        exclude: Collection[int] = (),
-    ) -> list[tuple[int, float]]:
+        candidates: Iterable[Id] | None = None,
+        exclude: Collection[Id] = (),
+    ) -> list[tuple[Id, float]]:
         """Like :meth:`RecflowClient.recommend`."""
-        excluded = set(exclude)
+        model = self.recommend_model if candidates is None else self.ranking_model
+        strings = await self.takes_strings(model)
+        excluded = _id_set(exclude, strings)
         if candidates is None:
-            request = _recommend_request(user_id, k, excluded)
+            request = _recommend_request(user_id, k, excluded, strings)
             top = _ranked_list(await self.infer(self.recommend_model, request, RANKED_OUTPUTS))
             return _without(top, excluded, k)
         shortlist = _shortlist(candidates, excluded, k)
         return _top_k(shortlist, await self.score(user_id, shortlist), k)
 
     async def retrieve(
-        self, user_id: int, k: int, exclude_seen: bool = False
-    ) -> list[tuple[int, float]]:
-        request = _ranked_request(USER_INPUT, user_id, k, exclude_seen)
+        self, user_id: Id, k: int, exclude_seen: bool = False
+    ) -> list[tuple[Id, float]]:
+        strings = await self.takes_strings(self.retrieval_model)
+        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen)
         return _ranked_list(await self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
 
-    async def similar(self, item_id: int, k: int) -> list[tuple[int, float]]:
-        request = _ranked_request(ITEM_INPUT, item_id, k)
+    async def similar(self, item_id: Id, k: int) -> list[tuple[Id, float]]:
+        strings = await self.takes_strings(self.similar_model)
+        request = _ranked_request(ITEM_INPUT, item_id, k, strings)
         return _ranked_list(await self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     async def close(self) -> None:

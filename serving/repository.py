@@ -28,6 +28,7 @@ import pandas as pd
 from recflow.artifacts import FeatureSet, RankingModel
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import ServingConfig
+from recflow.external_ids import EXTERNAL_ID
 from recflow.vocabulary import (
     EXCLUDE_SEEN_INPUT,
     ITEM_ID,
@@ -49,6 +50,7 @@ from serving.export import ServingFeatures, write_queries, write_ranker, write_r
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 CATALOG = "catalog.parquet"
 _TRITON_TYPES = {
+    np.dtype("object"): "TYPE_STRING",
     np.dtype("bool"): "TYPE_BOOL",
     np.dtype("int32"): "TYPE_INT32",
     np.dtype("int64"): "TYPE_INT64",
@@ -74,19 +76,27 @@ class TensorSpec:
 
 
 INT64, INT32, FP32 = np.dtype("int64"), np.dtype("int32"), np.dtype("float32")
-USER = TensorSpec(USER_INPUT, INT64)
-ITEM = TensorSpec(ITEM_INPUT, INT64)
+# Ids are TYPE_STRING where the dataset's are strings (FeatureSet.external_ids).
+STRING = np.dtype("object")
 K = TensorSpec(K_INPUT, INT32)
 EXCLUDE_SEEN = TensorSpec(EXCLUDE_SEEN_INPUT, np.dtype("bool"), optional=True)
-RANKED = [TensorSpec(ITEM_IDS_OUTPUT, INT64, (-1,)), TensorSpec(SCORES_OUTPUT, FP32, (-1,))]
-# Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs; a publish writes them
-# in this order.
-CONTRACTS = {
-    RANKING: ([USER, ITEM], [TensorSpec(SCORE_OUTPUT, FP32)]),
-    RETRIEVAL: ([USER, K, EXCLUDE_SEEN], RANKED),
-    RECOMMEND: ([USER, K], RANKED),
-    SIMILAR: ([ITEM, K], RANKED),
-}
+
+
+def contracts(external_ids: bool = False) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Each endpoint's stage (serving/runtime.py STAGES), inputs and outputs; a publish writes
+    them in this order."""
+    ids = STRING if external_ids else INT64
+    user, item = TensorSpec(USER_INPUT, ids), TensorSpec(ITEM_INPUT, ids)
+    ranked = [TensorSpec(ITEM_IDS_OUTPUT, ids, (-1,)), TensorSpec(SCORES_OUTPUT, FP32, (-1,))]
+    return {
+        RANKING: ([user, item], [TensorSpec(SCORE_OUTPUT, FP32)]),
+        RETRIEVAL: ([user, K, EXCLUDE_SEEN], ranked),
+        RECOMMEND: ([user, K], ranked),
+        SIMILAR: ([item, K], ranked),
+    }
+
+
+CONTRACTS = contracts()
 
 
 def published_stages(with_retrieval: bool) -> tuple[str, ...]:
@@ -113,8 +123,10 @@ def instance_count(stage: str, cfg: ServingConfig) -> int:
     return cfg.recommend_instance_count if stage == RECOMMEND else cfg.instance_count
 
 
-def python_model_config(name: str, stage: str, cfg: ServingConfig) -> str:
-    inputs, outputs = CONTRACTS[stage]
+def python_model_config(
+    name: str, stage: str, cfg: ServingConfig, external_ids: bool = False
+) -> str:
+    inputs, outputs = contracts(external_ids)[stage]
     return "\n".join(
         [
             f'name: "{name}"',
@@ -172,7 +184,7 @@ def export_ranking(
         }
         _write_versions(staging, features, ranking, retrieval, interactions, cfg)
     for stage in stages:
-        _write_config(repo / endpoint.model(stage), stage, cfg)
+        _write_config(repo / endpoint.model(stage), stage, cfg, features.external_ids)
     _write_catalog(features, repo)
     return version
 
@@ -201,6 +213,7 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
         "retrieval_candidates": cfg.retrieval_candidates,
         # The final ordering recommend applies, as measured on validation at training time.
         runtime.ORDERING: {"ranker_weight": ranking.ordering.ranker_weight},
+        runtime.EXTERNAL_IDS: features.external_ids,
     }
     work = next(iter(staging.values())) / ".export"
     work.mkdir()
@@ -219,23 +232,31 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
             (directory / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
             for name in STAGE_FILES[stage]:
                 shutil.copy(work / name, directory / name)
+            if features.external_ids and stage != RANKING:  # they answer with item ids
+                shutil.copy(features.lookup_dir / runtime.ITEM_NAMES, directory)
     finally:
         shutil.rmtree(work)
 
 
-def _write_config(model_dir: Path, stage: str, cfg: ServingConfig) -> None:
+def _write_config(model_dir: Path, stage: str, cfg: ServingConfig, external_ids: bool) -> None:
     """Write ``config.pbtxt`` only when its text changes, so a publish leaves an unchanged
     config (and its mtime) alone. Measured on Triton 2.51: an explicit load still restarts
     every kept version, config changed or not (a light stub makes that a second's work)."""
     config = model_dir / "config.pbtxt"
-    text = python_model_config(model_dir.name, stage, cfg)
+    text = python_model_config(model_dir.name, stage, cfg, external_ids)
     if not config.is_file() or config.read_text() != text:
         write_text_atomic(config, text)
 
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:
-    """Item ids the CLI and clients may rank (``catalog.parquet``, column ``item_id``)."""
+    """Item ids the CLI and clients may rank (``catalog.parquet``, column ``item_id``): the
+    dataset's own, strings where they are strings."""
     items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=[ITEM_ID])
+    if features.external_ids:
+        names = pd.read_parquet(features.lookup_dir / runtime.ITEM_NAMES)
+        items = pd.DataFrame(
+            {ITEM_ID: names.set_index(ITEM_ID)[EXTERNAL_ID].reindex(items[ITEM_ID])}
+        )
     staging = repo / f".{CATALOG}.tmp"
     items.to_parquet(staging, index=False)
     staging.replace(repo / CATALOG)

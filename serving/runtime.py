@@ -17,7 +17,9 @@ TensorFlow, Merlin, NVTabular, Prefect or Dask:
 * ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
 
 Ids the export did not know (cold users and items) get the feature row, and the query
-embedding, that the fitted workflow gives an id it has never seen.
+embedding, that the fitted workflow gives an id it has never seen. Where the dataset's ids are
+strings, :func:`load_stage` wraps each stage in :class:`ExternalIdStage`: requests carry the
+strings (Triton ``TYPE_STRING``), answers name the items by theirs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pandas as pd
 from models.metrics import top_k
 from models.ordering import final_order
 from recflow.artifacts import OrderingPolicy
+from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
     EMBEDDING,
@@ -57,11 +60,14 @@ RANKER = "ranking.onnx"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
 SEEN = "seen.parquet"
 RANKING_CONFIG = "ranking.json"
+# Only where the dataset's ids are strings: each item's int64 id next to its string.
+ITEM_NAMES = "item_ids.parquet"
 # Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
 # array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
 IDS, VECTORS = "ids", "vectors"
-# Key of ranking.json holding recommend's recflow.artifacts.OrderingPolicy.
-ORDERING = "ordering"
+# Keys of ranking.json: recommend's recflow.artifacts.OrderingPolicy; whether requests and
+# answers carry string ids.
+ORDERING, EXTERNAL_IDS = "ordering", "external_ids"
 # A list column reaches the model as Merlin's ``__values``/``__offsets`` pair; the rows files
 # keep it padded (``__values``, [rows, width]) with its lengths (``__lengths``, [rows, 1]).
 VALUES, OFFSETS, LENGTHS = "__values", "__offsets", "__lengths"
@@ -323,3 +329,44 @@ STAGES = {
     RECOMMEND: RecommendStage,
     SIMILAR: SimilarStage,
 }
+
+
+class ExternalIdStage:
+    """A stage of a dataset with string ids: a request's ids (UTF-8 bytes from Triton, or str)
+    become the int64 ids the tables hold, and answered item ids their strings again, with
+    ``b""`` for the -1 padding. An id string no table knows is served as a cold id."""
+
+    def __init__(self, stage, version_dir: Path):
+        self.stage = stage
+        self.merge_requests = getattr(stage, "merge_requests", True)
+        names = version_dir / ITEM_NAMES
+        self.item_names = None
+        if names.is_file():  # ranking answers scores only, and needs no names
+            table = pd.read_parquet(names)
+            encoded = np.array([name.encode("utf-8") for name in table[EXTERNAL_ID]], dtype=object)
+            self.item_names = pd.Series(encoded, index=table[ITEM_ID].to_numpy(np.int64))
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = dict(inputs)
+        for name in (USER_ID, ITEM_ID):
+            if name in inputs:
+                if inputs[name].dtype != object:
+                    raise BadRequest(f"{name} must be the dataset's string ids (TYPE_STRING)")
+                inputs[name] = internal_ids(inputs[name]).reshape(inputs[name].shape)
+        outputs = self.stage(inputs)
+        if ITEM_IDS_OUTPUT in outputs:
+            ids = outputs[ITEM_IDS_OUTPUT]
+            names = self.item_names.reindex(ids.reshape(-1)).fillna(b"").to_numpy(object)
+            outputs = outputs | {ITEM_IDS_OUTPUT: names.reshape(ids.shape)}
+        return outputs
+
+    def warm_up(self) -> None:
+        self.stage.warm_up()
+
+
+def load_stage(stage: str, version_dir: Path):
+    """The endpoint ``stage`` of a version directory, as Triton serves it."""
+    served = STAGES[stage](version_dir)
+    if _settings(version_dir).get(EXTERNAL_IDS, False):
+        return ExternalIdStage(served, version_dir)
+    return served

@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from recflow.trust import require_trusted
-from serving.runtime import STAGES, BadRequest, heavy_modules
+from serving.runtime import BadRequest, heavy_modules, load_stage
 
 
 class TritonPythonModel:
@@ -22,7 +22,7 @@ class TritonPythonModel:
         stage = config["parameters"]["recflow_stage"]["string_value"]
         version_dir = Path(args["model_repository"]) / args["model_version"]
         # Refused before anything is loaded from it (recflow/trust.py).
-        self.stage = STAGES[stage](require_trusted(version_dir))
+        self.stage = load_stage(stage, require_trusted(version_dir))
         # The first request must not be the one that pays for onnxruntime's first run.
         self.stage.warm_up()
         self.inputs = [spec["name"] for spec in config["input"]]

@@ -89,7 +89,8 @@ def _range_checks(new: Profile, cfg: ValidationConfig):
             "interactions",
             RATING,
             "out_of_range",
-            f"ratings in [{cfg.rating_min}, {cfg.rating_max}]",
+            "ratings on the dataset's scale (a custom source's rating_scale, else "
+            f"[{cfg.rating_min}, {cfg.rating_max}])",
             f"{dropped} rows outside, min {rating.min}, max {rating.max}",
         )
     duplicates = new.cleaning.get(DUPLICATES, 0)

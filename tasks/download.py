@@ -22,12 +22,27 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from recflow.artifacts import MANIFEST, RawDataset
+from recflow.artifacts import MANIFEST, MOVIELENS_USERS, RawDataset, SideFeatures
 from recflow.atomic import atomic_dir
-from recflow.config import DataConfig, DownloadConfig, PathsConfig, SyntheticConfig
+from recflow.config import (
+    CustomSource,
+    DataConfig,
+    DownloadConfig,
+    InteractionsSource,
+    PathsConfig,
+    SyntheticConfig,
+)
 from recflow.locks import exclusive_lock
 from tasks import synthetic
 from tasks.checksums import Checksum, ChecksumMismatch, expected_checksum, file_digests
+from tasks.custom import (
+    CUSTOM,
+    CustomSourceError,
+    build_custom,
+    read_files,
+    side_features,
+    source_checksum,
+)
 from tasks.extract import safe_extract
 from tasks.normalize import NormalizeReport, normalize
 from tasks.transfer import Source, TransferFailed, open_source, progress_bars
@@ -102,6 +117,8 @@ def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
     """The canonical tables of ``data.variant`` in ``paths.raw_dir``, made unless already there."""
     if data.variant == SYNTHETIC:
         return _synthetic_dataset(data.synthetic, paths.raw_dir)
+    if data.variant == CUSTOM:
+        return _custom_dataset(data.custom, paths.raw_dir)
     variant = get_variant(data.variant)
     out = paths.raw_dir / variant.name
     with open_source(data.mirror, data.download) as source:
@@ -113,7 +130,7 @@ def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
     if done := _reusable(out, variant.name, sha256):
         return done
 
-    def build(staging: Path) -> NormalizeReport:
+    def build(staging: Path) -> tuple[NormalizeReport, dict]:
         extracted = staging / ".extracted"
         safe_extract(
             archive,
@@ -123,35 +140,82 @@ def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
         )
         report = normalize(variant.layout, extracted / variant.root, staging)
         shutil.rmtree(extracted)
-        return report
+        return report, _movielens_declaration(report)
 
     return _publish(out, variant.name, sha256, build)
+
+
+def _movielens_declaration(report: NormalizeReport) -> dict:
+    return {"users_features": MOVIELENS_USERS if report.has_users else None}
 
 
 def _synthetic_dataset(config: SyntheticConfig, raw_dir: Path) -> RawDataset:
     checksum = synthetic.config_checksum(config)
     out = raw_dir / synthetic.dataset_name(config)
-    return _reusable(out, SYNTHETIC, checksum) or _publish(
-        out, SYNTHETIC, checksum, lambda staging: synthetic.generate(config, staging)
-    )
+
+    def build(staging: Path) -> tuple[NormalizeReport, dict]:
+        report = synthetic.generate(config, staging)
+        return report, _movielens_declaration(report)
+
+    return _reusable(out, SYNTHETIC, checksum) or _publish(out, SYNTHETIC, checksum, build)
+
+
+def _custom_dataset(source: CustomSource, raw_dir: Path) -> RawDataset:
+    """Your tables (data.custom), read and checked, as a dataset named ``source.name``."""
+    if source.interactions is None:
+        raise CustomSourceError(
+            "data.variant=custom needs data.custom.interactions (a path and its column mapping)"
+        )
+    declared = {"interactions": source.interactions, "users": source.users, "items": source.items}
+    files = {table: read_files(table, given) for table, given in declared.items() if given}
+    checksum = source_checksum(source, files)
+    out = raw_dir / source.name
+    mapping = source.interactions
+
+    def build(staging: Path) -> tuple[NormalizeReport, dict]:
+        report, external = build_custom(source, files, staging)
+        return report, {
+            "items_features": side_features(source.items) or SideFeatures(),
+            "users_features": side_features(source.users),
+            "feedback": mapping.feedback,
+            "rating_scale": _scale(mapping),
+            "positive_threshold": mapping.positive_threshold if mapping.rating else 1.0,
+            "external_ids": external,
+        }
+
+    return _reusable(out, CUSTOM, checksum) or _publish(out, CUSTOM, checksum, build)
+
+
+def _scale(mapping: InteractionsSource) -> tuple[float, float]:
+    """The values ``rating`` holds: the declared scale, 0/1 labels, or 1 (implicit)."""
+    if mapping.feedback == "rating":
+        return mapping.rating_scale
+    return (0.0, 1.0) if mapping.feedback == "label" else (1.0, 1.0)
 
 
 def _reusable(out: Path, variant: str, checksum: str) -> RawDataset | None:
     if not (out / MANIFEST).is_file():
         return None
     dataset = RawDataset.load(out)
-    if dataset.variant != variant or dataset.checksum != checksum:
+    if (dataset.variant, dataset.checksum, dataset.layout) != (
+        variant,
+        checksum,
+        RawDataset.LAYOUT,
+    ):
         return None
     log.info("%s: reusing %s (source checksum %s)", variant, out, checksum)
     return dataset
 
 
 def _publish(
-    out: Path, variant: str, checksum: str, build: Callable[[Path], NormalizeReport]
+    out: Path, variant: str, checksum: str, build: Callable[[Path], tuple[NormalizeReport, dict]]
 ) -> RawDataset:
-    """Build in a staging directory that replaces ``out`` once complete, manifest included."""
+    """Build in a staging directory that replaces ``out`` once complete, manifest included.
+
+    ``build`` writes the tables and returns its report with what the dataset declares (the
+    RawDataset fields beyond the counts)."""
     with atomic_dir(out, replace=True) as staging:
-        report = build(staging)
+        report, declared = build(staging)
         dataset = RawDataset(
             path=out,
             variant=variant,
@@ -159,7 +223,8 @@ def _publish(
             n_interactions=report.n_interactions,
             n_users=report.n_users,
             n_items=report.n_items,
-            has_users=report.has_users,
+            layout=RawDataset.LAYOUT,
+            **declared,
         )
         (staging / SOURCE_CLEANING).write_text(json.dumps(report.dropped, indent=2))
         dataset.save_manifest(staging)

@@ -1,4 +1,4 @@
-"""Feature engineering: raw MovieLens-layout tables -> NVTabular workflow -> parquet + schema.
+"""Feature engineering: the canonical raw tables -> NVTabular workflow -> parquet + schema.
 
 Steps (docs/features.md): check the inputs' columns and dtypes, profile them, clean the
 interactions (every dropped row counted under its rule), split train/validation, fit the
@@ -45,44 +45,26 @@ from tasks.statistics import FEATURES_TABLE, QUANTILE_PROBS, arrow_dtype, profil
 
 log = logging.getLogger(__name__)
 
-NO_GENRES = "(no genres listed)"
-BUCKETS = ("age_bucket", "year_bucket")
-# The value each side feature takes when it is missing from the source or the id is unknown.
-MISSING = {
-    "age_bucket": -1,
-    "year_bucket": -1,
-    "zip_prefix": "?",
-    "gender": "?",
-    "occupation": "?",
-    ITEM_COUNT: 0.0,
-    USER_COUNT: 0.0,
-}
-USER_CATEGORICALS = ("gender", "age_bucket", "occupation", "zip_prefix")
-ITEM_CATEGORICALS = ("year_bucket",)
-ITEM_LISTS = ("genres",)
-# Workflow inputs of each side; a side's sub-workflow is the workflow without the other side's.
-USER_INPUTS = (USER_ID, *USER_CATEGORICALS, USER_COUNT)
-ITEM_INPUTS = (ITEM_ID, *ITEM_CATEGORICALS, *ITEM_LISTS, ITEM_COUNT)
-# Ages in MovieLens-1M's own buckets, so ml-100k and ml-1m users land on the same scale.
-AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
+# The value a categorical side feature takes where the source has none or the id is unknown:
+# integer categories, string categories (and each missing element of a list).
+MISSING_INT, MISSING_STRING = -1, "?"
 # 3: the splits are joined with their side features once and written as parquet partitions of
 # at most features.partition_rows rows, which NVTabular then fits and transforms from files.
 # 4: hashed ids are a function of the id alone (ValueHashBucket).
 # 5: the split is kept in raw ids (held_out/), which the gate reads instead of redoing it.
-FEATURES_VERSION = "5"
-# What the columns the stage reads must hold: integer ids (signed: an id beyond int64 does not
-# fit the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
-REQUIRED = {
-    "interactions": {USER_ID: "int", ITEM_ID: "int", RATING: "number", TIMESTAMP: "int"},
-    "items": {ITEM_ID: "int", "year": "number", "genres": "list"},
-    "users": {USER_ID: "int", "gender": "any", "age": "number", "occupation": "any", "zip": "any"},
-}
+# 6: side features as the dataset declares them; implicit feedback's sampled negatives.
+FEATURES_VERSION = "6"
+# What the interaction columns must hold: integer ids (signed: an id beyond int64 does not fit
+# the embedding tables' int64 lookups), numeric ratings, integer unix timestamps.
+INTERACTIONS = {USER_ID: "int", ITEM_ID: "int", RATING: "number", TIMESTAMP: "int"}
 _KINDS = {
     "int": ("int8", "int16", "int32", "int64"),
     "number": ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "float", "double"),
     "list": ("list<",),
 }
 SPLIT_FLAG = "__valid"
+# Implicit feedback's negatives: the power of an item's count its sampling weight is.
+NEGATIVE_POPULARITY_POWER = 0.75
 
 
 def fingerprint(raw: RawDataset, cfg: FeaturesConfig, validation: ValidationConfig) -> str:
@@ -92,12 +74,39 @@ def fingerprint(raw: RawDataset, cfg: FeaturesConfig, validation: ValidationConf
         {
             "data": raw.checksum,
             "cfg": cfg.model_dump(mode="json"),
-            "range": [validation.rating_min, validation.rating_max],
+            "range": rating_bounds(raw, validation),
             "v": FEATURES_VERSION,
         },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def rating_bounds(raw: RawDataset, validation: ValidationConfig) -> list[float]:
+    """The ratings cleaning keeps: the dataset's declared scale, else the configured one."""
+    return list(raw.rating_scale or (validation.rating_min, validation.rating_max))
+
+
+def positive_threshold(raw: RawDataset, cfg: FeaturesConfig) -> float:
+    """The rating from which an interaction is a positive (the training target's 1)."""
+    return cfg.rating_threshold if raw.positive_threshold is None else raw.positive_threshold
+
+
+def required_columns(raw: RawDataset) -> dict[str, dict[str, str]]:
+    """Each input table's columns the stage reads, with the kind of dtype each must have."""
+
+    def side(id_column: str, declared) -> dict[str, str]:
+        kinds = {id_column: "int"} | dict.fromkeys(declared.categorical, "any")
+        return (
+            kinds
+            | dict.fromkeys(declared.continuous, "number")
+            | dict.fromkeys(declared.lists, "list")
+        )
+
+    tables = {"interactions": INTERACTIONS, "items": side(ITEM_ID, raw.items_features)}
+    if raw.users_features is not None:
+        tables["users"] = side(USER_ID, raw.users_features)
+    return tables
 
 
 # --- inputs: structure, statistics, cleaning, split --------------------------------------------
@@ -109,14 +118,12 @@ def input_dtypes(raw: RawDataset) -> dict[str, dict[str, str]]:
     Raises ``DataValidationError`` for a missing required column, a dtype the stage cannot use
     (ids beyond int64 among them) or an interactions file without rows.
     """
-    tables = {"interactions": raw.interactions, "items": raw.items}
-    if raw.has_users:
-        tables["users"] = raw.users
+    required = required_columns(raw)
     dtypes = {}
-    for table, path in tables.items():
+    for table, path in ((name, getattr(raw, name)) for name in required):
         schema = pq.read_schema(path)
         dtypes[table] = {field.name: arrow_dtype(field.type) for field in schema}
-        for column, kind in REQUIRED[table].items():
+        for column, kind in required[table].items():
             if column not in dtypes[table]:
                 raise input_error(table, column, "missing_column", f"a {kind} column", "none")
             found = dtypes[table][column]
@@ -141,22 +148,30 @@ def read_interactions(raw: RawDataset, cfg: FeaturesConfig) -> dd.DataFrame:
 
 
 def _keep_valid_rows(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
-    df = df[list(REQUIRED["interactions"])].dropna()
+    df = df[list(INTERACTIONS)].dropna()
     df = df[(df[RATING] >= rating_min) & (df[RATING] <= rating_max)]
     return df.astype({USER_ID: "int64", ITEM_ID: "int64", RATING: "float32", TIMESTAMP: "int64"})
 
 
 def _rule_counts(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
-    missing = df[list(REQUIRED["interactions"])].isna().any(axis=1)
+    missing = df[list(INTERACTIONS)].isna().any(axis=1)
     rating = df.loc[~missing, RATING]
     outside = int(((rating < rating_min) | (rating > rating_max)).sum())
     return pd.DataFrame({MISSING_VALUE: [int(missing.sum())], OUT_OF_RANGE: [outside]})
 
 
-def _dedupe_and_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None):
-    """Runs on a partition holding all rows of its users: drops duplicates, marks validation."""
+def _dedupe_and_flag(
+    df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None, negatives: Negatives | None
+):
+    """Runs on a partition holding all rows of its users: drops duplicates, marks validation,
+    and for implicit feedback adds each split's sampled negatives."""
     df = df.sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
     df = df[~df.duplicated([USER_ID, ITEM_ID, TIMESTAMP])]
+    df = df.assign(**{SPLIT_FLAG: _validation_flag(df, cfg, cutoff)})
+    return df if negatives is None else pd.concat([df, negatives.sample(df)], ignore_index=True)
+
+
+def _validation_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None) -> np.ndarray:
     if cfg.split == "time":
         flag = df[TIMESTAMP] > cutoff
     elif cfg.split == "last_n":
@@ -169,24 +184,56 @@ def _dedupe_and_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None
             df[[USER_ID, ITEM_ID]], index=False, hash_key=f"{cfg.seed:016d}"
         )
         flag = pd.Series((keys.to_numpy() % 10_000) < cfg.valid_fraction * 10_000, index=df.index)
-    return df.assign(**{SPLIT_FLAG: flag.to_numpy()})
+    return flag.to_numpy()
+
+
+class Negatives:
+    """Implicit feedback's negatives: for each positive, ``per_positive`` items the user never
+    interacted with, drawn with probability ~ count^NEGATIVE_POPULARITY_POWER (popular items
+    are the informative negatives, as in word2vec's and Merlin's popularity samplers), with the
+    positive's split and timestamp and rating 0. Seeded by the partition's users: a rebuild
+    draws the same rows."""
+
+    def __init__(self, item_counts: pd.Series, per_positive: int, seed: int):
+        self.items = item_counts.index.to_numpy(np.int64)
+        weights = item_counts.to_numpy(np.float64) ** NEGATIVE_POPULARITY_POWER
+        self.cumulative = np.cumsum(weights / weights.sum())
+        self.per_positive = per_positive
+        self.seed = seed
+
+    def sample(self, positives: pd.DataFrame) -> pd.DataFrame:
+        if positives.empty:
+            return positives.iloc[:0]
+        users = positives[USER_ID].to_numpy(np.int64)
+        rng = np.random.default_rng([self.seed, int(users.min()) & (2**63 - 1), len(users)])
+        drawn = np.searchsorted(self.cumulative, rng.random(len(users) * self.per_positive))
+        rows = np.repeat(np.arange(len(positives)), self.per_positive)
+        negatives = positives.iloc[rows].assign(
+            **{ITEM_ID: self.items[np.minimum(drawn, len(self.items) - 1)], RATING: 0.0}
+        )
+        # Never an item the user interacted with, and each (user, item) once.
+        interacted = pd.MultiIndex.from_frame(positives[[USER_ID, ITEM_ID]])
+        pairs = pd.MultiIndex.from_frame(negatives[[USER_ID, ITEM_ID]])
+        negatives = negatives[~pairs.isin(interacted) & ~pairs.duplicated()]
+        return negatives.astype({RATING: "float32"})
 
 
 def clean_and_split(
     interactions: dd.DataFrame,
     cfg: FeaturesConfig,
-    validation: ValidationConfig,
+    bounds: list[float],
     timestamp_quantiles: list[float],
     work_dir: Path,
+    implicit: bool = False,
 ) -> tuple[dd.DataFrame, dd.DataFrame, dict[str, int]]:
     """Apply the cleaning rules, split, and write the result to ``work_dir`` once.
 
     Rows are shuffled by user so that duplicates and each user's history meet in one partition;
     writing the outcome keeps later passes (fit, transform) from repeating that shuffle. The
     shuffle keeps the partition count of ``interactions`` (see ``read_interactions``). Returns
-    the training and validation rows and the rows each rule dropped.
+    the training and validation rows and the rows each rule dropped. With ``implicit``, both
+    splits also hold their sampled negatives (:class:`Negatives`), counted as such.
     """
-    bounds = (validation.rating_min, validation.rating_max)
     meta = pd.DataFrame({MISSING_VALUE: pd.Series(dtype="int64"), OUT_OF_RANGE: []}).astype("int64")
     counts = interactions.map_partitions(_rule_counts, *bounds, meta=meta).sum()
     # The split's global cutoff, read off the profile's percentiles instead of another pass.
@@ -196,12 +243,18 @@ def clean_and_split(
     # mid-shuffle, the scheduler recomputes lost tasks, while distributed 2023.7's P2P shuffle
     # can hang for good (seen in tests/reliability/test_faults_dask.py; dask/distributed#7970).
     shuffled = kept.shuffle(USER_ID, shuffle="tasks")
-    flagged = shuffled.map_partitions(_dedupe_and_flag, cfg, cutoff)
+    negatives = None
+    if implicit:
+        item_counts = kept[ITEM_ID].value_counts().compute()
+        negatives = Negatives(item_counts, cfg.implicit_negatives, cfg.seed)
+    flagged = shuffled.map_partitions(_dedupe_and_flag, cfg, cutoff, negatives)
     n_raw = interactions.shape[0]
     write = flagged.to_parquet(str(work_dir), compute=False, write_metadata_file=False)
     counts, n_raw, _ = dd.compute(counts, n_raw, write)
     written = dd.read_parquet(str(work_dir))
-    n_kept = sum(pq.read_metadata(part).num_rows for part in work_dir.glob("*.parquet"))
+    n_written = sum(pq.read_metadata(part).num_rows for part in work_dir.glob("*.parquet"))
+    n_negatives = int((written[RATING] == 0).sum().compute()) if implicit else 0
+    n_kept = n_written - n_negatives
     cleaning = {rule: int(n) for rule, n in counts.items()}
     cleaning[DUPLICATES] = int(n_raw) - sum(cleaning.values()) - n_kept
     if n_kept == 0:
@@ -235,7 +288,12 @@ def write_joined_splits(
     repeating the join, and the workers write partitions rather than sending rows to the client.
     """
     # Dask infers string for object columns; the list columns hold lists of strings.
-    lists = {column: pa.list_(pa.string()) for column in ITEM_LISTS}
+    lists = {
+        column: pa.list_(pa.string())
+        for table in filter(lambda t: t is not None, (items, users))
+        for column, dtype in side_columns(table).items()
+        if dtype is None
+    }
     writes = [
         attach_side_features(ddf, items, users).to_parquet(
             str(work_dir / name),
@@ -259,57 +317,45 @@ def _part_number(path: Path) -> int:
     return int(path.stem.rsplit(".", 1)[-1].rsplit("_", 1)[-1])
 
 
-def derive_raw_columns(df: pd.DataFrame) -> pd.DataFrame:
-    """Columns computed row-wise from raw side features, before the workflow sees them.
-
-    Shared by training-time ETL and serving-time lookup so both build identical inputs.
-    """
-    df = df.copy()
-    if "age" in df:
-        age = pd.to_numeric(df["age"], errors="coerce")
-        df["age_bucket"] = np.searchsorted(AGE_BOUNDARIES, age.fillna(0).to_numpy(), side="right")
-        df.loc[age.isna().to_numpy(), "age_bucket"] = MISSING["age_bucket"]
-        df["age_bucket"] = df["age_bucket"].astype("int64")
-    if "zip" in df:
-        df["zip_prefix"] = df["zip"].astype("string").str[:1].fillna(MISSING["zip_prefix"])
-        df["zip_prefix"] = df["zip_prefix"].astype(str)
-    if "genres" in df:
-        df["genres"] = [_genres_or_placeholder(g) for g in df["genres"]]
-    if "year" in df:
-        year = pd.to_numeric(df["year"], errors="coerce")
-        df["year_bucket"] = ((year // 5) * 5).fillna(MISSING["year_bucket"]).astype("int64")
-    return df
-
-
-def _genres_or_placeholder(genres) -> list[str]:
-    # An empty list would make the genre embedding a mean over nothing (NaN).
-    if genres is None or (not isinstance(genres, list | np.ndarray) and pd.isna(genres)):
-        return [NO_GENRES]
-    return list(genres) or [NO_GENRES]
-
-
 def side_feature_tables(
     raw: RawDataset, train_interactions: dd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame | None, dict[str, pd.Series]]:
-    """Per-item and per-user raw features plus training-split activity counts.
+    """Per-item and per-user declared features plus training-split activity counts.
 
     These are the lookup tables serving uses to turn bare ids into model inputs, so the same
-    tables feed ETL and serving. Counts come from the training split only; they are also
-    returned per id column, as the vocabulary validation compares between builds.
+    tables feed ETL and serving. Counts come from the training split only (for implicit
+    feedback, of its positives); they are also returned per id column, as the vocabulary
+    validation compares between builds.
     """
+    if raw.feedback == "implicit":
+        train_interactions = train_interactions[train_interactions[RATING] > 0]
     item_counts, user_counts = dd.compute(
         train_interactions[ITEM_ID].value_counts(), train_interactions[USER_ID].value_counts()
     )
-    items = pd.read_parquet(raw.items, columns=[ITEM_ID, "year", "genres"])
-    items = derive_raw_columns(items).join(item_counts.rename(ITEM_COUNT), on=ITEM_ID)
-    items[ITEM_COUNT] = items[ITEM_COUNT].fillna(0).astype("float32")
+    items = _side_table(raw.items, ITEM_ID, raw.items_features, item_counts, ITEM_COUNT)
     vocab = {ITEM_ID: item_counts, USER_ID: user_counts}
-    if not raw.has_users:
+    if raw.users_features is None:
         return items, None, vocab
-    users = pd.read_parquet(raw.users, columns=[USER_ID, "gender", "age", "occupation", "zip"])
-    users = derive_raw_columns(users).join(user_counts.rename(USER_COUNT), on=USER_ID)
-    users[USER_COUNT] = users[USER_COUNT].fillna(0).astype("float32")
+    users = _side_table(raw.users, USER_ID, raw.users_features, user_counts, USER_COUNT)
     return items, users, vocab
+
+
+def _side_table(path: Path, id_column: str, declared, counts: pd.Series, count_column: str):
+    table = pd.read_parquet(path, columns=[id_column, *declared.columns])
+    for column in declared.continuous:
+        table[column] = table[column].astype("float32")
+    for column in declared.lists:
+        # An empty list would make the column's embedding a mean over nothing (NaN).
+        table[column] = [_list_or_missing(values) for values in table[column]]
+    table = table.join(counts.rename(count_column), on=id_column)
+    table[count_column] = table[count_column].fillna(0).astype("float32")
+    return _fill_missing(table, side_columns(table))
+
+
+def _list_or_missing(values) -> list:
+    if values is None or (np.ndim(values) == 0 and pd.isna(values)) or not len(values):
+        return [MISSING_STRING]
+    return [MISSING_STRING if v is None else v for v in values]
 
 
 def attach_side_features(
@@ -317,33 +363,56 @@ def attach_side_features(
 ):
     """Join side features onto (user_id, item_id) rows.
 
-    Ids missing from the tables get the "missing" value of each feature (the same one a known id
-    with a missing field gets), count 0 and the no-genre placeholder, so an unknown id is scored
-    as a cold item or user, never an error.
+    Ids missing from the tables get the missing value of each feature (the same one a known id
+    with a missing field gets) and count 0, so an unknown id is scored as a cold item or user,
+    never an error.
     """
-    joined = interactions.merge(items.drop(columns=["year"]), on=ITEM_ID, how="left")
+    joined = interactions.merge(items, on=ITEM_ID, how="left")
+    columns = side_columns(items)
     if users is not None:
-        joined = joined.merge(users.drop(columns=["age", "zip"]), on=USER_ID, how="left")
+        joined = joined.merge(users, on=USER_ID, how="left")
+        columns |= side_columns(users)
     if isinstance(joined, dd.DataFrame):
-        return joined.map_partitions(_fill_unknown)
-    return _fill_unknown(joined)
+        return joined.map_partitions(_fill_missing, columns)
+    return _fill_missing(joined, columns)
 
 
-def _fill_unknown(df: pd.DataFrame) -> pd.DataFrame:
-    df = df.fillna({col: MISSING[col] for col in df.columns.intersection(list(MISSING))})
-    # A left join with misses turns int columns into float; restore the training dtypes.
-    for col in df.columns.intersection(list(BUCKETS)):
-        df[col] = df[col].astype("int64")
-    for col in df.columns.intersection([ITEM_COUNT, USER_COUNT]):
-        df[col] = df[col].astype("float32")
-    # Known items already carry their genres (placeholder included, see derive_raw_columns):
-    # only unknown ones need one, and a per-row Python pass would dominate the ETL's time.
-    unknown = df["genres"].isna().to_numpy()
-    if unknown.any():
-        df.loc[unknown, "genres"] = pd.Series(
-            [[NO_GENRES]] * int(unknown.sum()), dtype=object
-        ).values
+def side_columns(table: pd.DataFrame) -> dict[str, np.dtype | None]:
+    """A side table's feature columns and their dtypes; None for a list column."""
+    columns = {}
+    for column in table.columns.difference([USER_ID, ITEM_ID]):
+        present = table[column].dropna()
+        is_list = table[column].dtype == object and len(present) and _is_list(present.iloc[0])
+        columns[column] = None if is_list else table[column].dtype
+    return columns
+
+
+def _fill_missing(df: pd.DataFrame, columns: dict[str, np.dtype | None]) -> pd.DataFrame:
+    """The gaps of ``columns`` filled by kind, each column back in its side table's dtype (a
+    left join with misses makes integer columns float). Continuous features keep theirs, which
+    the workflow fills with the training split's median (an unknown id's count is 0)."""
+    df = df.copy()
+    for column, dtype in columns.items():
+        values = df[column]
+        if dtype is None:
+            missing = ~values.map(_is_list).to_numpy(bool)
+            if missing.any():
+                df.loc[missing, column] = pd.Series(
+                    [[MISSING_STRING]] * int(missing.sum()), dtype=object
+                ).values
+        elif pd.api.types.is_integer_dtype(dtype):
+            df[column] = values.fillna(MISSING_INT).astype(dtype)
+        elif column in (ITEM_COUNT, USER_COUNT):
+            df[column] = values.fillna(0.0).astype(dtype)
+        elif pd.api.types.is_numeric_dtype(dtype):
+            pass  # a continuous feature: the workflow fills it with its training median
+        elif values.isna().any():
+            df[column] = values.astype(object).where(values.notna(), MISSING_STRING)
     return df
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, list | np.ndarray)
 
 
 class ValueHashBucket(ops.HashBucket):
@@ -364,7 +433,10 @@ class ValueHashBucket(ops.HashBucket):
         return df
 
 
-def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -> nvt.Workflow:
+def build_workflow(cfg: FeaturesConfig, raw: RawDataset, categories_dir: Path) -> nvt.Workflow:
+    """Encoded ids, the dataset's declared side features, popularity and the binary target."""
+    threshold = positive_threshold(raw, cfg)
+
     def categorify(cols, *tags, freq_threshold=0):
         encode = ops.Categorify(freq_threshold=freq_threshold, out_path=str(categories_dir))
         return list(cols) >> encode >> ops.AddTags(list(tags))
@@ -377,21 +449,29 @@ def build_workflow(cfg: FeaturesConfig, has_users: bool, categories_dir: Path) -
     def log_normalized(cols, *tags):
         return list(cols) >> ops.LogOp() >> ops.Normalize() >> ops.AddTags([Tags.CONTINUOUS, *tags])
 
-    outputs = (
-        encode_id(USER_ID, Tags.USER_ID, Tags.USER)
-        + encode_id(ITEM_ID, Tags.ITEM_ID, Tags.ITEM)
-        + categorify(ITEM_CATEGORICALS + ITEM_LISTS, Tags.ITEM)
-    )
-    if cfg.popularity:
-        # Log-popularity from the training split: a strong prior for rarely seen items.
-        outputs += log_normalized([ITEM_COUNT], Tags.ITEM)
-    if has_users:
-        outputs += categorify(USER_CATEGORICALS, Tags.USER)
+    def side(declared, count: str, tag: Tags):
+        nodes = []
+        if declared.categorical or declared.lists:
+            nodes.append(categorify([*declared.categorical, *declared.lists], tag))
+        if declared.continuous:
+            normalized = list(declared.continuous) >> ops.FillMedian() >> ops.Normalize()
+            nodes.append(normalized >> ops.AddTags([Tags.CONTINUOUS, tag]))
         if cfg.popularity:
-            outputs += log_normalized([USER_COUNT], Tags.USER)
+            # Log-popularity from the training split: a strong prior for rarely seen ids.
+            nodes.append(log_normalized([count], tag))
+        return nodes
+
+    outputs = encode_id(USER_ID, Tags.USER_ID, Tags.USER) + encode_id(
+        ITEM_ID, Tags.ITEM_ID, Tags.ITEM
+    )
+    for node in side(raw.items_features, ITEM_COUNT, Tags.ITEM):
+        outputs += node
+    if raw.users_features is not None:
+        for node in side(raw.users_features, USER_COUNT, Tags.USER):
+            outputs += node
     outputs += (
         [RATING]
-        >> ops.LambdaOp(lambda col: (col >= cfg.rating_threshold).astype("int32"))
+        >> ops.LambdaOp(lambda col: (col >= threshold).astype("int32"))
         >> ops.Rename(name=TARGET)
         >> ops.AddTags([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
     )
@@ -414,11 +494,12 @@ def side_workflow(workflow: nvt.Workflow, side: str) -> nvt.Workflow:
     """The fitted workflow restricted to one side's features (``user`` or ``item``).
 
     Retrieval encodes a user (query tower) without any item, and item towers without users.
-    Like ``Workflow.remove_inputs``, this modifies ``workflow`` itself.
+    The other side's inputs are the ones its tag marks in the output (every side op keeps its
+    column's name). Like ``Workflow.remove_inputs``, this modifies ``workflow`` itself.
     """
-    other = ITEM_INPUTS if side == "user" else USER_INPUTS
-    present = set(workflow.input_schema.column_names)
-    return workflow.remove_inputs([c for c in (*other, RATING) if c in present])
+    other = Tags.ITEM if side == "user" else Tags.USER
+    drop = {*workflow.output_schema.select_by_tag(other).column_names, RATING}
+    return workflow.remove_inputs([c for c in workflow.input_schema.column_names if c in drop])
 
 
 def build_features(
@@ -450,15 +531,16 @@ def build_features(
         train, valid, cleaning = clean_and_split(
             interactions,
             cfg,
-            validation,
+            rating_bounds(raw, validation),
             tables["interactions"][TIMESTAMP].quantiles,
             work / "clean",
+            implicit=raw.feedback == "implicit",
         )
         write_held_out({"train": train, "valid": valid}, staging / HELD_OUT)
         items, users, vocab = side_feature_tables(raw, train)
-        write_lookups(staging / "lookup", items, users)
+        write_lookups(staging / "lookup", items, users, raw)
         joined = write_joined_splits({"train": train, "valid": valid}, items, users, work)
-        workflow = fit_and_transform(joined, cfg, raw.has_users, staging, cpu)
+        workflow = fit_and_transform(joined, cfg, raw, staging, cpu)
         shutil.rmtree(work)
         save_workflows(workflow, staging)
         counts = {name: _rows(staging / name) for name in ("train", "valid")}
@@ -472,6 +554,9 @@ def build_features(
             id_encoding=cfg.id_encoding,
             split=cfg.split,
             cleaning=cleaning,
+            positive_threshold=positive_threshold(raw, cfg),
+            feedback=raw.feedback,
+            external_ids=raw.external_ids,
         )
         tables[FEATURES_TABLE] = feature_statistics(staging / "train", workflow.output_schema)
         _write_statistics(staging / "statistics", Profile(tables=tables, cleaning=cleaning), vocab)
@@ -512,16 +597,22 @@ def write_held_out(splits: dict[str, dd.DataFrame], directory: Path) -> None:
     )
 
 
-def write_lookups(directory: Path, items: pd.DataFrame, users: pd.DataFrame | None) -> None:
-    """The side-feature tables serving looks raw ids up in (serving/export.py)."""
+def write_lookups(
+    directory: Path, items: pd.DataFrame, users: pd.DataFrame | None, raw: RawDataset
+) -> None:
+    """The side-feature tables serving looks raw ids up in (serving/export.py), and where the
+    dataset's ids are strings, the string of each id (what the endpoints answer with)."""
     directory.mkdir()
     items.to_parquet(directory / "items.parquet", index=False)
     if users is not None:
         users.to_parquet(directory / "users.parquet", index=False)
+    if raw.external_ids:
+        for column in (USER_ID, ITEM_ID):
+            shutil.copy(raw.external_ids_file(column), directory / f"{column}s.parquet")
 
 
 def fit_and_transform(
-    joined: dict[str, list[Path]], cfg: FeaturesConfig, has_users: bool, staging: Path, cpu: bool
+    joined: dict[str, list[Path]], cfg: FeaturesConfig, raw: RawDataset, staging: Path, cpu: bool
 ) -> nvt.Workflow:
     """Fit the workflow on the training files only, then transform every split into
     ``staging/<split>``; raises ``DataValidationError`` for an empty split."""
@@ -535,7 +626,7 @@ def fit_and_transform(
         name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
         for name, files in joined.items()
     }
-    workflow = build_workflow(cfg, has_users, staging / "categories")
+    workflow = build_workflow(cfg, raw, staging / "categories")
     workflow.fit(datasets["train"])
     for name, dataset in datasets.items():
         workflow.transform(dataset).to_parquet(

@@ -40,6 +40,7 @@ ITEMS_SCHEMA = pa.schema(
         ("title", pa.string()),
         ("year", pa.int32()),
         ("genres", pa.list_(pa.string())),
+        ("year_bucket", pa.int64()),
     ]
 )
 USERS_SCHEMA = pa.schema(
@@ -49,6 +50,8 @@ USERS_SCHEMA = pa.schema(
         ("age", pa.int32()),
         ("occupation", pa.string()),
         ("zip", pa.string()),
+        ("age_bucket", pa.int64()),
+        ("zip_prefix", pa.string()),
     ]
 )
 TAGS_SCHEMA = pa.schema(
@@ -164,6 +167,38 @@ def parse_year(title: str) -> int | None:
 def split_genres(names: list[str] | str) -> list[str]:
     parts = names.split("|") if isinstance(names, str) else names
     return [g for g in (p.strip() for p in parts) if g and g not in _NO_GENRE]
+
+
+# ---------------------------------------------------------------------------------------------
+# The side features MovieLens declares (recflow.artifacts.MOVIELENS_ITEMS/USERS), derived from
+# its raw columns here, once, so the feature stage reads declared columns of any dataset alike.
+
+# Ages in MovieLens-1M's own buckets, so ml-100k and ml-1m users land on the same scale.
+AGE_BOUNDARIES = (18, 25, 35, 45, 50, 56)
+# The bucket of a missing age or year; a missing zip's prefix.
+MISSING_BUCKET, MISSING_PREFIX = -1, "?"
+NO_GENRES = "(no genres listed)"
+
+
+def movielens_items(items: pd.DataFrame) -> pd.DataFrame:
+    """``year_bucket`` (5-year bins) from the year, and a genre placeholder for none."""
+    year = pd.to_numeric(items["year"], errors="coerce")
+    # An empty list would make the genre embedding a mean over nothing (NaN).
+    genres = [list(g) if len(g) else [NO_GENRES] for g in items["genres"]]
+    return items.assign(
+        year_bucket=((year // 5) * 5).fillna(MISSING_BUCKET).astype("int64"), genres=genres
+    )
+
+
+def movielens_users(users: pd.DataFrame) -> pd.DataFrame:
+    """``age_bucket`` on ml-1m's scale and ``zip_prefix`` (the zip's first character)."""
+    age = pd.to_numeric(users["age"], errors="coerce")
+    buckets = np.searchsorted(AGE_BOUNDARIES, age.fillna(0).to_numpy(), side="right")
+    prefix = users["zip"].astype("string").str[:1].fillna(MISSING_PREFIX).astype(str)
+    return users.assign(
+        age_bucket=np.where(age.isna(), MISSING_BUCKET, buckets).astype("int64"),
+        zip_prefix=prefix,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,7 +362,7 @@ def _items_frame(rows: list[tuple[str, str, list[str] | str]]) -> pd.DataFrame:
 
 
 def _users_frame(rows: list[tuple[str, str, str, str, str]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=USERS_SCHEMA.names)
+    frame = pd.DataFrame(rows, columns=[USER_ID, "gender", "age", "occupation", "zip"])
     for column in ("gender", "occupation", "zip"):
         frame[column] = frame[column].str.strip()
     return frame
@@ -369,7 +404,9 @@ def _clean(tables: _Tables) -> None:
 
     inter = inter.astype({RATING: "float32"})
     tables.interactions = inter.sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
-    tables.items = items.sort_values(ITEM_ID, kind="stable")
+    tables.items = movielens_items(items.sort_values(ITEM_ID, kind="stable"))
+    if tables.users is not None:
+        tables.users = movielens_users(tables.users)
 
 
 def _coerce_ints(frame: pd.DataFrame, columns: list[str], table: str, dropped: Counter):

@@ -43,6 +43,8 @@ from tasks.normalize import (
     USERS_FILE,
     USERS_SCHEMA,
     NormalizeReport,
+    movielens_items,
+    movielens_users,
     write_table,
 )
 
@@ -106,7 +108,7 @@ def generate(config: SyntheticConfig, out_dir: Path) -> NormalizeReport:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = _World.build(config)
-    write_table(world.items_frame(), ITEMS_SCHEMA, out_dir / ITEMS_FILE)
+    write_table(movielens_items(world.items_frame()), ITEMS_SCHEMA, out_dir / ITEMS_FILE)
     with (
         pq.ParquetWriter(out_dir / INTERACTIONS_FILE, INTERACTIONS_SCHEMA) as ratings_out,
         pq.ParquetWriter(out_dir / USERS_FILE, USERS_SCHEMA) as users_out,
@@ -272,16 +274,16 @@ class _Users:
         )
 
     def table(self) -> pa.Table:
-        return pa.table(
+        users = pd.DataFrame(
             {
                 USER_ID: self.ids,
                 "gender": np.array(["M", "F"])[self.gender],
                 "age": self.age,
                 "occupation": np.array(OCCUPATIONS)[self.occupation],
                 "zip": np.char.zfill(self.zip.astype(str), 5),
-            },
-            schema=USERS_SCHEMA,
+            }
         )
+        return pa.Table.from_pandas(movielens_users(users), USERS_SCHEMA, preserve_index=False)
 
 
 def _allocate(rng: np.random.Generator, config: SyntheticConfig) -> np.ndarray:

@@ -87,7 +87,6 @@ def test_features_stage_runs_on_an_existing_scheduler(
         n_interactions=data.n_ratings,
         n_users=data.n_users,
         n_items=data.n_items,
-        has_users=True,
     )
     settings = load_settings(
         overrides=[

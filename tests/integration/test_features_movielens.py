@@ -18,7 +18,8 @@ from recflow.compute import open_cluster
 from recflow.config import ComputeConfig, DataConfig, FeaturesConfig, PathsConfig, ValidationConfig
 from tasks.data_checks import DataValidationError
 from tasks.download import fetch_dataset
-from tasks.features import NO_GENRES, build_features, clean_and_split, input_dtypes
+from tasks.features import build_features, clean_and_split, input_dtypes
+from tasks.normalize import NO_GENRES
 from tasks.statistics import profile_table
 from tasks.validate import ACCEPTED, validate_features
 from tests.support.movielens_server import REPO, MovieLensServer, make_mirror, movielens_archive
@@ -91,9 +92,7 @@ def splits(raw, client, tmp_path_factory):
     out = {}
     for cfg in (LAST_N, FeaturesConfig(split="time")):
         work = tmp_path_factory.mktemp(cfg.split)
-        train, valid, cleaning = clean_and_split(
-            interactions, cfg, ValidationConfig(), timestamps, work
-        )
+        train, valid, cleaning = clean_and_split(interactions, cfg, [0.5, 5.0], timestamps, work)
         out[cfg.split] = (train.compute(), valid.compute(), cleaning)
     return out
 

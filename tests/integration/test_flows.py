@@ -103,7 +103,7 @@ class FakeStages:
             n_interactions=3,
             n_users=2,
             n_items=2,
-            has_users=False,
+            users_features=None,
         )
         raw.save_manifest()
         return raw

@@ -39,7 +39,7 @@ def raw(tmp_path_factory) -> RawDataset:
     synthetic.generate(SMALL, path)
     return RawDataset(
         path=path, variant="synthetic", checksum="small", n_interactions=SMALL.n_ratings,
-        n_users=SMALL.n_users, n_items=SMALL.n_items, has_users=True,
+        n_users=SMALL.n_users, n_items=SMALL.n_items,
     )  # fmt: skip
 
 
@@ -182,7 +182,8 @@ def _history() -> pd.DataFrame:
 
 
 def test_last_n_holds_out_each_users_latest_and_keeps_short_histories():
-    flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="last_n", valid_last_n=1), None)
+    cfg = FeaturesConfig(split="last_n", valid_last_n=1)
+    flagged = _dedupe_and_flag(_history(), cfg, None, None)
     valid = flagged[flagged[SPLIT_FLAG]]
     assert sorted(zip(valid.user_id, valid.item_id, strict=True)) == [(1, 10), (2, 13)]
     assert len(flagged) == 6  # the duplicated (1, 12, 200) row is gone
@@ -194,7 +195,7 @@ def test_last_n_holds_out_each_users_latest_and_keeps_short_histories():
 
 
 def test_time_split_uses_one_global_cutoff():
-    flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="time"), 150.0)
+    flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="time"), 150.0, None)
     assert flagged.loc[flagged[SPLIT_FLAG], "timestamp"].min() > 150
     assert flagged.loc[~flagged[SPLIT_FLAG], "timestamp"].max() <= 150
 

@@ -23,6 +23,7 @@ from tasks.normalize import (
     ITEMS_FILE,
     ITEMS_SCHEMA,
     ML1M_OCCUPATIONS,
+    NO_GENRES,
     TAGS_FILE,
     TAGS_SCHEMA,
     USERS_FILE,
@@ -83,10 +84,11 @@ def test_ml100k_items_users_and_genres_from_flags(ml100k_tables):
     assert toy_story.year == 1995
     assert list(toy_story.genres) == ["Animation", "Children's", "Comedy"]
     # Item 267 is literally "unknown": no year, and the "unknown" genre flag means no genre.
-    assert pd.isna(items.loc[267].year) and list(items.loc[267].genres) == []
+    assert pd.isna(items.loc[267].year) and list(items.loc[267].genres) == [NO_GENRES]
     users = read(out, USERS_FILE).set_index("user_id")
     assert users.loc[1].to_dict() == {
-        "gender": "M", "age": 24, "occupation": "technician", "zip": "85711"
+        "gender": "M", "age": 24, "occupation": "technician", "zip": "85711",
+        "age_bucket": 1, "zip_prefix": "8",
     }  # fmt: skip
     assert users.loc[74].zip == "T8H1N"  # Canadian postcodes stay strings
 
@@ -100,7 +102,7 @@ def test_latest_small_counts_half_stars_and_tags(latest_small_tables):
     assert sorted(ratings.unique()) == [x / 2 for x in range(1, 11)]
     assert len(read(out, TAGS_FILE)) == 3683
     items = read(out, ITEMS_FILE).set_index("item_id")
-    assert list(items.loc[143410].genres) == []  # "(no genres listed)"
+    assert list(items.loc[143410].genres) == [NO_GENRES]
     assert items.loc[171749].year == 2006  # "Death Note: Desu nôto (2006–2007)"
 
 

@@ -75,12 +75,12 @@ def test_recommend_gets_its_own_instance_count():
 def test_config_is_rewritten_only_when_it_changes(tmp_path):
     model = tmp_path / "recflow_ranking"
     model.mkdir()
-    _write_config(model, "ranking", ServingConfig())
+    _write_config(model, "ranking", ServingConfig(), False)
     config = model / "config.pbtxt"
     inode = config.stat().st_ino  # a rewrite renames a new file into place
-    _write_config(model, "ranking", ServingConfig())
+    _write_config(model, "ranking", ServingConfig(), False)
     assert config.stat().st_ino == inode
-    _write_config(model, "ranking", ServingConfig(instance_count=2))
+    _write_config(model, "ranking", ServingConfig(instance_count=2), False)
     assert config.stat().st_ino != inode
     assert "count: 2 kind: KIND_CPU" in config.read_text()
 
