@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli.common import console, error, print_scores, settings_of
 from cli.config import config_app
-from cli.data import data_app
+from cli.data import EXIT_INVALID_DATA, data_app
 from cli.models import EXIT_TRIAL_FAILED, models_app
 from cli.schedule import register as register_schedule
 from cli.serve import register as register_serving
@@ -22,9 +22,7 @@ from recflow.config import Settings, load_settings
 # candidate that fails the gate is an expected outcome, not a crash.
 EXIT_USAGE = 2
 EXIT_NOT_BLESSED = 3
-# cli.models' EXIT_TRIAL_FAILED is 4. Data the validation stage refuses stops the run
-# before training: the anomalies are the message, and nothing was trained or published.
-EXIT_INVALID_DATA = 5
+# cli.models' EXIT_TRIAL_FAILED is 4; cli.data's EXIT_INVALID_DATA is 5.
 
 # Prefect settings recflow needs unless the user chose otherwise. A fresh ephemeral API server
 # migrates its database on first start, which takes longer than Prefect's default wait on a
@@ -142,11 +140,12 @@ def _run_pipeline(settings: Settings, force: bool = False):
     from recflow.registry import RegistryError
     from release.gate import GateFailed
     from release.trial import TrialServingFailed
+    from tasks.custom import CustomSourceError
     from tasks.data_checks import DataValidationError
 
     try:
         result = pipeline(settings, force)
-    except DataValidationError as failure:
+    except (DataValidationError, CustomSourceError) as failure:
         error(str(failure))
         raise typer.Exit(EXIT_INVALID_DATA) from failure
     except GateFailed as failure:

@@ -1,4 +1,4 @@
-"""``recflow data``: fetch a dataset variant, list the variants and what is on disk.
+"""``recflow data``: fetch a dataset variant, import your own tables, list what is on disk.
 
 The dataset stage is imported inside the commands: it pulls in Prefect and pandas (seconds),
 which ``recflow --help`` and every other command would otherwise pay.
@@ -14,6 +14,10 @@ from rich.table import Table
 
 from cli.common import console, error, settings_of
 from recflow.artifacts import MANIFEST
+
+# Data the source checks or the validation stage refuse stops a run before training: the
+# problem is the message (file, column, row; or the anomalies), and nothing was written.
+EXIT_INVALID_DATA = 5
 
 data_app = typer.Typer(
     name="data", help="Download, verify and normalise datasets.", no_args_is_help=True
@@ -46,6 +50,43 @@ def fetch(
         f"{dataset.variant}: {dataset.n_interactions:,} interactions, {dataset.n_users:,} users, "
         f"{dataset.n_items:,} items -> {dataset.path}"
     )
+
+
+@data_app.command("import")
+def import_tables(
+    ctx: typer.Context,
+    interactions: Annotated[
+        str | None,
+        typer.Option(help="Path, glob or URL of the interactions (data.custom.interactions.path)"),
+    ] = None,
+) -> None:
+    """Read your own tables as data.custom declares them (--config YAML or --set), check them
+    and write the dataset that `recflow -s data.variant=custom run` trains on."""
+    from tasks.custom import CustomSourceError
+    from tasks.download import fetch_dataset, source_cleaning
+
+    settings = settings_of(ctx)
+    custom = settings.data.custom
+    if interactions is not None:
+        if custom.interactions is None:
+            error("error: data.custom.interactions needs its column mapping (see docs/data.md)")
+            raise typer.Exit(EXIT_INVALID_DATA)
+        given = custom.interactions.model_copy(update={"path": interactions})
+        custom = custom.model_copy(update={"interactions": given})
+    data = settings.data.model_copy(update={"variant": "custom", "custom": custom})
+    try:
+        dataset = fetch_dataset(data, settings.paths)
+    except CustomSourceError as exc:
+        error(f"error: {exc}")
+        raise typer.Exit(EXIT_INVALID_DATA) from exc
+    ids = "string ids (served as TYPE_STRING)" if dataset.external_ids else "integer ids"
+    console.print(
+        f"{custom.name}: {dataset.n_interactions:,} interactions ({dataset.feedback} feedback), "
+        f"{dataset.n_users:,} users, {dataset.n_items:,} items, {ids} -> {dataset.path}\n"
+        f"source sha256 {dataset.checksum}"
+    )
+    for rule, rows in source_cleaning(dataset.path).items():
+        console.print(f"dropped {rows:,} rows: {rule}")
 
 
 @data_app.command("list")

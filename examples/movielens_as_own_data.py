@@ -41,12 +41,15 @@ def read_archive(archive: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return ratings, movies
 
 
-def write_example(archive: Path, out_dir: Path, shape: str) -> Path:
+def write_example(archive: Path, out_dir: Path, shape: str, users: int | None = None) -> Path:
     """Write the tables of ``shape`` and their ``recflow.yaml`` into ``out_dir``; returns the
-    YAML's path (its ``paths.home`` is ``out_dir/home``)."""
+    YAML's path (its ``paths.home`` is ``out_dir/home``). ``users``: keep the ratings of the
+    first ``users`` users only (a quicker example)."""
     if shape not in SHAPES:
         raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
     ratings, movies = read_archive(archive)
+    if users is not None:
+        ratings = ratings[ratings["userId"].isin(sorted(ratings["userId"].unique())[:users])]
     out_dir.mkdir(parents=True, exist_ok=True)
     genres = movies["genres"].where(movies["genres"] != "(no genres listed)", "")
     year = movies["title"].str.extract(_YEAR, expand=False).astype("float64")
@@ -125,8 +128,9 @@ def main() -> None:
     parser.add_argument("archive", type=Path, help="a MovieLens zip with ratings.csv, movies.csv")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--shape", choices=SHAPES, default="parquet")
+    parser.add_argument("--users", type=int, help="keep the first N users' ratings only")
     args = parser.parse_args()
-    print(write_example(args.archive, args.out_dir, args.shape))
+    print(write_example(args.archive, args.out_dir, args.shape, args.users))
 
 
 if __name__ == "__main__":

@@ -350,7 +350,7 @@ class ExternalIdStage:
         inputs = dict(inputs)
         for name in (USER_ID, ITEM_ID):
             if name in inputs:
-                if inputs[name].dtype != object:
+                if inputs[name].dtype.kind not in "OSU":  # Triton: object arrays of bytes
                     raise BadRequest(f"{name} must be the dataset's string ids (TYPE_STRING)")
                 inputs[name] = internal_ids(inputs[name]).reshape(inputs[name].shape)
         outputs = self.stage(inputs)
