@@ -203,3 +203,47 @@ def test_sampled_negatives_avoid_the_users_items_and_follow_popularity():
     assert (negatives["item_id"] < 10).mean() > 0.8
     again = Negatives(counts, per_positive=4, seed=1).sample(positives)
     pd.testing.assert_frame_equal(negatives, again)
+
+
+def test_a_label_column_is_0_or_1(tmp_path):
+    labelled = RATINGS.assign(clicked=[1, 0, 1, 0, 1])
+    mapping = {"path": str(tmp_path / "ratings.parquet"), "user": "who", "item": "what"}
+    custom = CustomSource.model_validate(
+        {"interactions": {**mapping, "timestamp": "when", "label": "clicked"}}
+    )
+    labelled.to_parquet(tmp_path / "ratings.parquet", index=False)
+    dataset = fetch(tmp_path, custom)
+    assert (dataset.feedback, dataset.rating_scale, dataset.positive_threshold) == (
+        "label",
+        (0.0, 1.0),
+        1.0,
+    )
+    labelled.assign(clicked=[1, 0, 2, 0, 1]).to_parquet(tmp_path / "ratings.parquet", index=False)
+    with pytest.raises(CustomSourceError, match=r"'clicked': 1 values are not 0 or 1 \(row 3: 2\)"):
+        fetch(tmp_path, custom)
+
+
+def test_an_http_url_is_read_like_a_local_file(tmp_path):
+    """fsspec URLs: a local HTTP server stands in for a web or object store."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    RATINGS.to_csv(exports / "ratings.csv", index=False)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(exports))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}/ratings.csv"
+        custom = CustomSource.model_validate({"interactions": {"path": url, **MAPPING}})
+        try:
+            dataset = fetch(tmp_path, custom)
+        finally:
+            server.shutdown()
+    assert dataset.n_interactions == len(RATINGS) and dataset.external_ids
+    local = CustomSource.model_validate(
+        {"interactions": {"path": str(exports / "ratings.csv"), **MAPPING}}
+    )
+    # The same bytes from another place are the same dataset.
+    assert fetch(tmp_path / "local", local).checksum == dataset.checksum
