@@ -122,6 +122,9 @@ class InteractionsSource(TableSource):
     rating_scale: tuple[float, float] | None = None
     positive_threshold: float | None = None
     label: str | None = None
+    # The held-out interactions, if you have your own split: same format and mapping as
+    # ``path``; features.split=predefined then validates on exactly these rows.
+    validation: str | None = None
 
     @model_validator(mode="after")
     def _one_kind_of_feedback(self) -> InteractionsSource:
@@ -237,8 +240,9 @@ class ValidationConfig(_Section):
 class FeaturesConfig(_Section):
     rating_threshold: float = 4.0
     # random: hashed (user, item) pairs; time: one global cutoff at the valid_fraction quantile
-    # of timestamps; last_n: each user's last valid_last_n interactions (users with more).
-    split: Literal["random", "time", "last_n"] = "random"
+    # of timestamps; last_n: each user's last valid_last_n interactions (users with more);
+    # predefined: the dataset's own validation rows (data.custom.interactions.validation).
+    split: Literal["random", "time", "last_n", "predefined"] = "random"
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     valid_last_n: PositiveInt = 1
     seed: int = 42

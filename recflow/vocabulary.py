@@ -16,6 +16,8 @@ A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
 # Columns of the canonical raw tables (recflow.artifacts.RawDataset) and of the features.
 USER_ID, ITEM_ID = "user_id", "item_id"
 RATING, TIMESTAMP = "rating", "timestamp"
+# Interactions of a dataset with its own split: True on the validation rows.
+IN_VALIDATION = "in_validation"
 # The binary training target the feature workflow derives from ``rating``.
 TARGET = "rating_binary"
 ITEM_COUNT, USER_COUNT = "item_count", "user_count"

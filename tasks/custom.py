@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from recflow.artifacts import RawDataset, SideFeatures
 from recflow.config import CustomSource, InteractionsSource, SideTableSource, TableSource
 from recflow.external_ids import EXTERNAL_ID, colliding, internal_ids
-from recflow.vocabulary import ITEM_ID, RATING, TIMESTAMP, USER_ID
+from recflow.vocabulary import IN_VALIDATION, ITEM_ID, RATING, TIMESTAMP, USER_ID
 from tasks.normalize import INTERACTIONS_SCHEMA, MalformedSource, NormalizeReport
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,8 @@ def source_checksum(source: CustomSource, files: dict[str, list[SourceFile]]) ->
     for table in ("interactions", "users", "items"):
         if mapping.get(table):
             mapping[table].pop("path")
+    if mapping["interactions"]:
+        mapping["interactions"]["validation"] = bool(mapping["interactions"]["validation"])
     payload = {
         "layout": RawDataset.LAYOUT,
         "mapping": mapping,
@@ -200,6 +202,15 @@ def read_interactions(files: list[SourceFile], source: InteractionsSource) -> pd
         )
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_split(
+    files: dict[str, list[SourceFile]], table: str, source: InteractionsSource
+) -> pd.DataFrame:
+    interactions = read_interactions(files[table], source)
+    if interactions.empty:
+        raise CustomSourceError(f"data.custom.{table}: no rows in {[f.url for f in files[table]]}")
+    return interactions
 
 
 def read_side_table(table: str, files: list[SourceFile], source: SideTableSource) -> pd.DataFrame:
@@ -329,10 +340,15 @@ def build_custom(
     Returns the report and whether the ids are strings (external). Interactions without a user
     or item are dropped and counted; every other check raises :class:`CustomSourceError`.
     """
-    interactions = read_interactions(files["interactions"], source.interactions)
-    if interactions.empty:
-        raise CustomSourceError(
-            f"data.custom.interactions: no rows in {[f.url for f in files['interactions']]}"
+    interactions = _read_split(files, "interactions", source.interactions)
+    if "validation" in files:  # the dataset's own split (features.split=predefined)
+        validation = _read_split(files, "validation", source.interactions)
+        interactions = pd.concat(
+            [
+                interactions.assign(**{IN_VALIDATION: False}),
+                validation.assign(**{IN_VALIDATION: True}),
+            ],
+            ignore_index=True,
         )
     sides = {
         table: read_side_table(table, files[table], getattr(source, table))
@@ -353,10 +369,13 @@ def build_custom(
     if items is None:  # the catalogue is what was interacted with, without features
         items = pd.DataFrame({ITEM_ID: np.sort(inter[ITEM_ID].unique())})
     out_dir.mkdir(parents=True, exist_ok=True)
+    schema = INTERACTIONS_SCHEMA
+    if IN_VALIDATION in inter:
+        schema = schema.append(pa.field(IN_VALIDATION, pa.bool_()))
     table = pa.Table.from_pandas(
-        inter.astype({RATING: "float32"}).astype({TIMESTAMP: "Int64"})[INTERACTIONS_SCHEMA.names],
+        inter.astype({RATING: "float32"}).astype({TIMESTAMP: "Int64"})[schema.names],
         preserve_index=False,
-    ).cast(INTERACTIONS_SCHEMA)
+    ).cast(schema)
     pq.write_table(table, out_dir / "interactions.parquet")
     _write_side(items.sort_values(ITEM_ID, kind="stable"), source.items, out_dir / "items.parquet")
     if tables.users is not None:

@@ -167,6 +167,10 @@ def _custom_dataset(source: CustomSource, raw_dir: Path) -> RawDataset:
             "data.variant=custom needs data.custom.interactions (a path and its column mapping)"
         )
     declared = {"interactions": source.interactions, "users": source.users, "items": source.items}
+    if source.interactions.validation:  # read as the interactions are
+        declared["validation"] = source.interactions.model_copy(
+            update={"path": source.interactions.validation}
+        )
     files = {table: read_files(table, given) for table, given in declared.items() if given}
     checksum = source_checksum(source, files)
     out = raw_dir / source.name

@@ -32,6 +32,7 @@ from recflow.compute import dataset_cpu_flag, open_cluster
 from recflow.config import FeaturesConfig, Settings, ValidationConfig
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
+    IN_VALIDATION,
     ITEM_COUNT,
     ITEM_ID,
     RATING,
@@ -112,11 +113,12 @@ def required_columns(raw: RawDataset) -> dict[str, dict[str, str]]:
 # --- inputs: structure, statistics, cleaning, split --------------------------------------------
 
 
-def input_dtypes(raw: RawDataset) -> dict[str, dict[str, str]]:
+def input_dtypes(raw: RawDataset, split: str = "random") -> dict[str, dict[str, str]]:
     """Each input table's columns and dtypes, read from the parquet footers (no data).
 
     Raises ``DataValidationError`` for a missing required column, a dtype the stage cannot use
-    (ids beyond int64 among them) or an interactions file without rows.
+    (ids beyond int64 among them), an interactions file without rows, or a ``predefined`` split
+    of a dataset without its own validation rows.
     """
     required = required_columns(raw)
     dtypes = {}
@@ -130,6 +132,14 @@ def input_dtypes(raw: RawDataset) -> dict[str, dict[str, str]]:
             if kind in _KINDS and not found.startswith(_KINDS[kind]):
                 expected = "int64" if kind == "int" else f"a {kind} dtype"
                 raise input_error(table, column, "dtype", expected, found)
+    if split == "predefined" and IN_VALIDATION not in dtypes["interactions"]:
+        raise input_error(
+            "interactions",
+            IN_VALIDATION,
+            "missing_column",
+            "validation rows of the dataset's own (data.custom.interactions.validation)",
+            "none: use another features.split",
+        )
     if pq.read_metadata(raw.interactions).num_rows == 0:
         raise input_error("interactions", "*", "empty", "at least one row", f"0 rows in {path}")
     return dtypes
@@ -148,7 +158,7 @@ def read_interactions(raw: RawDataset, cfg: FeaturesConfig) -> dd.DataFrame:
 
 
 def _keep_valid_rows(df: pd.DataFrame, rating_min: float, rating_max: float) -> pd.DataFrame:
-    df = df[list(INTERACTIONS)].dropna()
+    df = df[[*INTERACTIONS, *df.columns.intersection([IN_VALIDATION])]].dropna()
     df = df[(df[RATING] >= rating_min) & (df[RATING] <= rating_max)]
     return df.astype({USER_ID: "int64", ITEM_ID: "int64", RATING: "float32", TIMESTAMP: "int64"})
 
@@ -168,11 +178,14 @@ def _dedupe_and_flag(
     df = df.sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
     df = df[~df.duplicated([USER_ID, ITEM_ID, TIMESTAMP])]
     df = df.assign(**{SPLIT_FLAG: _validation_flag(df, cfg, cutoff)})
+    df = df.drop(columns=df.columns.intersection([IN_VALIDATION]))
     return df if negatives is None else pd.concat([df, negatives.sample(df)], ignore_index=True)
 
 
 def _validation_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None) -> np.ndarray:
-    if cfg.split == "time":
+    if cfg.split == "predefined":
+        flag = df[IN_VALIDATION]
+    elif cfg.split == "time":
         flag = df[TIMESTAMP] > cutoff
     elif cfg.split == "last_n":
         from_end = df.groupby(USER_ID).cumcount(ascending=False)
@@ -574,7 +587,7 @@ def build_features(
 
 def profile_inputs(raw: RawDataset, cfg: FeaturesConfig) -> tuple[dd.DataFrame, dict]:
     """The interactions (lazily, in partitions) and the statistics of every input table."""
-    dtypes = input_dtypes(raw)
+    dtypes = input_dtypes(raw, cfg.split)
     interactions = read_interactions(raw, cfg)
     tables = {"interactions": profile_table(interactions, dtypes["interactions"])}
     for name in ("items", "users"):

@@ -247,3 +247,31 @@ def test_an_http_url_is_read_like_a_local_file(tmp_path):
     )
     # The same bytes from another place are the same dataset.
     assert fetch(tmp_path / "local", local).checksum == dataset.checksum
+
+
+def test_your_own_validation_rows_are_the_predefined_split(tmp_path):
+    from recflow.config import FeaturesConfig
+    from tasks.data_checks import DataValidationError
+    from tasks.features import SPLIT_FLAG, _dedupe_and_flag, input_dtypes
+
+    held_out = pd.DataFrame(
+        {"who": ["alice", "bob"], "what": ["x2", "x3"], "stars": [4, 2], "when": ["2024-02-01"] * 2}
+    )
+    held_out.to_parquet(tmp_path / "held_out.parquet", index=False)
+    custom = source(tmp_path)
+    given = custom.interactions.model_copy(
+        update={"validation": str(tmp_path / "held_out.parquet")}
+    )
+    dataset = fetch(tmp_path, custom.model_copy(update={"interactions": given}))
+    rows = pd.read_parquet(dataset.interactions)
+    assert rows["in_validation"].tolist() == [False] * 5 + [True] * 2
+    predefined = FeaturesConfig(split="predefined")
+    flagged = _dedupe_and_flag(rows, predefined, None, None)
+    assert "in_validation" not in flagged
+    valid = flagged[flagged[SPLIT_FLAG]]
+    assert sorted(valid["item_id"]) == sorted(internal_ids(["x2", "x3"]))
+    input_dtypes(dataset, "predefined")
+    # A dataset without its own validation rows cannot be split by them.
+    (tmp_path / "other").mkdir()
+    with pytest.raises(DataValidationError, match="in_validation"):
+        input_dtypes(fetch(tmp_path / "other", source(tmp_path / "other")), "predefined")
