@@ -33,18 +33,21 @@ def uv() -> list[str]:
     return [sys.executable, "-m", "uv"]
 
 
-def sync() -> None:
+def sync(command: str) -> None:
     # Use this interpreter (3.11), never a downloaded one: the machine may be offline.
     env = {**os.environ, "UV_PYTHON_DOWNLOADS": "never"}
-    sh(*uv(), "sync", "--frozen", "--python", sys.executable, cwd=ROOT, env=env)
+    # The demo needs no dev tools (pytest, ruff, linters: ~0.2 GB). --inexact: a venv that
+    # has them already (the tests ran) keeps them rather than losing them to the demo.
+    only_runtime = ["--no-dev", "--inexact"] if command == "demo" else []
+    sh(*uv(), "sync", "--frozen", *only_runtime, "--python", sys.executable, cwd=ROOT, env=env)
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in {"demo", "test"}:
         print(__doc__)
         return 2
-    sync()
     command, rest = argv[0], argv[1:]
+    sync(command)
     if command == "demo":
         program = [VENV / "bin" / "recflow", "demo", *rest]
     else:

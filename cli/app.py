@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +15,7 @@ from cli.data import EXIT_INVALID_DATA, data_app
 from cli.models import EXIT_TRIAL_FAILED, models_app
 from cli.schedule import register as register_schedule
 from cli.serve import register as register_serving
+from recflow import logs
 from recflow.config import Settings, load_settings
 
 # Exit codes: 1 is an error, 2 a command line or settings the CLI refuses (as click does); a
@@ -31,15 +31,6 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
 }
-# Noise that hides the progress people came to see: TensorFlow's C++ info logs, merlin's
-# warning that PyTorch is absent (we do not use it) and that CPU mode is "experimental".
-# Set in the environment so Dask worker processes inherit them too.
-QUIET_DEFAULTS = {
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    "PYTHONWARNINGS": "ignore::UserWarning:merlin.dtypes.mappings.torch,"
-    "ignore::UserWarning:merlin.io.dataset",
-}
-
 app = typer.Typer(
     name="recflow",
     help="Orchestrated ETL-to-serving workflow for recommender systems.",
@@ -76,10 +67,17 @@ def main(
     home: Annotated[
         Path | None, typer.Option("--home", help="Artifact directory (paths.home)")
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show every library's logs, not only recflow's and warnings"
+        ),
+    ] = False,
 ) -> None:
-    for name, value in {**PREFECT_DEFAULTS, **QUIET_DEFAULTS}.items():
+    # Before any command imports Prefect, Dask or TensorFlow: they read it at import.
+    logs.configure(verbose)
+    for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    warnings.filterwarnings("ignore", category=UserWarning, module="merlin")
     pairs = list(overrides or [])
     if home is not None:
         pairs.append(f"paths.home={home}")

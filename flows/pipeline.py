@@ -5,6 +5,7 @@ from pathlib import Path
 from prefect import flow
 from pydantic import BaseModel
 
+from flows import reporting
 from flows.stages import (
     as_settings,
     build_features,
@@ -14,6 +15,7 @@ from flows.stages import (
     run_name,
     train_models,
 )
+from recflow import logs
 from recflow.artifacts import RawDataset
 from recflow.config import Settings
 
@@ -33,13 +35,22 @@ class PipelineResult(BaseModel):
 
 @flow(name="recflow-pipeline", flow_run_name=run_name("pipeline-{settings.data.variant}"))
 def pipeline(settings: Settings | None = None, force: bool = False) -> PipelineResult:
-    """Run every stage; ``force`` rebuilds the features instead of reusing cached ones."""
+    """Run every stage; ``force`` rebuilds the features instead of reusing cached ones.
+
+    The pictures the stages drew are shown on this run's page, also when a stage failed.
+    """
+    # Again here: a deployment runs this flow in a process of its own, which inherits the
+    # environment the CLI set but not its logger levels.
+    logs.set_levels(logs.verbose_requested())
     settings = as_settings(settings)
     run_id = new_run_id()
-    raw = fetch_data(settings)
-    features = build_features(settings, raw, force)
-    candidate = train_models(settings, features, run_id)
-    published = evaluate_and_publish(candidate, settings, raw)
+    try:
+        raw = fetch_data(settings)
+        features = build_features(settings, raw, force, run_id)
+        candidate = train_models(settings, features, run_id)
+        published = evaluate_and_publish(candidate, settings, raw)
+    finally:
+        reporting.report_pictures(settings.paths.runs_dir / run_id)
     return PipelineResult(
         run_id=run_id,
         variant=raw.variant,

@@ -9,12 +9,15 @@ and its history across runs. To report a new stage, add a key to ``Keys``, a bui
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows import pictures
 from recflow.artifacts import FeatureSet, Published, RawDataset, TrainedModel, ValidationReport
 from recflow.registry import Evaluation, GateDecision, TrialResult
 from recflow.vocabulary import RECOMMEND, RETRIEVAL
@@ -35,11 +38,27 @@ class Keys:
     GATE = "gate-decision"
     SMOKE_TEST = "serving-smoke-test"
     PUBLISHED = "published-model"
+    TRAINING_CURVES_PICTURE = "training-curves-picture"
+    GATE_PICTURE = "gate-picture"
+    FEATURES_PICTURE = "feature-distributions-picture"
+
+
+# The run's pictures (flows/pictures.py), in the order the pipeline run's page shows them.
+PICTURES = {
+    pictures.TRAINING_CURVES: (Keys.TRAINING_CURVES_PICTURE, "Training curves"),
+    pictures.GATE: (Keys.GATE_PICTURE, "Evaluation gate"),
+    pictures.FEATURES: (Keys.FEATURES_PICTURE, "Feature distributions"),
+}
 
 
 def reuse_note(what: str, reused: bool, key: str) -> str:
-    """The one line that says whether a stage did its work or found it done."""
+    """The words that say whether a stage did its work or found it done."""
     return f"{what} {'reused' if reused else 'built'}: {key}"
+
+
+def stage_summary(stage: str, seconds: float, *facts: str) -> str:
+    """The one line a stage logs as it ends."""
+    return f"{stage} done in {seconds:.0f} s: {'; '.join(facts)}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +207,12 @@ def published_markdown(published: Published) -> str:
     return "\n".join(lines)
 
 
+def picture_markdown(title: str, png: Path) -> str:
+    """``png`` embedded as a data URI: the dashboard shows it without access to the run's
+    directory, which may be on another machine."""
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
+
+
 def _round(value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
@@ -204,7 +229,8 @@ def report_dataset(raw: RawDataset, reused: bool) -> None:
     )
 
 
-def report_features(features: FeatureSet, reused: bool) -> None:
+def report_features(features: FeatureSet, reused: bool, run_dir: Path) -> None:
+    pictures.feature_distributions(features.profile(), run_dir / pictures.FEATURES)
     counts = f"{features.n_train} train / {features.n_valid} valid rows"
     create_table_artifact(
         key=Keys.FEATURES,
@@ -219,7 +245,11 @@ def report_validation(report: ValidationReport) -> None:
     )
 
 
-def report_training(models: Mapping[str, TrainedModel]) -> None:
+def report_training(
+    models: Mapping[str, TrainedModel], monitors: Mapping[str, str], run_dir: Path
+) -> None:
+    """``monitors``: each model's validation metric, the one its early stopping read."""
+    pictures.training_curves(models, monitors, run_dir / pictures.TRAINING_CURVES)
     kept = ", ".join(f"{kind} epoch {model.best_epoch}" for kind, model in models.items())
     run = next(iter(models.values())).path.parent.name
     create_table_artifact(
@@ -229,7 +259,10 @@ def report_training(models: Mapping[str, TrainedModel]) -> None:
     )
 
 
-def report_evaluation(candidate: str, evaluation: Evaluation, decision: GateDecision) -> None:
+def report_evaluation(
+    candidate: str, evaluation: Evaluation, decision: GateDecision, run_dir: Path
+) -> None:
+    pictures.gate_comparison(evaluation, decision, run_dir / pictures.GATE)
     create_table_artifact(
         key=Keys.METRICS,
         table=metrics_table(evaluation),
@@ -261,3 +294,21 @@ def report_published(published: Published) -> None:
         description=f"{published.candidate} is version {published.version} "
         f"in {published.repository}",
     )
+
+
+def report_pictures(run_dir: Path) -> None:
+    """Every picture the run's stages drew, one artifact each, on the current (pipeline) run.
+
+    The image is in the description too: the run page's Artifacts tab renders descriptions as
+    markdown on each artifact's card (their first paragraph only, hence one line), but shows an
+    artifact's content only on its own page.
+    """
+    for name, (key, title) in PICTURES.items():
+        png = run_dir / name
+        if png.is_file():
+            image = picture_markdown(title, png)
+            create_markdown_artifact(
+                key=key,
+                markdown=f"# {title}\n\n{image}\n\n`{png}`",
+                description=f"{title} (`{png.name}`) {image}",
+            )

@@ -7,16 +7,18 @@ whether it did its work or found it done. Each stage hands the next its typed ar
 (recflow/artifacts.py). docs/orchestration.md describes all of it.
 """
 
+import logging
 import secrets
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import reporting
+from models.dlrm import MONITOR as RANKING_MONITOR
 from recflow.artifacts import (
     MANIFEST,
     Artifact,
@@ -41,6 +43,10 @@ from tasks.validate import REPORT, validate_features_task
 # Persisted task results (the features cache) live with the artifacts they point at, so
 # deleting an artifact directory and its cache go together.
 RESULTS_DIR = "prefect-results"
+
+# A logger of recflow's, not Prefect's run logger: recflow.logs shows its lines in the terminal
+# and attaches it to the run, so each stage's summary is in both.
+log = logging.getLogger(__name__)
 
 
 def new_run_id() -> str:
@@ -90,18 +96,31 @@ def fetch_data(settings: Settings | None = None) -> RawDataset:
     )
     raw = fetch(settings.data, settings.paths)
     reused = made_before(raw, started)
-    get_run_logger().info(reporting.reuse_note("dataset", reused, raw.checksum))
     reporting.report_dataset(raw, reused)
+    log.info(
+        reporting.stage_summary(
+            "fetch-data",
+            time.time() - started,
+            reporting.reuse_note("dataset", reused, raw.checksum[:12]),
+            f"{raw.variant}, {raw.n_interactions:,} interactions of {raw.n_users:,} users "
+            f"on {raw.n_items:,} items",
+        )
+    )
     return raw
 
 
 @flow(name="build-features", flow_run_name=run_name("build-features-{settings.data.variant}"))
 def build_features(
-    settings: Settings | None = None, raw: RawDataset | None = None, force: bool = False
+    settings: Settings | None = None,
+    raw: RawDataset | None = None,
+    force: bool = False,
+    run_id: str | None = None,
 ) -> FeatureSet:
-    """NVTabular features on Dask, cached on what they depend on, then validated."""
+    """NVTabular features on Dask, cached on what they depend on, then validated; the
+    distributions picture goes to ``runs/<run_id>/`` (a new run id by default)."""
     settings = as_settings(settings)
     raw = raw or fetch_data(settings)
+    run_id = run_id or new_run_id()
     # The data checksum, the features and cleaning configuration and the code version.
     key = fingerprint(raw, settings.features, settings.validation)
     started = time.time()
@@ -117,16 +136,25 @@ def build_features(
     state = build(raw, settings, rebuild=force, return_state=True)
     features: FeatureSet = state.result()
     reused = state.name == "Cached" or made_before(features, started)
-    get_run_logger().info(reporting.reuse_note("features", reused, features.fingerprint))
-    reporting.report_features(features, reused)
+    reporting.report_features(features, reused, settings.paths.runs_dir / run_id)
     try:
-        reporting.report_validation(validate_features_task(features, settings, raw))
+        report = validate_features_task(features, settings, raw)
     except DataValidationError:
         # The report on disk lists every anomaly, warnings included; the error only blockers.
         reporting.report_validation(
             ValidationReport.model_validate_json((features.path / REPORT).read_text())
         )
         raise
+    reporting.report_validation(report)
+    log.info(
+        reporting.stage_summary(
+            "build-features",
+            time.time() - started,
+            reporting.reuse_note("features", reused, features.fingerprint),
+            f"{features.n_train:,} train / {features.n_valid:,} valid rows",
+            reporting.anomalies_summary(report),
+        )
+    )
     return features
 
 
@@ -137,8 +165,9 @@ def train_models(
     """Train the ranking and retrieval models into ``models/<run_id>/`` (a new run id by
     default)."""
     settings = as_settings(settings)
-    features = features or build_features(settings)
     run_id = run_id or new_run_id()
+    features = features or build_features(settings, run_id=run_id)
+    started = time.time()
     timeout = {"timeout_seconds": settings.orchestration.train_timeout_s}
     ranking = train_ranking_task.with_options(task_run_name=f"train-dlrm-{run_id}", **timeout)(
         features, settings, run_id
@@ -149,7 +178,21 @@ def train_models(
     candidate = choose_ordering_task.with_options(
         task_run_name=f"choose-ordering-{run_id}", **timeout
     )(Candidate(features, ranking, retrieval), settings)
-    reporting.report_training({RANKING: candidate.ranking, RETRIEVAL: retrieval})
+    models = {RANKING: candidate.ranking, RETRIEVAL: retrieval}
+    monitors = {RANKING: RANKING_MONITOR, RETRIEVAL: settings.retrieval.monitor}
+    reporting.report_training(models, monitors, settings.paths.runs_dir / run_id)
+    log.info(
+        reporting.stage_summary(
+            "train-models",
+            time.time() - started,
+            *(
+                f"{kind} {monitors[kind]} {model.metrics[monitors[kind]]:.4f} "
+                f"(baseline {model.baseline_metrics[monitors[kind]]:.4f}, "
+                f"epoch {model.best_epoch} of {len(model.history)})"
+                for kind, model in models.items()
+            ),
+        )
+    )
     return candidate
 
 
@@ -168,12 +211,14 @@ def evaluate_and_publish(
     settings = as_settings(settings)
     raw = raw or fetch_data(settings)
     run_id = candidate.run_id
+    run_dir = settings.paths.runs_dir / run_id
+    started = time.time()
     try:
         record = gate_task(run_id, raw, candidate, settings)
     except GateFailed as failed:
-        reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision)
+        reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision, run_dir)
         raise
-    reporting.report_evaluation(record.id, record.evaluation, record.decision)
+    reporting.report_evaluation(record.id, record.evaluation, record.decision, run_dir)
     if settings.trial.enabled:
         try:
             reporting.report_trial(record.id, trial_task(record.id, settings))
@@ -191,4 +236,14 @@ def evaluate_and_publish(
         baseline_metrics=record.evaluation.baseline_metrics,
     )
     reporting.report_published(published)
+    trial = "trial serving passed" if settings.trial.enabled else "trial serving off"
+    log.info(
+        reporting.stage_summary(
+            "evaluate-and-publish",
+            time.time() - started,
+            f"{record.id} {record.decision.status}",
+            trial,
+            f"published as version {published.version}",
+        )
+    )
     return published

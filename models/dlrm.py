@@ -85,6 +85,7 @@ def train_dlrm(
         evaluate=evaluate,
         monitor=MONITOR,
         n_rows=train.num_rows,
+        name="DLRM",
     )
     baseline = binary_metrics(*item_baseline(train_dir, valid_dir, schema))
     log.info("DLRM valid %s, baseline %s, epoch %d", fit.best_metrics, baseline, fit.best_epoch)

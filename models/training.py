@@ -22,6 +22,7 @@ from merlin.io import Dataset
 from merlin.schema import Schema, Tags
 
 from models.predict import input_columns
+from models.progress import EpochProgress
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class _KeepBest(tf.keras.callbacks.Callback):
         self.history.append(
             {"epoch": epoch + 1, "loss": float((logs or {}).get("loss", np.nan)), **metrics}
         )
-        log.info("epoch %d: %s", epoch + 1, self.history[-1])
+        # For the run's logs: the terminal has the epoch's progress bar (models/progress.py).
+        log.info("epoch %d: %s", epoch + 1, self.history[-1], extra={"terminal": False})
         if not self.best or metrics[self.monitor] > self.best[self.monitor]:
             self.best, self.best_epoch = metrics, epoch + 1
             self.best_weights = self.model.get_weights()
@@ -125,15 +127,19 @@ def fit_keeping_best(
     evaluate: Callable[[], dict[str, float]],
     monitor: str,
     n_rows: int,
+    name: str,
 ) -> FitResult:
     """Fit, scoring the validation split with ``evaluate`` after each epoch; keep the best.
 
     Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
-    of the best epoch. Throughput counts training time only, not the evaluations.
+    of the best epoch. Throughput counts training time only, not the evaluations. ``name``
+    labels the epochs' progress bars.
     """
-    keep = _KeepBest(evaluate, monitor, patience)
+    progress = EpochProgress(name, monitor, epochs)
+    keep = _KeepBest(progress.validating(evaluate), monitor, patience)
     started = time.perf_counter()
-    model.fit(loader, epochs=epochs, callbacks=[keep], verbose=0)
+    with progress:
+        model.fit(loader, epochs=epochs, callbacks=[progress, keep], verbose=0)
     seconds = time.perf_counter() - started - keep.eval_seconds
     model.set_weights(keep.best_weights)
     return FitResult(

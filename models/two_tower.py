@@ -163,6 +163,7 @@ def train_two_tower(
         evaluate=evaluate,
         monitor=cfg.monitor,
         n_rows=len(positives),
+        name="two-tower",
     )
     popular = popularity_scores(positives, task.candidates)
     baseline = evaluate_retrieval(

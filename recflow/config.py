@@ -65,6 +65,11 @@ class PathsConfig(_Section):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    @property
+    def runs_dir(self) -> Path:
+        """One directory per pipeline run: its pictures (flows/pictures.py)."""
+        return self.home / "runs"
+
 
 class SyntheticConfig(_Section):
     """The embedded offline dataset, generated from planted latent factors."""

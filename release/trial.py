@@ -13,6 +13,7 @@ records it and raises :class:`TrialServingFailed`. ``release.publish.promote`` r
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -43,6 +44,8 @@ from serving.runtime import load_stage
 from serving.server import TritonServer, TritonServerError
 
 FREE_PORTS = {"grpc_port": 0, "http_port": 0, "metrics_port": 0}
+
+log = logging.getLogger(__name__)
 
 
 class TrialServingFailed(RuntimeError):
@@ -77,12 +80,13 @@ def trial_serve(
             # unlike Keras (serving.export.ExportMismatch).
             message = f"export failed: {type(error).__name__}: {error}"
             return TrialResult(passed=False, at=now(), message=message[:2000])
+        models = [endpoint.model(stage) for stage in exported]
         server = TritonServer(
             repo,
             settings.serving.model_copy(update=FREE_PORTS),
             log_file=log_file,
             backend_cache_dir=settings.paths.cache_dir,
-            models=[endpoint.model(stage) for stage in exported],
+            models=models,
         )
         # The trial checks answers, not latency: on a busy machine the first requests may take
         # longer than a serving deadline.
@@ -90,8 +94,14 @@ def trial_serve(
             update={"request_timeout_s": settings.serving.startup_timeout_s}
         )
         try:
+            # The start-up is the wait of the trial (each stub loads its version directory):
+            # say what is loading, then that it has.
+            log.info("trial serving %s: Triton loading %s", record.id, ", ".join(models))
             with server, RecflowClient.from_config(patient) as client:
                 startup_s = time.perf_counter() - started
+                log.info(
+                    "trial serving %s: %d models up in %.0f s", record.id, len(models), startup_s
+                )
                 served = _served_scores(client, sample, settings.trial.warmup_requests)
                 disagreement = _ranked_disagreement(client, endpoint, exported, sample, settings)
         except (TritonServerError, TimeoutError, TritonRequestError) as error:

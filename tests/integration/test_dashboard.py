@@ -1,23 +1,34 @@
 """The Prefect dashboard itself: headless Chromium renders the flow run page of the pipeline run
-triggered in tests/support/prefect_server.py, and the rendered text must name the run and its state.
+triggered in tests/support/prefect_server.py. The rendered text must name the run and its state,
+and its Artifacts tab must show the run's pictures as loaded images.
 
-The dashboard is a JavaScript single-page app: ``--virtual-time-budget`` lets its requests to the
-API and its rendering finish before Chromium dumps the DOM or takes the screenshot. The screenshot
-is kept in test-artifacts/ (git-ignored) for a human to look at.
+The dashboard is a JavaScript single-page app that picks its tab itself (a ``?tab=`` in the URL
+is reset while the run loads), so the test drives Chromium over the DevTools protocol: it waits
+for the page, clicks the tab, waits for the images to decode and reads their natural sizes (an
+image that failed to load has 0), then takes the screenshot. The screenshot is kept in
+test-artifacts/ (git-ignored) for a human to look at.
 """
 
 from __future__ import annotations
 
-import html
+import base64
+import itertools
+import json
 import os
-import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
+from websockets.sync.client import connect
 
+from flows.reporting import PICTURES
+from serving.server import find_free_port
 from tests.support.environment import unavailable
+from tests.support.prefect_server import LOOPBACK, wait_for
 
 if TYPE_CHECKING:
     from tests.support.prefect_server import ScheduledPipeline
@@ -40,8 +51,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--window-size=1400,1000",
-    # Milliseconds of page time: the app loads, queries the API and renders well within it.
-    "--virtual-time-budget=30000",
 ]
 CHROMIUM_TIMEOUT_S = 120
 
@@ -64,37 +73,108 @@ def say(config: pytest.Config, line: str) -> None:
     config.get_terminal_writer().line(f"\n{line}")
 
 
-def headless(chromium: str, profile: Path, *args: str) -> str:
-    result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=CHROMIUM_TIMEOUT_S,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+class Page:
+    """One Chromium tab, driven over the DevTools protocol."""
+
+    def __init__(self, socket):
+        self.socket, self.ids = socket, itertools.count(1)
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        request = next(self.ids)
+        self.socket.send(json.dumps({"id": request, "method": method, "params": params}))
+        while True:  # events arrive in between; the answer carries the request's id
+            message = json.loads(self.socket.recv(timeout=CHROMIUM_TIMEOUT_S))
+            if message.get("id") == request:
+                assert "error" not in message, message["error"]
+                return message["result"]
+
+    def run(self, script: str) -> Any:
+        """The value of an async JavaScript function's body, awaited in the page."""
+        answer = self.call(
+            "Runtime.evaluate",
+            expression=f"(async () => {{ {script} }})()",
+            awaitPromise=True,
+            returnByValue=True,
+        )
+        assert "exceptionDetails" not in answer, answer["exceptionDetails"]
+        return answer["result"].get("value")
 
 
-def visible_text(dom: str) -> str:
-    without_code = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", without_code)).split())
+@contextmanager
+def browser_page(chromium: str, profile: Path) -> Iterator[Page]:
+    port = find_free_port(LOOPBACK)
+    flags = [*CHROMIUM_FLAGS, f"--remote-debugging-port={port}", f"--user-data-dir={profile}"]
+    log = profile.with_name("chromium.log")
+    with log.open("wb") as out:
+        process = subprocess.Popen([chromium, *flags, "about:blank"], stdout=out, stderr=out)
+    try:
+
+        def listening() -> list[dict[str, Any]] | None:
+            assert process.poll() is None, f"chromium exited with {process.returncode}"
+            with suppress(httpx.HTTPError):
+                return httpx.get(f"http://{LOOPBACK}:{port}/json/list", timeout=5).json()
+            return None
+
+        targets = wait_for("chromium's DevTools endpoint", listening, CHROMIUM_TIMEOUT_S, log)
+        (tab,) = [target for target in targets if target["type"] == "page"]
+        with connect(tab["webSocketDebuggerUrl"], max_size=2**27) as socket:
+            yield Page(socket)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
-def test_flow_run_page_shows_the_run_name_and_state(
+# Waits in the page for a condition, polling; the page's own clock, so no guessing how long the
+# app takes to query the API on a busy machine.
+UNTIL = """
+const until = async (probe, ms) => {
+  for (const end = Date.now() + ms; Date.now() < end; await new Promise(r => setTimeout(r, 250))) {
+    const value = probe();
+    if (value) return value;
+  }
+  return null;
+};
+"""
+SHOW_ARTIFACTS = (
+    UNTIL
+    + """
+const tab = await until(() => document.querySelector("li.p-tab#artifacts"), 60000);
+if (!tab) return {text: document.body.innerText, images: null};
+const text = document.body.innerText;
+tab.click();
+const images = await until(() => {
+  const shown = [...document.querySelectorAll("img[src^='data:image/png']")];
+  return shown.length >= %d && shown.every(i => i.complete) ? shown : null;
+}, 60000);
+tab.scrollIntoView();  // the tab strip at the top, the artifacts' cards below it on screen
+return {text, images: (images || []).map(i => ({alt: i.alt, width: i.naturalWidth}))};
+"""
+)
+
+
+def test_flow_run_page_shows_the_run_and_its_pictures(
     chromium: str, scheduled_pipeline: ScheduledPipeline, tmp_path: Path, pytestconfig
 ):
     server = scheduled_pipeline.server
     run = server.flow_run(scheduled_pipeline.flow_run_id)
     page = f"{server.url}/runs/flow-run/{run['id']}"
+    titles = {title for _, title in PICTURES.values()}
 
-    text = visible_text(headless(chromium, tmp_path / "profile", "--dump-dom", page))
+    with browser_page(chromium, tmp_path / "profile") as tab:
+        tab.call("Page.navigate", url=page)
+        shown = tab.run(SHOW_ARTIFACTS % len(titles))
+        shot = tab.call("Page.captureScreenshot", format="png")
 
+    text = " ".join(shown["text"].split())
     assert run["name"] in text, text[:2000]
     assert run["state"]["name"] in text, text[:2000]  # the state badge, e.g. "Completed"
     assert "Can't connect to Server API" not in text
+    # Every picture rendered on its artifact's card: decoded, so it has a width.
+    widths = {image["alt"]: image["width"] for image in shown["images"] or []}
+    assert set(widths) == titles, shown
+    assert all(width > 0 for width in widths.values()), widths
 
     SCREENSHOTS.mkdir(exist_ok=True)
-    shot = SCREENSHOTS / "prefect-flow-run.png"
-    headless(chromium, tmp_path / "profile", f"--screenshot={shot}", page)
-    assert shot.stat().st_size > 10_000
-    say(pytestconfig, f"screenshot of the flow run page {page}: {shot}")
+    screenshot = SCREENSHOTS / "prefect-flow-run.png"
+    screenshot.write_bytes(base64.b64decode(shot["data"]))
+    say(pytestconfig, f"screenshot of the flow run page {page} (Artifacts tab): {screenshot}")

@@ -14,7 +14,7 @@ from uuid import UUID
 
 import pytest
 
-from flows.reporting import Keys
+from flows.reporting import PICTURES, Keys
 
 if TYPE_CHECKING:
     # Only for types: tests/conftest.py imports it as a plugin, so pytest rewrites its asserts.
@@ -88,6 +88,7 @@ def test_triggered_run_completes_through_the_serve_process(first, scheduled_pipe
 def test_run_tells_its_story_in_artifacts(first, scheduled_pipeline):
     _, _, found = first
     assert set(found) >= {
+        *(key for key, _ in PICTURES.values()),  # on the pipeline run's own page
         Keys.DATASET,
         Keys.FEATURES,
         Keys.ANOMALIES,
@@ -115,6 +116,25 @@ def test_run_tells_its_story_in_artifacts(first, scheduled_pipeline):
     published = found[Keys.PUBLISHED]["data"]
     assert "as version 1" in published
     assert str(scheduled_pipeline.artifacts_home / "triton") in published
+
+
+def test_recflows_logs_reach_the_run_and_only_they_reach_the_terminal(first, scheduled_pipeline):
+    """recflow's loggers are attached to the run; the serve process's output (the terminal of
+    ``recflow schedule``, the flow run's included) has them and warnings, not library chatter."""
+    run, subflows, _ = first
+    logged = scheduled_pipeline.server.logs(UUID(run["id"]), *(UUID(s["id"]) for s in subflows))
+    by_logger = {(record["name"], record["message"].split(" ", 2)[0]) for record in logged}
+    # A module logger's line (the stage summary) and one logged only for the run (the epochs).
+    assert ("flows.stages", "train-models") in by_logger, sorted(by_logger)
+    assert ("models.training", "epoch") in by_logger, sorted(by_logger)
+    # Prefect's own lines stay in the run's logs.
+    assert any(record["message"].startswith("Finished in state") for record in logged)
+
+    terminal = scheduled_pipeline.serve_log.read_text(errors="replace")
+    assert "train-models done in" in terminal
+    assert "Finished in state" not in terminal
+    assert "INFO    | distributed" not in terminal
+    assert "distributed.scheduler - INFO" not in terminal  # a worker's own handler's format
 
 
 def test_cached_rerun_skips_the_etl_and_says_so(rerun, scheduled_pipeline):

@@ -122,6 +122,14 @@ class PrefectServer:
         runs = self.api("POST", "/flow_runs/filter", json=body)
         return sorted(runs, key=lambda run: run["start_time"] or "")
 
+    def logs(self, *flow_runs: UUID) -> list[dict[str, Any]]:
+        """Every log record of ``flow_runs`` (theirs and their task runs'), oldest first."""
+        body: dict[str, Any] = {"logs": {"flow_run_id": {"any_": [str(run) for run in flow_runs]}}}
+        found: list[dict[str, Any]] = []
+        while page := self.api("POST", "/logs/filter", json={**body, "offset": len(found)}):
+            found += page
+        return found
+
     def task_runs(self, *flow_runs: UUID) -> list[dict[str, Any]]:
         body = {"task_runs": {"flow_run_id": {"any_": [str(run) for run in flow_runs]}}}
         return self.api("POST", "/task_runs/filter", json=body)

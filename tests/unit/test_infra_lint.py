@@ -47,6 +47,11 @@ MERLIN_PROVIDED = {
     "dask-cuda",
     "tritonclient",
     "nvidia-pytriton",
+    # The stack's own dependencies, in the container with it: TensorFlow's numpy and grpcio,
+    # merlin-core's and dask-cuda's pynvml.
+    "numpy",
+    "grpcio",
+    "pynvml",
 }
 
 
