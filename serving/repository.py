@@ -123,10 +123,20 @@ def instance_count(stage: str, cfg: ServingConfig) -> int:
     return cfg.recommend_instance_count if stage == RECOMMEND else cfg.instance_count
 
 
+# A config parameter per version: the candidate (= training run id) that version serves, so an
+# app can log which model answered (the response names the version).
+CANDIDATE_PARAMETER = "recflow_candidate_v{version}"
+
+
 def python_model_config(
-    name: str, stage: str, cfg: ServingConfig, external_ids: bool = False
+    name: str,
+    stage: str,
+    cfg: ServingConfig,
+    external_ids: bool = False,
+    candidates: dict[int, str] | None = None,
 ) -> str:
     inputs, outputs = contracts(external_ids)[stage]
+    served = sorted((candidates or {}).items())
     return "\n".join(
         [
             f'name: "{name}"',
@@ -138,6 +148,11 @@ def python_model_config(
             f"dynamic_batching {{ max_queue_delay_microseconds: {cfg.max_queue_delay_us} }}",
             f"version_policy {{ latest {{ num_versions: {cfg.keep_versions} }} }}",
             f'parameters {{ key: "recflow_stage" value {{ string_value: "{stage}" }} }}',
+            *(
+                f'parameters {{ key: "{CANDIDATE_PARAMETER.format(version=version)}" '
+                f'value {{ string_value: "{candidate}" }} }}'
+                for version, candidate in served
+            ),
             "",
         ]
     )
@@ -214,6 +229,7 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
         # The final ordering recommend applies, as measured on validation at training time.
         runtime.ORDERING: {"ranker_weight": ranking.ordering.ranker_weight},
         runtime.EXTERNAL_IDS: features.external_ids,
+        runtime.CANDIDATE: ranking.path.parent.name,  # the training run: the candidate's id
     }
     work = next(iter(staging.values())) / ".export"
     work.mkdir()
@@ -239,13 +255,28 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
 
 
 def _write_config(model_dir: Path, stage: str, cfg: ServingConfig, external_ids: bool) -> None:
-    """Write ``config.pbtxt`` only when its text changes, so a publish leaves an unchanged
-    config (and its mtime) alone. Measured on Triton 2.51: an explicit load still restarts
-    every kept version, config changed or not (a light stub makes that a second's work)."""
+    """Write ``config.pbtxt`` only when its text changes (it names each version's candidate,
+    so a publish changes it). Measured on Triton 2.51: an explicit load restarts every kept
+    version, config changed or not (a light stub makes that a second's work)."""
     config = model_dir / "config.pbtxt"
-    text = python_model_config(model_dir.name, stage, cfg, external_ids)
+    text = python_model_config(
+        model_dir.name, stage, cfg, external_ids, version_candidates(model_dir)
+    )
     if not config.is_file() or config.read_text() != text:
         write_text_atomic(config, text)
+
+
+def version_candidates(model_dir: Path) -> dict[int, str]:
+    """The candidate each version directory of ``model_dir`` serves (versions exported before
+    the candidate was recorded have none)."""
+    candidates = {}
+    for version in model_dir.iterdir():
+        settings = version / runtime.RANKING_CONFIG
+        if version.name.isdigit() and settings.is_file():
+            candidate = json.loads(settings.read_text()).get(runtime.CANDIDATE)
+            if candidate:
+                candidates[int(version.name)] = candidate
+    return candidates
 
 
 def _write_catalog(features: FeatureSet, repo: Path) -> None:

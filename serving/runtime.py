@@ -68,6 +68,9 @@ IDS, VECTORS = "ids", "vectors"
 # Keys of ranking.json: recommend's recflow.artifacts.OrderingPolicy; whether requests and
 # answers carry string ids.
 ORDERING, EXTERNAL_IDS = "ordering", "external_ids"
+# ... and the candidate (training run) the version was exported from (serving/repository.py
+# names it in the model config, for apps).
+CANDIDATE = "candidate"
 # A list column reaches the model as Merlin's ``__values``/``__offsets`` pair; the rows files
 # keep it padded (``__values``, [rows, width]) with its lengths (``__lengths``, [rows, 1]).
 VALUES, OFFSETS, LENGTHS = "__values", "__offsets", "__lengths"

@@ -1,5 +1,7 @@
 """Triton repository layout and configs, and the runtime's tensor plumbing, without a server."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -105,3 +107,17 @@ def test_k_must_be_one_sane_value_per_request(k, message):
     with pytest.raises(BadRequest, match=message):
         _request_k({"k": np.array(k).reshape(-1, 1)}, 2, 1000)
     assert _request_k({"k": np.array([[7], [7]])}, 2, 1000) == 7
+
+
+def test_the_config_names_each_versions_candidate(tmp_path):
+    model = tmp_path / "recflow_recommend"
+    for version, candidate in ((1, "20261201T030000Z-aaaaaa"), (2, "20261202T030000Z-bbbbbb")):
+        (model / str(version)).mkdir(parents=True)
+        (model / str(version) / "ranking.json").write_text(json.dumps({"candidate": candidate}))
+    (model / "3").mkdir()  # exported before versions recorded their candidate
+    (model / "3" / "ranking.json").write_text("{}")
+    _write_config(model, "recommend", ServingConfig(), False)
+    text = (model / "config.pbtxt").read_text()
+    assert 'key: "recflow_candidate_v1" value { string_value: "20261201T030000Z-aaaaaa" }' in text
+    assert 'key: "recflow_candidate_v2" value { string_value: "20261202T030000Z-bbbbbb" }' in text
+    assert "recflow_candidate_v3" not in text
