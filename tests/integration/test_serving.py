@@ -38,6 +38,23 @@ def test_every_endpoint_is_served(server: TritonServer, endpoint: RankingEndpoin
     assert all(server.is_model_ready(name) for name in endpoint.all_models)
 
 
+def test_each_served_config_names_the_candidate_of_its_versions(
+    server: TritonServer, endpoint: RankingEndpoint, published: Published
+) -> None:
+    """What an app reads to log which model answered (README, "Calling it from an app")."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        for name in endpoint.all_models:
+            version = published.newest_version_dir(name).name
+            parameters = client.get_model_config(name).config.parameters
+            candidate = parameters[f"recflow_candidate_v{version}"].string_value
+            assert candidate == published.ranking.path.parent.name, name
+    finally:
+        client.close()
+
+
 def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpoint) -> None:
     # Each stub logs the HEAVY_MODULES it has imported once its version is initialized.
     lines = [line for line in server.log_tail(10_000).splitlines() if "recflow stub" in line]
