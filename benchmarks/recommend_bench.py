@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
+import json
 import logging
 import os
 import re
@@ -422,7 +423,7 @@ def markdown(command: str, results: dict[str, dict], load: Iterable[str]) -> str
         lines.append(f"| {label} | {values} | {mean:.4f} | {std:.4f} |")
     lines += [
         "",
-        "| fold | users | test rows | pipeline s | ranker weight (validation) | "
+        "| fold | users | test rows | pipeline s | ranker weight (chosen on validation) | "
         "served = in-process | MF chosen (validation recall@10) |",
         "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
@@ -435,10 +436,46 @@ def markdown(command: str, results: dict[str, dict], load: Iterable[str]) -> str
             f"{result['served - in-process max |score|']:.1e} | {point} "
             f"({result['mf validation']:.4f}) |"
         )
+    lines += ["", "Machine load around each fold (run and evaluation):", ""]
+    lines += [
+        f"- {fold}: `{result['uptime'][0]}` / `{result['uptime'][1]}`"
+        for fold, result in results.items()
+    ]
     lines += ["", "Goals (#15) on the means:", ""]
     means = {label: mean for label, (mean, _std) in stats.items()}
     lines += [f"- {goal}: {'met' if met else '**not met**'}" for goal, met in goals(means)]
     return "\n".join([*lines, ""])
+
+
+def fold_result(archive: Path, name: str, work: Path, overrides: list[str], reuse: bool) -> dict:
+    """Run and evaluate one fold in ``work/<name>``, keeping its result there as JSON."""
+    home, saved = work / name / "home", work / name / "result.json"
+    if reuse and saved.is_file():
+        return json.loads(saved.read_text())
+    fold = read_fold(archive, name)
+    timing = home / "pipeline_seconds"
+    started = uptime()
+    if not (reuse and timing.is_file()):
+        mirror = base_only_mirror(archive, fold, work / name / "mirror")
+        log.info("%s: recflow run on %d base rows, home %s", name, len(fold.base), home)
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        timing.write_text(f"{run_pipeline(home, mirror, overrides):.1f}")
+    settings = load_settings(
+        overrides=[
+            f"paths.home={home}",
+            "serving.grpc_port=0",
+            "serving.http_port=0",
+            "serving.metrics_port=0",
+            *overrides,
+        ]
+    )
+    result = evaluate_fold(fold, settings) | {
+        "pipeline seconds": float(timing.read_text()),
+        "uptime": [started, uptime()],
+    }
+    saved.write_text(json.dumps(result, indent=1))
+    log.info("%s: %s", name, rows_of(result))
+    return result
 
 
 def uptime() -> str:
@@ -457,36 +494,18 @@ def main() -> None:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="evaluate a fold's earlier run in --work again instead of running the pipeline",
+        help="report a fold from what an earlier invocation left in --work: its result, or its "
+        "published run evaluated again; folds can so run in separate invocations",
     )
     args = parser.parse_args()
     # force: importing Prefect (through release.gate) has configured the root logger already.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     command = shlex.join([".venv/bin/python", "benchmarks/recommend_bench.py", *sys.argv[1:]])
-    archive = args.movielens / ARCHIVE
     load = [f"before: {uptime()}"]
-    results = {}
-    for name in args.folds:
-        fold = read_fold(archive, name)
-        home = args.work / name / "home"
-        timing = home / "pipeline_seconds"
-        if not (args.reuse and timing.is_file()):
-            mirror = base_only_mirror(archive, fold, args.work / name / "mirror")
-            log.info("%s: recflow run on %d base rows, home %s", name, len(fold.base), home)
-            timing.parent.mkdir(parents=True, exist_ok=True)
-            timing.write_text(f"{run_pipeline(home, mirror, args.set):.1f}")
-        seconds = float(timing.read_text())
-        settings = load_settings(
-            overrides=[
-                f"paths.home={home}",
-                "serving.grpc_port=0",
-                "serving.http_port=0",
-                "serving.metrics_port=0",
-                *args.set,
-            ]
-        )
-        results[name] = evaluate_fold(fold, settings) | {"pipeline seconds": seconds}
-        log.info("%s: %s", name, rows_of(results[name]))
+    results = {
+        name: fold_result(args.movielens / ARCHIVE, name, args.work, args.set, args.reuse)
+        for name in args.folds
+    }
     load.append(f"after: {uptime()}")
     text = markdown(command, results, load)
     print(text)
