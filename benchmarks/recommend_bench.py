@@ -1,199 +1,516 @@
-"""Held-out benchmark of the lists ``recommend`` serves, on one official ml-100k fold.
+"""Five-fold held-out benchmark of the served endpoints on ml-100k's official folds u1..u5.
 
-    .venv/bin/python benchmarks/recommend_bench.py --home /tmp/recommend-bench --fold u1
+    python3 -m uv sync --frozen --group bench     # adds implicit (the MF baseline) to .venv
+    .venv/bin/python benchmarks/recommend_bench.py --work /tmp/recommend-bench --out report.md
 
-The pipeline sees only ``<fold>.base``: a copy of the normalised interactions restricted to its
-rows is built and trained with the configured settings (by default ``features.split=random``:
-20 % of the base pairs are the validation split that early stopping and the choice of the final
-ordering read). The ``<fold>.test`` rows are used only here, for the report: every endpoint is
-exported into a scratch repository (seen items: the ``<fold>.base`` pairs) and run in-process
-by ``serving.runtime``, the code Triton runs, through the gate's own metric functions:
+For each fold ``uN``:
 
-* ranking AUC of the ``ranking`` endpoint on the test pairs (rated >= 4 vs < 4), next to the
-  smoothed per-item mean of the base rows;
-* recall/ndcg@10 of ``recommend`` with the ordering chosen on validation, with the ranker
-  alone (ranker weight 1, the ordering before the policy existed) and of every other weight of
-  ``ordering.ranker_weights`` (reported, never chosen on test), of ``retrieval`` alone and of
-  most popular unseen (counted on the base positives). Relevant: the user's test items rated
-  >= 4 that are not in the base rows; base items are excluded from every list.
+1. **The pipeline sees only ``uN.base``.** An ml-100k archive is written whose ``u.data`` holds
+   exactly the ``uN.base`` rows; the other fold files (``u*.base``, ``u*.test``, ``ua``/``ub``)
+   are left out, every other member is copied as is. It is served from a mirror directory with
+   its ``SHA256SUMS`` and run through ``recflow run`` (a subprocess, fresh home per fold) with
+   the default settings plus ``--set`` overrides: the features stage makes its own validation
+   split inside the base rows (``features.split``, by default 20 % of the pairs by hash), which
+   early stopping and the choice of recommend's ordering read, then the gate and publish.
+2. **The numbers come from Triton.** The published repository is served by the bundled
+   ``tritonserver`` (``serving.server.TritonServer``) and queried over gRPC
+   (``serving.client.RecflowClient``) for the ``uN.test`` rows: ranking scores of every test
+   pair (AUC, rated >= 4 vs < 4), ``recommend`` top 10 and ``retrieval`` top 10 with
+   ``exclude_seen``. Relevant: a user's test items rated >= 4; seen: their ``uN.base`` items,
+   excluded from every list (the endpoints' own seen items are the published dataset's, i.e.
+   ``uN.base``). Users: those with a relevant test item.
+3. **Served = in-process.** The same users' ``recommend`` lists are computed in-process by
+   ``serving.runtime.RecommendStage`` on the published version directory and compared.
+4. **Baselines on the same rows,** by the same metric code: most popular unseen (count of
+   ``uN.base`` positives), the smoothed per-item mean (AUC), and matrix factorisation from the
+   ``implicit`` library (ALS and BPR). The MF model, its input (all rated pairs or only the
+   positives) and its hyperparameters are chosen on a validation split carved from ``uN.base``
+   (a seeded random 20 % of its rows), never on ``uN.test``; the choice is refitted on all of
+   ``uN.base``.
+
+The report is a markdown table of every metric per fold, with mean and sample std over folds,
+and the issue's goals (#15) checked on the means. Not a test: nothing here runs in the suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import itertools
+import json
 import logging
+import os
+import re
 import shlex
+import subprocess
 import sys
-import tempfile
 import time
 import zipfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sparse
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.train_bench import ARCHIVE, fetch_movielens  # noqa: E402
 from models.baselines import item_mean_scores, popularity_scores  # noqa: E402
-from models.evaluation import evaluate_retrieval  # noqa: E402
-from models.metrics import roc_auc  # noqa: E402
-from recflow.artifacts import Candidate, OrderingPolicy, RawDataset  # noqa: E402
-from recflow.vocabulary import LABEL, RAW_ITEM_ID  # noqa: E402
-from release.gate import (  # noqa: E402
-    HeldOut,
-    export_scratch,
-    ranking_scores,
-    recommend_metrics,
-    retrieval_metrics,
-    retrieval_task,
-)
-from tasks.features import build_features_task  # noqa: E402
-from tasks.train import (  # noqa: E402
-    choose_recommend_ordering,
-    train_ranking,
-    train_retrieval,
-)
+from models.evaluation import RetrievalTask, evaluate_retrieval  # noqa: E402
+from models.metrics import roc_auc, top_k_metrics  # noqa: E402
+from recflow.artifacts import RankingModel  # noqa: E402
+from recflow.config import Settings, load_settings  # noqa: E402
+from recflow.registry import CandidateRecord, Registry  # noqa: E402
+from recflow.vocabulary import ITEM_ID, LABEL, RANKING, RECOMMEND, USER_ID  # noqa: E402
+from release.export import version_dirs  # noqa: E402
+from release.gate import HeldOut, retrieval_task  # noqa: E402
+from serving.client import RecflowClient  # noqa: E402
+from serving.runtime import RecommendStage  # noqa: E402
+from serving.server import TritonServer  # noqa: E402
+from tasks.checksums import MIRROR_CHECKSUMS  # noqa: E402
 
-COLUMNS = ["user_id", "item_id", "rating", "timestamp"]
-KS = (10,)
+log = logging.getLogger("recommend_bench")
+
+ARCHIVE = "ml-100k.zip"
+ROOT = "ml-100k"
+FOLDS = ("u1", "u2", "u3", "u4", "u5")
+COLUMNS = [USER_ID, ITEM_ID, "rating", "timestamp"]
+# Every official split file of the archive: none of them may reach the pipeline.
+FOLD_MEMBER = re.compile(rf"{ROOT}/u([1-5]|a|b)\.(base|test)")
+K = 10
+KS = (K,)
+# Served and in-process scores are the same float32 computation in two processes.
+SCORE_ATOL = 1e-5
+# The MF baseline's validation split inside uN.base (share of its rows) and its seed.
+MF_VALID_SHARE = 0.2
+MF_SEED = 0
+# The MF grid (implicit 0.7): small, as a sceptic would tune it. Each point is fitted on the
+# inner training rows and scored by recall@10 on the inner validation rows.
+ALS_GRID = {
+    "factors": (32, 64, 128),
+    "regularization": (0.01, 0.1, 1.0),
+    "alpha": (1.0, 10.0),
+    "iterations": (15,),
+}
+BPR_GRID = {
+    "factors": (32, 64, 128),
+    "learning_rate": (0.01, 0.05),
+    "regularization": (0.001, 0.01),
+    "iterations": (100,),
+}
+# What the MF model learns from: every rated pair, or only the positives (rated >= 4).
+MF_INPUTS = ("rated", "positives")
+# The issue's goals (#15), on the means over the folds.
+MIN_AUC, MIN_AUC_GAIN, MIN_POPULAR_RATIO = 0.79, 0.05, 2.0
 
 
-def read_fold(archive: Path, name: str) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Fold:
+    name: str
+    base: pd.DataFrame  # raw user_id, item_id, rating, timestamp
+    test: pd.DataFrame
+    items: np.ndarray  # every item id of u.item: the catalogue every list is drawn from
+
+
+def read_fold(archive: Path, name: str) -> Fold:
     with zipfile.ZipFile(archive) as zf:
-        return pd.read_csv(zf.open(f"ml-100k/{name}"), sep="\t", names=COLUMNS)
+        base, test = (
+            pd.read_csv(zf.open(f"{ROOT}/{name}.{part}"), sep="\t", names=COLUMNS)
+            for part in ("base", "test")
+        )
+        items = pd.read_csv(
+            zf.open(f"{ROOT}/u.item"), sep="|", header=None, usecols=[0], encoding="latin-1"
+        )[0].to_numpy(np.int64)
+    return Fold(name, base, test, items)
 
 
-def base_only(raw: RawDataset, base: pd.DataFrame, fold: str, out: Path) -> RawDataset:
-    """``raw`` whose interactions are the ``<fold>.base`` rows only, in ``out``."""
-    interactions = pd.read_parquet(raw.interactions)
-    keys = pd.MultiIndex.from_frame(interactions[["user_id", "item_id"]])
-    kept = interactions[keys.isin(pd.MultiIndex.from_frame(base[["user_id", "item_id"]]))]
-    if len(kept) != len(base):
-        raise ValueError(f"{fold}.base has {len(base)} rows, {len(kept)} found in u.data")
-    out.mkdir(parents=True, exist_ok=True)
-    kept.to_parquet(out / "interactions.parquet", index=False)
-    for table in ("items", "users"):
-        (out / f"{table}.parquet").write_bytes(getattr(raw, table).read_bytes())
-    return raw.model_copy(
-        update={
-            "path": out,
-            "checksum": f"{raw.checksum[:32]}-{fold}-base",
-            "n_interactions": len(kept),
-        }
-    )
+def base_only_mirror(archive: Path, fold: Fold, directory: Path) -> Path:
+    """A mirror directory holding an ml-100k archive whose ``u.data`` is ``fold.base`` and
+    which has no split files, with its sha256 declared in ``SHA256SUMS`` (docs/data.md)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / ARCHIVE
+    rows = fold.base[COLUMNS].to_csv(sep="\t", header=False, index=False)
+    with (
+        zipfile.ZipFile(archive) as source,
+        zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as out,
+    ):
+        for info in source.infolist():
+            if FOLD_MEMBER.fullmatch(info.filename):
+                continue
+            data = rows.encode() if info.filename == f"{ROOT}/u.data" else source.read(info)
+            out.writestr(info, data, zipfile.ZIP_DEFLATED)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    (directory / MIRROR_CHECKSUMS).write_text(f"{digest}  {ARCHIVE}\n")
+    return directory
+
+
+def run_pipeline(home: Path, mirror: Path, overrides: list[str]) -> float:
+    """``recflow run`` on ``mirror`` into ``home``; its seconds. Output: ``home/run.log``."""
+    recflow = Path(sys.executable).parent / "recflow"
+    sets = [arg for pair in overrides for arg in ("--set", pair)]
+    command = [
+        str(recflow),
+        "--home",
+        str(home),
+        "--set",
+        "data.variant=ml-100k",
+        "--set",
+        f"data.mirror={mirror}",
+        *sets,
+        "run",
+    ]
+    # A temporary Prefect server of its own, recording into the fold's home: never another
+    # user's server or database.
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(home / "prefect")
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with (home / "run.log").open("wb") as out:
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    if code != 0:
+        tail = (home / "run.log").read_text(errors="replace").splitlines()[-30:]
+        raise RuntimeError(f"{shlex.join(command)} exited with {code}:\n" + "\n".join(tail))
+    return time.monotonic() - started
 
 
 def labelled(rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
     labels = (rows["rating"] >= threshold).astype("int8")
-    return rows[["user_id", "item_id"]].assign(**{LABEL: labels}).reset_index(drop=True)
+    return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels}).reset_index(drop=True)
 
 
-def evaluate_fold(candidate: Candidate, split: HeldOut, settings, scratch: Path) -> dict:
-    """Every number of the report, on the test rows of ``split`` (see the module docstring)."""
-    features, ranking, retrieval = candidate
-    seen = scratch / "base_pairs.parquet"
-    split.train[["user_id", "item_id"]].to_parquet(seen, index=False)
-    catalogue = pd.read_parquet(retrieval.item_embeddings, columns=[RAW_ITEM_ID])
-    task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
-    chosen = ranking.ordering.ranker_weight
-    weights = sorted({chosen, 1.0, *settings.ordering.ranker_weights})
+def list_metrics(lists: np.ndarray, task: RetrievalTask) -> dict[str, float]:
+    """recall/ndcg/mrr@K of raw item-id lists [users, K] (-1 padding) for ``task.users``."""
+    positions = pd.Index(task.candidates).get_indexer(lists.ravel()).reshape(lists.shape)
+    return top_k_metrics(np.where(lists >= 0, positions, -1), task.relevant, KS)
+
+
+def padded(top: list[tuple[int, float]], k: int) -> np.ndarray:
+    ids = [item for item, _score in top][:k]
+    return np.array(ids + [-1] * (k - len(ids)), dtype=np.int64)
+
+
+def served_lists(
+    users: np.ndarray, ranked: Callable[[int], list[tuple[int, float]]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Item ids [users, K] (-1 padding) and scores of one endpoint, one gRPC request a user."""
+    answers = [ranked(int(user)) for user in users]
+    ids = np.stack([padded(top, K) for top in answers])
+    scores = np.stack(
+        [np.array([s for _i, s in top][:K] + [-np.inf] * (K - len(top[:K]))) for top in answers]
+    )
+    return ids, scores
+
+
+def served_pair_scores(client: RecflowClient, pairs: pd.DataFrame) -> np.ndarray:
+    """The ranking endpoint's score of each (user, item) row, in row order."""
+    scores = np.empty(len(pairs), dtype=np.float64)
+    for user, rows in pairs.groupby(USER_ID).indices.items():
+        scores[rows] = client.score(int(user), pairs[ITEM_ID].to_numpy()[rows].tolist())
+    return scores
+
+
+def published(settings: Settings) -> tuple[CandidateRecord, int]:
+    registry = Registry.from_settings(settings)
+    record, state = registry.serving(), registry.state()
+    if record is None or state.version is None:
+        raise RuntimeError(f"nothing published in {settings.paths.home}")
+    return record, state.version
+
+
+# ---------------------------------------------------------------------------------------------
+# The matrix-factorisation baseline (implicit), chosen on a validation split inside uN.base.
+
+
+def _grid(space: dict[str, tuple]) -> list[dict]:
+    return [dict(zip(space, values, strict=True)) for values in itertools.product(*space.values())]
+
+
+MF_POINTS = [
+    {"model": model, "input": given, **params}
+    for given in MF_INPUTS
+    for model, space in (("als", ALS_GRID), ("bpr", BPR_GRID))
+    for params in _grid(space)
+]
+
+
+def _mf_model(point: dict):
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+    params = {name: value for name, value in point.items() if name not in ("model", "input")}
+    model = AlternatingLeastSquares if point["model"] == "als" else BayesianPersonalizedRanking
+    return model(**params, random_state=MF_SEED)
+
+
+def mf_scorer(
+    point: dict, train: pd.DataFrame, task: RetrievalTask
+) -> Callable[[slice], np.ndarray]:
+    """Fit ``point`` on ``train`` (labelled raw rows); score ``task``'s users x candidates.
+
+    Candidates without a training interaction score -inf: their factors are their random start
+    (BPR) or zero (ALS), knowledge the model does not have.
+    """
+    rows = train if point["input"] == "rated" else train[train[LABEL] == 1]
+    users = pd.Index(np.unique(np.concatenate([rows[USER_ID], task.users])))
+    items = pd.Index(task.candidates)
+    kept = rows[rows[ITEM_ID].isin(items)]
+    matrix = sparse.csr_matrix(
+        (
+            np.ones(len(kept), dtype=np.float32),
+            (users.get_indexer(kept[USER_ID]), items.get_indexer(kept[ITEM_ID])),
+        ),
+        shape=(len(users), len(items)),
+    )
+    model = _mf_model(point)
+    model.fit(matrix, show_progress=False)
+    trained = np.asarray(matrix.sum(axis=0)).ravel() > 0
+    user_rows = users.get_indexer(task.users)
+
+    def scores(batch: slice) -> np.ndarray:
+        out = model.user_factors[user_rows[batch]] @ model.item_factors.T
+        return np.where(trained, out, -np.inf).astype(np.float32)
+
+    return scores
+
+
+def mf_baseline(fold: Fold, split: HeldOut, task: RetrievalTask) -> dict:
+    """The grid point with the best inner-validation recall@K, refitted on all of uN.base and
+    scored on ``task`` (the uN.test users)."""
+    from threadpoolctl import threadpool_limits
+
+    inner_valid = split.train.sample(frac=MF_VALID_SHARE, random_state=MF_SEED)
+    inner_train = split.train.drop(inner_valid.index)
+    inner = retrieval_task(HeldOut(inner_train, inner_valid), fold.items)
+    metric = f"recall@{K}"
+    # implicit asks for single-threaded BLAS: its own loops are the parallel ones.
+    with threadpool_limits(1, "blas"):
+        validation = [
+            evaluate_retrieval(inner, mf_scorer(point, inner_train, inner), KS)[metric]
+            for point in MF_POINTS
+        ]
+        best = int(np.argmax(validation))
+        point = MF_POINTS[best]
+        test = evaluate_retrieval(task, mf_scorer(point, split.train, task), KS)
+    log.info("%s MF: chose %s (validation %s %.4f)", fold.name, point, metric, validation[best])
+    return {"point": point, "validation": validation[best], "metrics": test}
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_fold(fold: Fold, settings: Settings) -> dict:
+    """Every number of the report for one fold whose pipeline run published into
+    ``settings.paths.home`` (see the module docstring)."""
+    threshold = settings.features.rating_threshold
+    split = HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold))
+    task = retrieval_task(split, fold.items)
+    record, version = published(settings)
+    ranking = RankingModel.load(record.models[RANKING])
+    dirs = version_dirs(settings.paths.triton_repo, settings.serving, version, True)
     out: dict = {
+        "candidate": record.id,
+        "version": version,
         "users": len(task.users),
-        "chosen": chosen,
-        "validation": ranking.ordering.validation,
+        "test rows": len(split.valid),
+        "ranker weight": ranking.ordering.ranker_weight,
+        "ordering validation": ranking.ordering.validation,
+        "gate": record.evaluation.metrics,
     }
-    for weight in weights:
-        policy = OrderingPolicy(ranker_weight=weight)
-        variant = ranking.model_copy(update={"ordering": policy})
-        exported = export_scratch(
-            Candidate(features, variant, retrieval), seen, settings, scratch / str(weight)
-        )
-        out[f"recommend w={weight}"] = recommend_metrics(exported["recommend"], task, KS)
-        if weight == chosen:
-            out["retrieval"] = retrieval_metrics(exported["retrieval"], task, KS)
-            scores = ranking_scores(exported["ranking"], split.valid)
-            out["ranking auc"] = roc_auc(split.valid[LABEL], scores)
-    positives = split.train.loc[split.train[LABEL] == 1, "item_id"].to_numpy()
+    with TritonServer.from_settings(settings) as server:
+        with RecflowClient.from_config(server.config) as client:
+            started = time.monotonic()
+            recommended, recommend_scores = served_lists(task.users, client.recommend)
+            retrieved, _ = served_lists(
+                task.users, lambda user: client.retrieve(user, K, exclude_seen=True)
+            )
+            pair_scores = served_pair_scores(client, split.valid)
+            out["grpc seconds"] = time.monotonic() - started
+    in_process, in_process_scores = RecommendStage(dirs[RECOMMEND]).recommend(task.users, K)
+    out["served = in-process users"] = int((in_process == recommended).all(axis=1).sum())
+    finite = np.isfinite(in_process_scores)
+    out["served - in-process max |score|"] = float(
+        np.abs(in_process_scores[finite] - recommend_scores[finite]).max()
+    )
+    out["recommend"] = list_metrics(recommended, task)
+    out["retrieval"] = list_metrics(retrieved, task)
+    labels = split.valid[LABEL].to_numpy()
+    out["ranking auc"] = roc_auc(labels, pair_scores)
+    out["per-item mean auc"] = roc_auc(
+        labels, item_mean_scores(split.train, split.valid, ITEM_ID, LABEL)
+    )
+    positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
     popular = popularity_scores(positives, task.candidates)
     out["most popular"] = evaluate_retrieval(
         task, lambda rows: np.tile(popular, (len(task.users[rows]), 1)), KS
     )
-    item_mean = item_mean_scores(split.train, split.valid, "item_id", LABEL)
-    out["per-item mean auc"] = roc_auc(split.valid[LABEL], item_mean)
+    mf = mf_baseline(fold, split, task)
+    out["mf"] = mf["metrics"]
+    out["mf choice"] = mf["point"]
+    out["mf validation"] = mf["validation"]
     return out
 
 
-def markdown(command: str, fold: str, features, result: dict) -> str:
-    auc, item_mean = result["ranking auc"], result["per-item mean auc"]
+# ---------------------------------------------------------------------------------------------
+# The report.
+
+LISTS = (
+    ("recommend", "recommend (served)"),
+    ("retrieval", "retrieval, exclude_seen (served)"),
+    ("mf", "MF baseline (implicit, chosen on a split of uN.base)"),
+    ("most popular", "most popular unseen"),
+)
+
+
+def rows_of(result: dict) -> dict[str, float]:
+    """The per-fold numbers of the table, by row label."""
+    rows = {
+        "ranking AUC (served)": result["ranking auc"],
+        "per-item mean AUC": result["per-item mean auc"],
+        "AUC gain over per-item mean": result["ranking auc"] - result["per-item mean auc"],
+    }
+    for metric in (f"recall@{K}", f"ndcg@{K}"):
+        for key, label in LISTS:
+            rows[f"{metric}: {label}"] = result[key][metric]
+    rows[f"recall@{K}: recommend / most popular"] = (
+        result["recommend"][f"recall@{K}"] / result["most popular"][f"recall@{K}"]
+    )
+    return rows
+
+
+def summary(results: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    table = pd.DataFrame({fold: rows_of(result) for fold, result in results.items()})
+    std = table.std(axis=1, ddof=1) if table.shape[1] > 1 else table.iloc[:, 0] * np.nan
+    return {label: (table.loc[label].mean(), std[label]) for label in table.index}
+
+
+def goals(means: dict[str, float]) -> list[tuple[str, bool]]:
+    recall = f"recall@{K}"
+    recommend = means[f"{recall}: recommend (served)"]
+    return [
+        (f"recommend {recall} >= retrieval alone", recommend >= means[f"{recall}: {LISTS[1][1]}"]),
+        (f"recommend {recall} >= MF baseline", recommend >= means[f"{recall}: {LISTS[2][1]}"]),
+        (
+            f"recommend {recall} >= {MIN_POPULAR_RATIO:g}x most popular",
+            recommend >= MIN_POPULAR_RATIO * means[f"{recall}: {LISTS[3][1]}"],
+        ),
+        (f"ranking AUC >= {MIN_AUC}", means["ranking AUC (served)"] >= MIN_AUC),
+        (
+            f"AUC gain over per-item mean >= {MIN_AUC_GAIN}",
+            means["AUC gain over per-item mean"] >= MIN_AUC_GAIN,
+        ),
+    ]
+
+
+def markdown(command: str, results: dict[str, dict], load: Iterable[str]) -> str:
+    folds = list(results)
+    table = pd.DataFrame({fold: rows_of(result) for fold, result in results.items()})
+    stats = summary(results)
     lines = [
-        f"## Fold {fold}",
-        "",
         "```bash",
         command,
         "```",
         "",
-        f"Pipeline input: `{fold}.base` only ({features.n_train} train / {features.n_valid} "
-        f"validation rows, its own split); report: `{fold}.test`, {result['users']} users with a "
-        "relevant item. In-process by serving.runtime on a scratch export.",
+        *(f"`uptime` {line}" for line in load),
         "",
-        f"Ranking AUC on the {fold}.test pairs: DLRM {auc:.4f}, per-item mean {item_mean:.4f} "
-        f"(gain {auc - item_mean:+.4f}).",
-        "",
-        f"Ordering chosen on validation: ranker weight {result['chosen']} "
-        f"(validation {result['validation']}).",
-        "",
-        "| list | recall@10 | ndcg@10 | mrr@10 |",
-        "| --- | --- | --- | --- |",
+        f"| metric ({', '.join(folds)} test) | " + " | ".join(folds) + " | mean | std |",
+        "| --- |" + " ---: |" * (len(folds) + 2),
     ]
-    lists = [
-        name for name, value in result.items() if isinstance(value, dict) and "recall@10" in value
+    for label in table.index:
+        mean, std = stats[label]
+        values = " | ".join(f"{table.loc[label, fold]:.4f}" for fold in folds)
+        lines.append(f"| {label} | {values} | {mean:.4f} | {std:.4f} |")
+    lines += [
+        "",
+        "| fold | users | test rows | pipeline s | ranker weight (chosen on validation) | "
+        "served = in-process | MF chosen (validation recall@10) |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
     ]
-    # Baselines first, then recommend by ranker weight.
-    for name in sorted(lists, key=lambda name: (name.startswith("recommend"), name)):
-        metrics = result[name]
-        label = f"{name} (chosen)" if name == f"recommend w={result['chosen']}" else name
+    for fold, result in results.items():
+        point = ", ".join(f"{name}={value}" for name, value in result["mf choice"].items())
         lines.append(
-            f"| {label} | {metrics['recall@10']:.4f} | {metrics['ndcg@10']:.4f} "
-            f"| {metrics['mrr@10']:.4f} |"
+            f"| {fold} | {result['users']} | {result['test rows']} | "
+            f"{result['pipeline seconds']:.0f} | {result['ranker weight']} | "
+            f"{result['served = in-process users']}/{result['users']} users, max score diff "
+            f"{result['served - in-process max |score|']:.1e} | {point} "
+            f"({result['mf validation']:.4f}) |"
         )
+    lines += ["", "Machine load around each fold (run and evaluation):", ""]
+    lines += [
+        f"- {fold}: `{result['uptime'][0]}` / `{result['uptime'][1]}`"
+        for fold, result in results.items()
+    ]
+    lines += ["", "Goals (#15) on the means:", ""]
+    means = {label: mean for label, (mean, _std) in stats.items()}
+    lines += [f"- {goal}: {'met' if met else '**not met**'}" for goal, met in goals(means)]
     return "\n".join([*lines, ""])
+
+
+def fold_result(archive: Path, name: str, work: Path, overrides: list[str], reuse: bool) -> dict:
+    """Run and evaluate one fold in ``work/<name>``, keeping its result there as JSON."""
+    home, saved = work / name / "home", work / name / "result.json"
+    if reuse and saved.is_file():
+        return json.loads(saved.read_text())
+    fold = read_fold(archive, name)
+    timing = home / "pipeline_seconds"
+    started = uptime()
+    if not (reuse and timing.is_file()):
+        mirror = base_only_mirror(archive, fold, work / name / "mirror")
+        log.info("%s: recflow run on %d base rows, home %s", name, len(fold.base), home)
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        timing.write_text(f"{run_pipeline(home, mirror, overrides):.1f}")
+    settings = load_settings(
+        overrides=[
+            f"paths.home={home}",
+            "serving.grpc_port=0",
+            "serving.http_port=0",
+            "serving.metrics_port=0",
+            *overrides,
+        ]
+    )
+    result = evaluate_fold(fold, settings) | {
+        "pipeline seconds": float(timing.read_text()),
+        "uptime": [started, uptime()],
+    }
+    saved.write_text(json.dumps(result, indent=1))
+    log.info("%s: %s", name, rows_of(result))
+    return result
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, required=True, help="artifact directory")
+    parser.add_argument("--work", type=Path, required=True, help="one home and mirror per fold")
     parser.add_argument("--movielens", type=Path, default=REPO.parent / "shared/data/movielens")
-    parser.add_argument("--fold", default="u1", choices=["u1", "u2", "u3", "u4", "u5"])
-    parser.add_argument("--out", type=Path, help="append the markdown report to this file")
-    parser.add_argument("--set", action="append", default=[], help="section.field=value")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    command = shlex.join(["python", "benchmarks/recommend_bench.py", *sys.argv[1:]])
-    archive = args.movielens / ARCHIVE
-    base, test = (read_fold(archive, f"{args.fold}.{part}") for part in ("base", "test"))
-
-    settings, raw = fetch_movielens(archive, args.home, args.set)
-    raw = base_only(raw, base, args.fold, settings.paths.raw_dir / f"{args.fold}-base")
-    features = build_features_task.fn(raw, settings)
-    run_id = time.strftime(f"{args.fold}-%Y%m%dT%H%M%S")
-    candidate = Candidate(
-        features,
-        train_ranking(features, settings, run_id),
-        train_retrieval(features, settings, run_id),
+    parser.add_argument("--folds", nargs="+", default=list(FOLDS), choices=FOLDS)
+    parser.add_argument("--out", type=Path, help="write the markdown report to this file")
+    parser.add_argument(
+        "--set", action="append", default=[], help="section.field=value for every recflow run"
     )
-    candidate = choose_recommend_ordering(candidate, settings)
-    threshold = settings.features.rating_threshold
-    split = HeldOut(labelled(base, threshold), labelled(test, threshold))
-    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=settings.paths.cache_dir) as scratch:
-        result = evaluate_fold(candidate, split, settings, Path(scratch))
-    text = markdown(command, args.fold, features, result)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="report a fold from what an earlier invocation left in --work: its result, or its "
+        "published run evaluated again; folds can so run in separate invocations",
+    )
+    args = parser.parse_args()
+    # force: importing Prefect (through release.gate) has configured the root logger already.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    command = shlex.join([".venv/bin/python", "benchmarks/recommend_bench.py", *sys.argv[1:]])
+    load = [f"before: {uptime()}"]
+    results = {
+        name: fold_result(args.movielens / ARCHIVE, name, args.work, args.set, args.reuse)
+        for name in args.folds
+    }
+    load.append(f"after: {uptime()}")
+    text = markdown(command, results, load)
     print(text)
     if args.out:
-        with args.out.open("a") as out:
-            out.write(text + "\n")
+        args.out.write_text(text)
 
 
 if __name__ == "__main__":

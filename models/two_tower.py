@@ -134,6 +134,9 @@ def train_two_tower(
 
     pairs = read_columns(train_dir, [user_id, item_id, target])
     positives = pairs.loc[pairs[target] == 1, item_id].to_numpy()
+    # What the towers learn from; log-q corrects for how often each item is in a batch of it.
+    rated = cfg.interactions == "rated"
+    trained_items = pairs[item_id].to_numpy() if rated else positives
     valid = read_columns(valid_dir, [*user_cols, item_id, target])
     candidates = catalogue.drop_duplicates(item_id).sort_values(item_id, ignore_index=True)
     task = RetrievalTask.build(
@@ -142,7 +145,7 @@ def train_two_tower(
     queries = valid.drop_duplicates(user_id).set_index(user_id).loc[task.users].reset_index()
 
     n_ids = int(schema[item_id].int_domain.max) + 1
-    model = build_two_tower(schema, cfg, np.bincount(positives, minlength=n_ids))
+    model = build_two_tower(schema, cfg, np.bincount(trained_items, minlength=n_ids))
     # No Keras metrics: Merlin's default ones (top-k over every batch's logits) would be
     # computed each step and never read; validation is scored by our own code per epoch.
     model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), metrics=[])
@@ -154,7 +157,9 @@ def train_two_tower(
             task, lambda rows: query_vectors[rows] @ item_vectors.T, cfg.top_k
         )
 
-    train = split_dataset(train_dir, full, user_cols + item_cols, positives_of=target)
+    train = split_dataset(
+        train_dir, full, user_cols + item_cols, positives_of=None if rated else target
+    )
     fit = fit_keeping_best(
         model,
         make_loader(train, cfg.batch_size, shuffle=True),
@@ -162,7 +167,7 @@ def train_two_tower(
         patience=cfg.patience,
         evaluate=evaluate,
         monitor=cfg.monitor,
-        n_rows=len(positives),
+        n_rows=len(trained_items),
         name="two-tower",
     )
     popular = popularity_scores(positives, task.candidates)

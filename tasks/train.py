@@ -38,11 +38,16 @@ def train_ranking(features: FeatureSet, settings: Settings, run_id: str) -> Rank
 
 
 def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
+    cfg = settings.retrieval
+    if features.feedback == "implicit":
+        # Its "rated" pairs include the sampled negatives, which nobody picked: the towers learn
+        # from the interactions, and in implicit feedback those are the positives.
+        cfg = cfg.model_copy(update={"interactions": "positives"})
     return train_two_tower(
         features.train_dir,
         features.valid_dir,
         item_catalogue(features),
-        settings.retrieval,
+        cfg,
         settings.paths.models_dir / run_id / RETRIEVAL,
         features.fingerprint,
     )
