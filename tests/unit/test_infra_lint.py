@@ -41,6 +41,7 @@ MERLIN_PROVIDED = {
     "tensorflow-metadata",
     "protobuf",
     "pandas",
+    "psutil",
     "pyarrow",
     "dask",
     "distributed",
