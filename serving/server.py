@@ -26,8 +26,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-import psutil
-
 from recflow.atomic import atomic_dir
 from recflow.config import ServingConfig, Settings
 from serving.client import RecflowClient
@@ -40,9 +38,6 @@ STUB_INTERPRETER = "python3"
 EXIT_TIMEOUT_S = 20
 STOP_GRACE_S = EXIT_TIMEOUT_S + 10.0
 READY_POLL_S = 0.25
-PORTS = ("grpc_port", "http_port", "metrics_port")
-# Starts with freshly picked ports when another process took one of them first.
-PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 40
 SHM_DIR = Path("/dev/shm")
 KILL_WAIT_S = 5.0
@@ -58,25 +53,6 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-
-
-def port_taken(host: str, port: int) -> bool:
-    """Whether some process holds ``port`` on ``host`` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def listens_on(pid: int, port: int) -> bool:
-    """Whether process ``pid`` itself listens on TCP ``port``."""
-    try:
-        sockets = psutil.Process(pid).net_connections(kind="tcp")
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-    return any(s.status == psutil.CONN_LISTEN and s.laddr.port == port for s in sockets)
 
 
 def process_group(pgid: int) -> set[int]:
@@ -197,11 +173,11 @@ class TritonServer:
         models: Sequence[str] = (),
     ) -> None:
         self.repository = Path(repository).resolve()
-        # Ports given as 0 are picked here, and picked again if another process takes one
-        # before tritonserver binds it (it binds after loading its models: seconds later).
-        self._free_ports = [name for name in PORTS if not getattr(config, name)]
         self.config = config.model_copy(
-            update={name: find_free_port(config.host) for name in self._free_ports}
+            update={
+                name: getattr(config, name) or find_free_port(config.host)
+                for name in ("grpc_port", "http_port", "metrics_port")
+            }
         )
         self.log_file = Path(log_file)
         self.backend_cache_dir = Path(backend_cache_dir)
@@ -325,9 +301,7 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while True:
             self._raise_if_exited("during start-up")
-            # Ready means this process answers: another server that holds the port would answer
-            # the probe too, while ours fails to bind it and exits.
-            if self._client.server_ready() and listens_on(self.pid, self.config.grpc_port):
+            if self._client.server_ready():
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -398,33 +372,13 @@ class TritonServer:
         return self._client.model_ready(name)
 
     def __enter__(self) -> TritonServer:
-        attempt = 1
-        while True:
-            self.start()
-            try:
-                self.wait_ready()
-                return self
-            except TritonServerError:
-                self.stop()
-                if attempt == PORT_ATTEMPTS or not self._lost_a_picked_port():
-                    raise
-                attempt += 1
-                self._repick_ports()
-            except BaseException:
-                self.stop()
-                raise
-
-    def _lost_a_picked_port(self) -> bool:
-        """Whether another process holds a port this object picked (so ours could not bind)."""
-        host = self.config.host
-        return any(port_taken(host, getattr(self.config, name)) for name in self._free_ports)
-
-    def _repick_ports(self) -> None:
-        """New free ports for the ones picked at creation (another process took one)."""
-        fresh = {name: find_free_port(self.config.host) for name in self._free_ports}
-        self.config = self.config.model_copy(update=fresh)
-        self._client.close()
-        self._client = RecflowClient.from_config(self.config, retries=0)
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
 
     def __exit__(
         self,

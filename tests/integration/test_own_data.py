@@ -48,11 +48,15 @@ def served(request, tmp_path_factory, prefect_harness):
         movielens_archive("ml-latest-small.zip"), tmp_path_factory.mktemp(shape), shape, USERS
     )
     args = ["--config", str(config), *(a for pair in FAST for a in ("-s", pair))]
-    run = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "run"])
-    assert run.exit_code == 0, run.output
-    settings = load_settings(config, FAST)
-    with TritonServer.from_settings(settings) as server:
-        yield shape, settings, server, args
+    # --config (and load_settings) name the YAML in RECFLOW_CONFIG for the processes a run
+    # starts: in this worker it must not outlive the module, or later tests read this YAML.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RECFLOW_CONFIG", str(config))
+        run = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "run"])
+        assert run.exit_code == 0, run.output
+        settings = load_settings(config, FAST)
+        with TritonServer.from_settings(settings) as server:
+            yield shape, settings, server, args
 
 
 def test_gate_blessed_it_on_its_held_out_rows(served):

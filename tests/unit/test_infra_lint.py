@@ -41,7 +41,6 @@ MERLIN_PROVIDED = {
     "tensorflow-metadata",
     "protobuf",
     "pandas",
-    "psutil",
     "pyarrow",
     "dask",
     "distributed",
