@@ -27,6 +27,13 @@ MANIFEST = "manifest.json"
 HELD_OUT = "held_out"
 
 
+def names_file(column: str) -> str:
+    """The file of each int64 id's string (recflow/external_ids.py): ``user_ids.parquet`` or
+    ``item_ids.parquet``, in a raw dataset, a feature build's ``lookup/`` and the served version
+    directories alike."""
+    return f"{column.removesuffix('_id')}_ids.parquet"
+
+
 class Artifact(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -116,7 +123,7 @@ class RawDataset(Artifact):
 
     def external_ids_file(self, column: str) -> Path:
         """``user_ids.parquet`` or ``item_ids.parquet`` (``column``: user_id or item_id)."""
-        return self.path / f"{column.removesuffix('_id')}_ids.parquet"
+        return self.path / names_file(column)
 
 
 class TrainedModel(Artifact):
@@ -244,6 +251,10 @@ class FeatureSet(Artifact):
     @property
     def lookup_dir(self) -> Path:
         return self.path / "lookup"
+
+    def external_ids_file(self, column: str) -> Path:
+        """The dataset's strings of ``column``'s ids (only with ``external_ids``)."""
+        return self.lookup_dir / names_file(column)
 
     @property
     def schema_file(self) -> Path:

@@ -8,7 +8,7 @@ between (features, training, the gate) sees int64 ids, as with MovieLens.
 The id is a function of the string alone, so the same user keeps one id across every refresh of
 the data and at serving time, without a vocabulary to ship: a keyed SipHash (pandas' hash_array)
 truncated to 63 bits, so ids stay non-negative (recflow pads answers with -1). Two strings of
-one source that hash alike are refused when the source is read (``colliding``).
+one source that hash alike are refused when the source is read (tasks/custom.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import pandas as pd
 
 # The external id next to its int64 id in user_ids.parquet and item_ids.parquet.
 EXTERNAL_ID = "external_id"
+
+
 # SipHash's 16-byte key; changing it changes every id, so it is part of the raw layout.
 _HASH_KEY = "recflow-ids-v1.0"
 
@@ -29,10 +31,3 @@ def internal_ids(external) -> np.ndarray:
         values = np.array([value.decode("utf-8") for value in values], dtype=object)
     hashed = pd.util.hash_array(values, hash_key=_HASH_KEY, categorize=False)
     return (hashed >> np.uint64(1)).astype(np.int64)
-
-
-def colliding(external: pd.Series) -> list[str]:
-    """Distinct strings of ``external`` that share an int64 id with another one."""
-    distinct = pd.Series(pd.unique(external.astype(str)))
-    ids = pd.Series(internal_ids(distinct.to_numpy()))
-    return sorted(distinct[ids.duplicated(keep=False)].tolist())

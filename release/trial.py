@@ -139,7 +139,7 @@ def _as_requested(sample: pd.DataFrame, features: FeatureSet) -> pd.DataFrame:
         return sample
     sample = sample.copy()
     for column in (USER_INPUT, ITEM_INPUT):
-        names = pd.read_parquet(features.lookup_dir / f"{column}s.parquet")
+        names = pd.read_parquet(features.external_ids_file(column))
         named = names.set_index(column)[EXTERNAL_ID].reindex(sample[column])
         cold = "recflow-cold-" + sample[column].astype(str)
         sample[column] = [name.encode("utf-8") for name in named.fillna(cold.set_axis(named.index))]

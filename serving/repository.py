@@ -249,7 +249,7 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
             for name in STAGE_FILES[stage]:
                 shutil.copy(work / name, directory / name)
             if features.external_ids and stage != RANKING:  # they answer with item ids
-                shutil.copy(features.lookup_dir / runtime.ITEM_NAMES, directory)
+                shutil.copy(features.external_ids_file(ITEM_ID), directory)
     finally:
         shutil.rmtree(work)
 
@@ -284,7 +284,7 @@ def _write_catalog(features: FeatureSet, repo: Path) -> None:
     dataset's own, strings where they are strings."""
     items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=[ITEM_ID])
     if features.external_ids:
-        names = pd.read_parquet(features.lookup_dir / runtime.ITEM_NAMES)
+        names = pd.read_parquet(features.external_ids_file(ITEM_ID))
         items = pd.DataFrame(
             {ITEM_ID: names.set_index(ITEM_ID)[EXTERNAL_ID].reindex(items[ITEM_ID])}
         )

@@ -34,7 +34,7 @@ import pandas as pd
 
 from models.metrics import top_k
 from models.ordering import final_order
-from recflow.artifacts import OrderingPolicy
+from recflow.artifacts import OrderingPolicy, names_file
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
@@ -61,7 +61,7 @@ ITEM_EMBEDDINGS = "item_embeddings.parquet"
 SEEN = "seen.parquet"
 RANKING_CONFIG = "ranking.json"
 # Only where the dataset's ids are strings: each item's int64 id next to its string.
-ITEM_NAMES = "item_ids.parquet"
+ITEM_NAMES = names_file(ITEM_ID)
 # Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
 # array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
 IDS, VECTORS = "ids", "vectors"

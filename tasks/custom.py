@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from recflow.artifacts import RawDataset, SideFeatures
+from recflow.artifacts import RawDataset, SideFeatures, names_file
 from recflow.config import CustomSource, InteractionsSource, SideTableSource, TableSource
-from recflow.external_ids import EXTERNAL_ID, colliding, internal_ids
+from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.vocabulary import IN_VALIDATION, ITEM_ID, RATING, TIMESTAMP, USER_ID
 from tasks.normalize import INTERACTIONS_SCHEMA, MalformedSource, NormalizeReport
 
@@ -217,7 +217,8 @@ def read_side_table(table: str, files: list[SourceFile], source: SideTableSource
     """The id and the declared columns: continuous ones as float32, lists as lists of strings."""
     frames = []
     for file in files:
-        raw = read_table(file, source, list(dict.fromkeys([source.id, *_declared(source)])))
+        declared = side_features(source).columns
+        raw = read_table(file, source, list(dict.fromkeys([source.id, *declared])))
         frame = raw.rename(columns={source.id: _id_column(table)})
         for column in source.continuous:
             frame[column] = _numbers(file.url, column, raw[column]).astype("float32")
@@ -239,12 +240,6 @@ def read_side_table(table: str, files: list[SourceFile], source: SideTableSource
             f"more than once, e.g. {first!r} in rows {rows}"
         )
     return frame[ids.notna()].reset_index(drop=True)
-
-
-def _declared(source: SideTableSource) -> tuple[str, ...]:
-    return SideFeatures(
-        categorical=source.categorical, continuous=source.continuous, lists=source.lists
-    ).columns
 
 
 def _id_column(table: str) -> str:
@@ -292,12 +287,12 @@ def unify_ids(tables: CustomTables) -> tuple[CustomTables, dict[str, pd.DataFram
         names = pd.concat(
             [frame[column].astype(str) for frame, column in columns if column == side]
         )
-        if clashes := colliding(names):
-            raise CustomSourceError(f"{side}: the string ids {clashes[:_SHOWN]} hash alike")
         distinct = pd.Series(pd.unique(names))
-        external[side] = pd.DataFrame(
-            {side: internal_ids(distinct.to_numpy()), EXTERNAL_ID: distinct}
-        )
+        ids = pd.Series(internal_ids(distinct.to_numpy()))
+        if (clashes := ids.duplicated(keep=False)).any():
+            shown = sorted(distinct[clashes])[:_SHOWN]
+            raise CustomSourceError(f"{side}: the string ids {shown} hash alike")
+        external[side] = pd.DataFrame({side: ids, EXTERNAL_ID: distinct})
     for frame, column in columns:
         frame[column] = internal_ids(frame[column].astype(str).to_numpy())
     return tables, external
@@ -383,7 +378,7 @@ def build_custom(
         _write_side(users, source.users, out_dir / "users.parquet")
     if external is not None:
         for side, names in external.items():
-            names.to_parquet(out_dir / f"{side.removesuffix('_id')}_ids.parquet", index=False)
+            names.to_parquet(out_dir / names_file(side), index=False)
     for rule, rows in dropped.items():
         if rows:
             log.info("custom: dropped %d rows (%s)", rows, rule)

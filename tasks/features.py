@@ -621,7 +621,7 @@ def write_lookups(
         users.to_parquet(directory / "users.parquet", index=False)
     if raw.external_ids:
         for column in (USER_ID, ITEM_ID):
-            shutil.copy(raw.external_ids_file(column), directory / f"{column}s.parquet")
+            shutil.copy(raw.external_ids_file(column), directory)
 
 
 def fit_and_transform(
