@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.features_bench import dataset, parse_size, run_features  # noqa: E402
-from models.dlrm import train_dlrm  # noqa: E402
+from models.ranking import train_ranker  # noqa: E402
 from recflow.artifacts import FeatureSet  # noqa: E402
 from recflow.config import (  # noqa: E402
     ComputeConfig,
@@ -140,7 +140,7 @@ def train_throughput(features: FeatureSet, rows: int, work_dir: Path) -> tuple[f
     """One DLRM epoch on the first ``rows`` training rows: examples/s, validation AUC, rows."""
     name = f"{features.fingerprint}-{time.time_ns()}"
     train_dir, n = first_rows(features, rows, work_dir / "subsets" / name)
-    model = train_dlrm(
+    model = train_ranker(
         train_dir, features.valid_dir, RankingConfig(epochs=1), work_dir / "models" / name, name
     )
     return model.train_examples_per_s, model.metrics["auc"], n

@@ -228,11 +228,11 @@ def _encoding(cfg: FeaturesConfig) -> str:
 
 
 def train_auc(run: Run, work_dir: Path, epochs: int) -> float:
-    from models.dlrm import train_dlrm
+    from models.ranking import train_ranker
 
     features = run.features
     out = work_dir / "models" / f"{features.fingerprint}-{time.time_ns()}"
-    model = train_dlrm(
+    model = train_ranker(
         features.train_dir,
         features.valid_dir,
         RankingConfig(epochs=epochs),

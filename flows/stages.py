@@ -18,7 +18,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from flows import reporting
-from models.dlrm import MONITOR as RANKING_MONITOR
+from models.ranking import MONITOR as RANKING_MONITOR
 from recflow.artifacts import (
     MANIFEST,
     Artifact,

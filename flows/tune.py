@@ -23,9 +23,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from models.dlrm import MONITOR as RANKING_MONITOR
-from models.dlrm import train_dlrm
-from models.two_tower import train_two_tower
+from models.ranking import MONITOR as RANKING_MONITOR
+from models.ranking import train_ranker
+from models.retrieval import train_retriever
 from recflow.artifacts import FeatureSet
 from recflow.atomic import write_text_atomic
 from recflow.config import RankingConfig, RetrievalConfig, Settings, TuningConfig, load_settings
@@ -121,11 +121,11 @@ def run_tuning_trial(trial: TuningTrial, features: FeatureSet, settings: Setting
     # A model without a record is left over from a crash before the record was written.
     shutil.rmtree(out_dir, ignore_errors=True)
     if model == RANKING:
-        trained = train_dlrm(
+        trained = train_ranker(
             features.train_dir, features.valid_dir, cfg, out_dir, features.fingerprint
         )
     else:
-        trained = train_two_tower(
+        trained = train_retriever(
             features.train_dir,
             features.valid_dir,
             item_catalogue(features),

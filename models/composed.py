@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 from merlin.schema import Tags
 
-from models.dlrm import load_model, model_schema
+from models.architectures import ranker_inputs
 from models.evaluation import USER_BATCH, RetrievalTask
 from models.metrics import per_user_top_k_metrics, top_k
 from models.ordering import final_order
 from models.predict import predict_frame
+from models.ranking import load_model
+from models.retrieval import QueryEncoder
 from models.training import binary_target, read_columns, read_schema, side_columns
-from models.two_tower import QueryEncoder
 from recflow.artifacts import OrderingPolicy, RankingModel, RetrievalModel
 from recflow.config import OrderingConfig
 from recflow.vocabulary import EMBEDDING
@@ -64,7 +65,8 @@ def choose_ordering(
         np.float32
     )
     queries_of = QueryEncoder.load(retrieval)
-    ranker, ranker_schema = load_model(ranking.model_dir), model_schema(full)
+    ranker = load_model(ranking.model_dir)
+    ranker_schema = ranker_inputs(full, ranking.architecture)
     item_rows = candidates[item_cols]
 
     per_weight: dict[float, list[np.ndarray]] = {w: [] for w in cfg.ranker_weights}

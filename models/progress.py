@@ -55,7 +55,9 @@ class EpochProgress(tf.keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         if "loss" in (logs or {}):
             self.loss = f"loss {float(logs['loss']):.4f}"
-        self.bar.update(self.task, advance=1, metrics=self.loss)
+        # ``batch`` is the last step run: with several steps per execution, Keras calls this
+        # once per execution (models/training.py).
+        self.bar.update(self.task, completed=batch + 1, metrics=self.loss)
 
     def validating(self, evaluate: Callable[[], Metrics]) -> Callable[[], Metrics]:
         """``evaluate`` (the early stopping's validation), finishing the epoch's bar with its

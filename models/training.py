@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask.dataframe as dd
-import merlin.models.tf as mm
 import numpy as np
 import pandas as pd
 import tensorflow as tf
@@ -48,25 +46,87 @@ def read_columns(split_dir: Path, columns: list[str]) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(part, columns=columns) for part in parts], ignore_index=True)
 
 
-def split_dataset(
-    split_dir: Path, schema: Schema, columns: list[str], positives_of: str | None = None
-) -> Dataset:
-    """A split restricted to ``columns``, optionally to rows where ``positives_of`` is 1.
+@dataclass(frozen=True)
+class SplitTensors:
+    """A transformed split held in memory as tensors, one per column (lists as ragged rows).
 
-    Restricting the schema is what keeps extra columns (another target, say) out of the model.
+    Training reads each split once and batches it with tf.data: Merlin's dataloader on CPU
+    reached ~50,000 rows/s and the Keras step half of that (benchmarks/results/training.md).
+    Memory is about 8 bytes per value: 10M rows of a dozen columns take ~1 GB.
     """
-    ddf = dd.read_parquet(str(split_dir), columns=sorted({*columns, *filter(None, [positives_of])}))
+
+    columns: dict[str, tf.Tensor | tf.RaggedTensor]
+    target: str | None
+    num_rows: int
+
+    def batches(self, batch_size: int, *, shuffle: bool) -> tf.data.Dataset:
+        """Batches in Merlin's dataloader layout (``models.predict.to_model_inputs``): scalars
+        as ``[batch]``, lists as ``__values``/``__offsets``; ``(inputs, target)`` if the split
+        has a target. Shuffled anew each epoch from TensorFlow's seed (``seed_everything``)."""
+        rows = tf.data.Dataset.range(self.num_rows)
+        if shuffle:
+            rows = rows.shuffle(self.num_rows, reshuffle_each_iteration=True)
+        return (
+            rows.batch(batch_size)
+            .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+    def _gather(self, rows: tf.Tensor):
+        inputs = {}
+        for name, column in self.columns.items():
+            picked = tf.gather(column, rows)
+            if isinstance(picked, tf.RaggedTensor):
+                inputs[f"{name}__values"] = picked.flat_values
+                inputs[f"{name}__offsets"] = picked.row_splits
+            else:
+                inputs[name] = picked
+        return (inputs, inputs.pop(self.target)) if self.target else inputs
+
+
+def read_split(
+    split_dir: Path, schema: Schema, columns: list[str], positives_of: str | None = None
+) -> SplitTensors:
+    """``columns`` of a split in memory, optionally only the rows where ``positives_of`` is 1.
+
+    Restricting the columns is what keeps extra ones (another target, say) out of the model;
+    the split's target, if among ``columns``, becomes the batches' label.
+    """
+    frame = read_columns(split_dir, sorted({*columns, *filter(None, [positives_of])}))
     if positives_of is not None:
-        ddf = ddf[ddf[positives_of] == 1]
-    return Dataset(ddf[columns], schema=schema.select_by_name(columns), cpu=True)
+        frame = frame[frame[positives_of] == 1]
+    schema = schema.select_by_name(columns)
+    tensors = {}
+    for name in columns:
+        dtype = tf.as_dtype(schema[name].dtype.to_numpy)
+        if schema[name].is_list:
+            lengths = frame[name].map(len).to_numpy(np.int64)
+            values = np.concatenate([*frame[name].to_numpy(), np.empty(0)])
+            tensors[name] = tf.RaggedTensor.from_row_lengths(
+                tf.constant(values, dtype=dtype), lengths
+            )
+        else:
+            tensors[name] = tf.constant(frame[name].to_numpy(), dtype=dtype)
+    targets = schema.select_by_tag(Tags.TARGET).column_names
+    return SplitTensors(tensors, targets[0] if targets else None, len(frame))
 
 
-def make_loader(dataset: Dataset, batch_size: int, *, shuffle: bool) -> mm.Loader:
-    return mm.Loader(dataset, batch_size, shuffle=shuffle)
+# Training steps per call into the compiled graph. Each call costs Merlin's Python train_step
+# and the callbacks (a few ms on CPU), which at one step per call took half the time.
+STEPS_PER_EXECUTION = 16
 
 
-def make_optimizer(name: str, learning_rate: float) -> tf.keras.optimizers.Optimizer:
-    return tf.keras.optimizers.get({"class_name": name, "config": {"learning_rate": learning_rate}})
+def compile_model(model: tf.keras.Model, optimizer: str, learning_rate: float) -> None:
+    """Compile for ``fit_keeping_best``. No Keras metrics: Merlin's defaults (top-k over each
+    batch's logits for retrieval) would run every step and never be read; early stopping and
+    the gate read our own (models/metrics.py)."""
+    model.compile(
+        optimizer=tf.keras.optimizers.get(
+            {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
+        ),
+        metrics=[],
+        steps_per_execution=STEPS_PER_EXECUTION,
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -119,8 +179,8 @@ class _KeepBest(tf.keras.callbacks.Callback):
 
 
 def fit_keeping_best(
-    model: mm.Model,
-    loader: mm.Loader,
+    model: tf.keras.Model,
+    batches: tf.data.Dataset,
     *,
     epochs: int,
     patience: int,
@@ -139,7 +199,7 @@ def fit_keeping_best(
     keep = _KeepBest(progress.validating(evaluate), monitor, patience)
     started = time.perf_counter()
     with progress:
-        model.fit(loader, epochs=epochs, callbacks=[progress, keep], verbose=0)
+        model.fit(batches, epochs=epochs, callbacks=[progress, keep], verbose=0)
     seconds = time.perf_counter() - started - keep.eval_seconds
     model.set_weights(keep.best_weights)
     return FitResult(

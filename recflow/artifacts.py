@@ -301,12 +301,16 @@ class OrderingPolicy(BaseModel):
 
 
 class RankingModel(TrainedModel):
-    """A trained DLRM (SavedModel in ``model/``) with its validation metrics.
+    """A trained ranker (SavedModel in ``model/``) with its validation metrics.
+
+    ``architecture`` names its builder in models/architectures.py, which also says which
+    feature columns it reads (``ranker_inputs``); manifests from before it was recorded are DLRMs.
 
     ``ordering`` is how ``recommend`` combines this ranker with the retrieval model of the same
     run, chosen on validation after both trained (``tasks.train.choose_recommend_ordering``).
     """
 
+    architecture: str = "dlrm"
     ordering: OrderingPolicy = OrderingPolicy()
 
     @property

@@ -278,15 +278,24 @@ Optimizer = Literal["adam", "adagrad", "sgd"]
 TOP_K_METRICS = ("recall", "ndcg", "mrr")
 
 
-class RankingConfig(_Section):
-    """DLRM (docs/training.md). Defaults tuned on ml-100k u1 (benchmarks/results/training.md);
-    the Merlin README's overfit there."""
+RankingArchitecture = Literal["dlrm", "dcn", "mlp", "ncf", "mf"]
+RetrievalArchitecture = Literal["two_tower", "mf"]
 
+
+class RankingConfig(_Section):
+    """The ranker (docs/training.md; architectures in models/architectures.py). Defaults tuned
+    for DLRM on ml-100k u1 (benchmarks/results/training.md); the Merlin README's overfit there.
+    The fields are shared: ``top_mlp`` is DLRM's top MLP, DCN's deep MLP, the MLP model's and
+    NCF's MLP branch; ``mf`` reads only the embedding width and its L2."""
+
+    architecture: RankingArchitecture = "dlrm"
     embedding_dim: PositiveInt = 32
     # Hidden layers over the continuous features; a last layer of embedding_dim is added, as
     # DLRM's dot interaction needs it as wide as the embeddings.
     bottom_mlp: tuple[PositiveInt, ...] = (64,)
     top_mlp: tuple[PositiveInt, ...] = (64, 32)
+    # DCN-v2's cross layers before its deep MLP.
+    cross_depth: PositiveInt = 2
     dropout: float = Field(0.2, ge=0, lt=1)
     # L2 on every embedding table (whole table, each step). On ml-100k u1, 1e-5 and 1e-4 peak
     # at epoch 3 and overfit; 1e-3 learns too slowly (AUC 0.784 after 6 epochs).
@@ -301,8 +310,11 @@ class RankingConfig(_Section):
 
 
 class RetrievalConfig(_Section):
-    """Two-tower retrieval on rated pairs with in-batch negatives (docs/training.md)."""
+    """Retrieval on rated pairs with in-batch negatives (docs/training.md): a two-tower model
+    over every user and item feature, or matrix factorisation of the ids alone (``mf``: one
+    embedding per id; ``tower_mlp`` and ``dropout`` do not apply)."""
 
+    architecture: RetrievalArchitecture = "two_tower"
     # Width of every id and side-feature embedding inside the towers. 64 and training on every
     # rated pair were chosen on the validation split inside ml-100k u1.base (docs/training.md).
     embedding_dim: PositiveInt = 64

@@ -5,7 +5,7 @@ A version directory (serving/runtime.py reads it) holds no workflow and no Keras
 * ``user_rows.npz``, ``item_rows.npz``: the fitted workflow's encoded columns for every known
   user and item, plus the row the workflow gives an id it has never seen;
 * ``queries.npz``: the two-tower query embedding of every known user, and of the unseen one;
-* ``ranking.onnx``: the DLRM converted with tf2onnx, checked against Keras on held-out rows
+* ``ranking.onnx``: the ranker converted with tf2onnx, checked against Keras on held-out rows
   (:func:`check_equivalence`) before anything is published.
 """
 
@@ -20,8 +20,9 @@ import tensorflow as tf
 from merlin.schema import Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
+from models.architectures import ranker_inputs
 from models.predict import input_columns, predict_frame, predict_rows
-from recflow.artifacts import FeatureSet
+from recflow.artifacts import FeatureSet, RankingModel
 from recflow.vocabulary import ITEM_ID, USER_ID
 from serving import runtime
 from tasks.features import attach_side_features, load_workflow, serving_workflow
@@ -216,8 +217,12 @@ def held_out_rows(features: FeatureSet, limit: int = CHECK_ROWS) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True).head(limit)
 
 
-def write_ranker(model_dir: Path, features: FeatureSet, schema: Schema, path: Path) -> Equivalence:
-    """Export the DLRM saved in ``model_dir`` to ``path`` and check it on held-out rows."""
-    model = tf.keras.models.load_model(str(model_dir))
+def write_ranker(
+    ranking: RankingModel, features: FeatureSet, schema: Schema, path: Path
+) -> Equivalence:
+    """Export the trained ranker to ``path`` and check it on held-out rows. ``schema``: the
+    serving workflow's outputs, of which the ONNX graph takes the columns the ranker reads."""
+    model = tf.keras.models.load_model(str(ranking.model_dir))
+    schema = ranker_inputs(schema, ranking.architecture)
     export_onnx(model, schema, path)
     return check_equivalence(model, path, held_out_rows(features), schema)

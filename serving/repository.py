@@ -179,7 +179,7 @@ def export_ranking(
 ) -> int:
     """Write a new version of every endpoint into ``repo``; return its number.
 
-    Without ``retrieval`` (a ``models.two_tower.RetrievalModel``) only ``ranking`` is written.
+    Without ``retrieval`` (a ``models.retrieval.RetrievalModel``) only ``ranking`` is written.
     ``interactions`` (parquet with ``user_id``, ``item_id``) are the items each user has seen,
     which retrieval may exclude and recommend always excludes; the retrieval model's training
     split is the natural choice. Raises ``serving.export.ExportMismatch`` (and publishes
@@ -236,7 +236,7 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
     try:
         serving = ServingFeatures(features)
         user_rows = write_rows(serving, work)
-        write_ranker(ranking.model_dir, features, serving.output_schema, work / runtime.RANKER)
+        write_ranker(ranking, features, serving.output_schema, work / runtime.RANKER)
         if retrieval is not None:
             known_users = serving.known[USER_ID]
             write_queries(retrieval, known_users, user_rows, work / runtime.QUERIES)

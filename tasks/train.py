@@ -6,8 +6,8 @@ import pandas as pd
 from prefect import task
 
 from models.composed import choose_ordering
-from models.dlrm import train_dlrm
-from models.two_tower import train_two_tower
+from models.ranking import train_ranker
+from models.retrieval import train_retriever
 from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
 from recflow.config import Settings
 from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL
@@ -28,7 +28,7 @@ def item_catalogue(features: FeatureSet) -> pd.DataFrame:
 
 
 def train_ranking(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
-    return train_dlrm(
+    return train_ranker(
         features.train_dir,
         features.valid_dir,
         settings.ranking,
@@ -43,7 +43,7 @@ def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> Re
         # Its "rated" pairs include the sampled negatives, which nobody picked: the towers learn
         # from the interactions, and in implicit feedback those are the positives.
         cfg = cfg.model_copy(update={"interactions": "positives"})
-    return train_two_tower(
+    return train_retriever(
         features.train_dir,
         features.valid_dir,
         item_catalogue(features),

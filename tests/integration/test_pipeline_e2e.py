@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from flows.pipeline import pipeline
-from models.dlrm import load_model
 from models.predict import predict_frame
+from models.ranking import load_model
 from recflow.artifacts import FeatureSet
 from serving.client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures

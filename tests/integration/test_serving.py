@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 
-from models.dlrm import load_model
 from models.ordering import final_order
 from models.predict import predict_frame
+from models.ranking import load_model
 from serving.client import RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import RankingEndpoint

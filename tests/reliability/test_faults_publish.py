@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 EXPORT = """
 import sys
 from pathlib import Path
-from models.dlrm import RankingModel
-from models.two_tower import RetrievalModel
+from models.ranking import RankingModel
+from models.retrieval import RetrievalModel
 from recflow.config import ServingConfig
 from serving.repository import export_ranking
 from tasks.features import FeatureSet

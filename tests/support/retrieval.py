@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from models.metrics import top_k
-from models.two_tower import QueryEncoder
+from models.retrieval import QueryEncoder
 from recflow.artifacts import RetrievalModel
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 

@@ -5,7 +5,7 @@ from merlin.schema import ColumnSchema, Schema, Tags
 
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
-from models.two_tower import QueryEncoder
+from models.retrieval import QueryEncoder
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 from tests.support.retrieval import ExactRetriever
 

@@ -1,7 +1,11 @@
-"""Retrieval: a Merlin Models two-tower model, exported as a query encoder plus item embeddings.
+"""Retrieval: a query encoder and an item encoder trained together, exported as the query
+encoder plus item embeddings.
 
-The query tower sees the user-tagged columns, the item tower the item-tagged ones; both end
-in L2-normalised embeddings, so a score is a cosine. Training uses positive interactions only,
+``two_tower`` (Merlin's TwoTowerModelV2): the query tower sees the user-tagged columns, the
+item tower the item-tagged ones; both end in L2-normalised embeddings, so a score is a cosine.
+``mf`` (matrix factorisation): each encoder is its id's embedding alone, a score their dot
+product (what Merlin's MatrixFactorizationModelV2 builds; built here in the same model class so
+both expose the same encoders). Training uses positive interactions only,
 with the other items of each batch as negatives (optionally log-q corrected for popularity).
 Serving needs no Merlin model for items: ``item_embeddings.parquet`` holds every catalogue
 item's embedding next to its raw id, and the serving runtime searches it exactly
@@ -27,14 +31,13 @@ from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
 from models.training import (
     binary_target,
+    compile_model,
     fit_keeping_best,
-    make_loader,
-    make_optimizer,
     read_columns,
     read_schema,
+    read_split,
     seed_everything,
     side_columns,
-    split_dataset,
 )
 from recflow.artifacts import RetrievalModel
 from recflow.atomic import atomic_dir
@@ -66,29 +69,43 @@ class QueryEncoder:
         return predict_rows(self.encoder, user_rows, self.schema).astype(np.float32)
 
 
-def _tower(schema: Schema, cfg: RetrievalConfig) -> mm.Encoder:
+def _encoder(schema: Schema, cfg: RetrievalConfig) -> mm.Encoder:
     embeddings = mm.Embeddings(
         schema.select_by_tag(Tags.CATEGORICAL),
         dim=cfg.embedding_dim,
         embeddings_regularizer=tf.keras.regularizers.l2(cfg.embeddings_l2),
     )
+    inputs = mm.InputBlockV2(schema, categorical=embeddings)
+    if cfg.architecture == "mf":
+        return mm.Encoder(inputs)
     return mm.Encoder(
-        mm.InputBlockV2(schema, categorical=embeddings),
+        inputs,
         mm.MLPBlock(list(cfg.tower_mlp), dropout=cfg.dropout, no_activation_last_layer=True),
         mm.L2Norm(),
     )
 
 
-def build_two_tower(
+def encoded_columns(schema: Schema, cfg: RetrievalConfig) -> tuple[list[str], list[str]]:
+    """The columns the query and the item encoder read: every user and item feature for the
+    two-tower model, the ids alone for matrix factorisation."""
+    if cfg.architecture == "mf":
+        return (
+            [schema.select_by_tag(Tags.USER_ID).first.name],
+            [schema.select_by_tag(Tags.ITEM_ID).first.name],
+        )
+    return side_columns(schema, Tags.USER), side_columns(schema, Tags.ITEM)
+
+
+def build_retriever(
     schema: Schema, cfg: RetrievalConfig, item_frequencies: np.ndarray | None = None
 ) -> mm.RetrievalModelV2:
-    """Towers over the user- and item-tagged columns of ``schema``.
+    """Query and item encoders over the columns :func:`encoded_columns` picks from ``schema``.
 
     ``item_frequencies`` (training positives per encoded item id) is needed for log-q
     correction only.
     """
-    users = schema.select_by_name(side_columns(schema, Tags.USER))
-    items = schema.select_by_name(side_columns(schema, Tags.ITEM))
+    user_cols, item_cols = encoded_columns(schema, cfg)
+    users, items = schema.select_by_name(user_cols), schema.select_by_name(item_cols)
     correction = None
     if cfg.logq_correction:
         # Merlin subtracts reg_factor * log(q) *before* dividing by the temperature; scaling it
@@ -106,10 +123,10 @@ def build_two_tower(
         # The correction needs the ids of the in-batch negatives.
         store_negative_ids=cfg.logq_correction,
     )
-    return mm.TwoTowerModelV2(_tower(users, cfg), _tower(items, cfg), outputs=output)
+    return mm.TwoTowerModelV2(_encoder(users, cfg), _encoder(items, cfg), outputs=output)
 
 
-def train_two_tower(
+def train_retriever(
     train_dir: Path,
     valid_dir: Path,
     catalogue: pd.DataFrame,
@@ -126,7 +143,7 @@ def train_two_tower(
     seed_everything(cfg.seed)
     full = read_schema(train_dir)
     target = binary_target(full)
-    user_cols, item_cols = side_columns(full, Tags.USER), side_columns(full, Tags.ITEM)
+    user_cols, item_cols = encoded_columns(full, cfg)
     schema = full.select_by_name(user_cols + item_cols)
     user_schema, item_schema = schema.select_by_name(user_cols), schema.select_by_name(item_cols)
     user_id = schema.select_by_tag(Tags.USER_ID).first.name
@@ -145,10 +162,8 @@ def train_two_tower(
     queries = valid.drop_duplicates(user_id).set_index(user_id).loc[task.users].reset_index()
 
     n_ids = int(schema[item_id].int_domain.max) + 1
-    model = build_two_tower(schema, cfg, np.bincount(trained_items, minlength=n_ids))
-    # No Keras metrics: Merlin's default ones (top-k over every batch's logits) would be
-    # computed each step and never read; validation is scored by our own code per epoch.
-    model.compile(optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate), metrics=[])
+    model = build_retriever(schema, cfg, np.bincount(trained_items, minlength=n_ids))
+    compile_model(model, cfg.optimizer, cfg.learning_rate)
 
     def evaluate() -> dict[str, float]:
         query_vectors = predict_rows(model.query_encoder, queries, user_schema)
@@ -157,24 +172,30 @@ def train_two_tower(
             task, lambda rows: query_vectors[rows] @ item_vectors.T, cfg.top_k
         )
 
-    train = split_dataset(
+    train = read_split(
         train_dir, full, user_cols + item_cols, positives_of=None if rated else target
     )
     fit = fit_keeping_best(
         model,
-        make_loader(train, cfg.batch_size, shuffle=True),
+        train.batches(cfg.batch_size, shuffle=True),
         epochs=cfg.epochs,
         patience=cfg.patience,
         evaluate=evaluate,
         monitor=cfg.monitor,
         n_rows=len(trained_items),
-        name="two-tower",
+        name=cfg.architecture,
     )
     popular = popularity_scores(positives, task.candidates)
     baseline = evaluate_retrieval(
         task, lambda rows: np.tile(popular, (len(task.users[rows]), 1)), cfg.top_k
     )
-    log.info("two-tower %s, baseline %s, epoch %d", fit.best_metrics, baseline, fit.best_epoch)
+    log.info(
+        "%s %s, baseline %s, epoch %d",
+        cfg.architecture,
+        fit.best_metrics,
+        baseline,
+        fit.best_epoch,
+    )
 
     vectors = predict_rows(model.candidate_encoder, catalogue, item_schema).astype(np.float32)
     embeddings = pd.DataFrame(

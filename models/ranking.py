@@ -1,0 +1,122 @@
+"""Ranking: one of the architectures of models/architectures.py on the feature schema, trained
+with early stopping, next to a per-item baseline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from merlin.schema import Schema, Tags
+
+from models.architectures import RANKING_ARCHITECTURES, ranker_inputs
+from models.baselines import item_mean_scores
+from models.metrics import binary_metrics
+from models.training import (
+    SplitTensors,
+    binary_target,
+    compile_model,
+    fit_keeping_best,
+    read_columns,
+    read_schema,
+    read_split,
+    seed_everything,
+)
+from recflow.artifacts import RankingModel
+from recflow.atomic import atomic_dir
+from recflow.config import RankingConfig
+
+log = logging.getLogger(__name__)
+
+# What early stopping (and tuning) maximise.
+MONITOR = "auc"
+
+
+def model_schema(schema: Schema, architecture: str) -> Schema:
+    """The columns the architecture reads and the binary target: nothing else reaches it."""
+    inputs = ranker_inputs(schema, architecture).column_names
+    return schema.select_by_name([*inputs, binary_target(schema)])
+
+
+def train_ranker(
+    train_dir: Path, valid_dir: Path, cfg: RankingConfig, out_dir: Path, fingerprint: str
+) -> RankingModel:
+    """Fit with early stopping on validation AUC (best weights kept) and save atomically.
+
+    The per-item baseline is scored on the same validation rows by the same metric code.
+    """
+    seed_everything(cfg.seed)
+    schema = model_schema(read_schema(train_dir), cfg.architecture)
+    train = read_split(train_dir, schema, schema.column_names)
+    valid = read_split(valid_dir, schema, schema.column_names)
+    model = RANKING_ARCHITECTURES[cfg.architecture](schema, cfg)
+    # Build on features alone: the SavedModel keeps the first call's signature, and export
+    # calls without targets (a model first called by fit, with targets, cannot be exported).
+    inputs, _ = next(iter(valid.batches(PREDICT_BATCH, shuffle=False)))
+    model(inputs, training=False)
+    compile_model(model, cfg.optimizer, cfg.learning_rate)
+
+    def evaluate() -> dict[str, float]:
+        return binary_metrics(*predict_split(model, valid))
+
+    fit = fit_keeping_best(
+        model,
+        train.batches(cfg.batch_size, shuffle=True),
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        evaluate=evaluate,
+        monitor=MONITOR,
+        n_rows=train.num_rows,
+        name=cfg.architecture,
+    )
+    baseline = binary_metrics(*item_baseline(train_dir, valid_dir, schema))
+    log.info(
+        "%s valid %s, baseline %s, epoch %d",
+        cfg.architecture,
+        fit.best_metrics,
+        baseline,
+        fit.best_epoch,
+    )
+
+    with atomic_dir(out_dir) as staging:
+        model.save(str(staging / "model"))
+        ranking = RankingModel(
+            path=out_dir,
+            features_fingerprint=fingerprint,
+            architecture=cfg.architecture,
+            params=cfg.model_dump(mode="json"),
+            baseline_metrics=baseline,
+            **fit.manifest_fields(),
+        )
+        ranking.save_manifest(staging)
+    return ranking
+
+
+# Rows per forward pass when scoring a split: inference holds no gradients, so it can be wide.
+PREDICT_BATCH = 8192
+
+
+def predict_split(model: tf.keras.Model, split: SplitTensors) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and predicted probabilities for every row of a split, in file order."""
+    labels, scores = [], []
+    # Iterate the batches ourselves so each score stays paired with its own label.
+    for inputs, target in split.batches(PREDICT_BATCH, shuffle=False):
+        scores.append(np.asarray(model(inputs, training=False)).reshape(-1))
+        labels.append(np.asarray(target).reshape(-1))
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def item_baseline(
+    train_dir: Path, valid_dir: Path, schema: Schema
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and smoothed per-item positive rates (from training) of the validation rows."""
+    item = schema.select_by_tag(Tags.ITEM_ID).first.name
+    target = binary_target(schema)
+    valid = read_columns(valid_dir, [item, target])
+    scores = item_mean_scores(read_columns(train_dir, [item, target]), valid, item, target)
+    return valid[target].to_numpy(), scores
+
+
+def load_model(model_dir: Path) -> tf.keras.Model:
+    return tf.keras.models.load_model(str(model_dir))
