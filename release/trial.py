@@ -37,8 +37,8 @@ from recflow.vocabulary import (
     SCORES_OUTPUT,
     USER_INPUT,
 )
+from recflow_client import RecflowClient, TritonRequestError
 from release.export import export_candidate, version_dirs
-from serving.client import RecflowClient, TritonRequestError
 from serving.repository import CONTRACTS, RankingEndpoint
 from serving.runtime import load_stage
 from serving.server import TritonServer, TritonServerError

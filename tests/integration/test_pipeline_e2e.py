@@ -10,7 +10,7 @@ from flows.pipeline import pipeline
 from models.dlrm import load_model
 from models.predict import predict_frame
 from recflow.artifacts import FeatureSet
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
 from serving.server import TritonServer
 from tests.support.settings import small_settings
