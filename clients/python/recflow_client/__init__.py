@@ -5,8 +5,8 @@ endpoints, over gRPC or HTTP, with retries within one deadline, batching and str
 
     from recflow_client import HttpRecflowClient, RecflowClient
 
-    with RecflowClient("127.0.0.1:8001") as client:        # gRPC; HttpRecflowClient(":8000")
-        top = client.recommend(42, k=10)                  # [(item_id, score)], best first
+    with RecflowClient("127.0.0.1:8001") as client:  # or HttpRecflowClient("127.0.0.1:8000")
+        top = client.recommend(42, k=10)  # [(item_id, score)], best first
 
 The classes are imported on first use, so ``recflow_client.contract`` (the tensor names, which
 recflow's Triton stubs import through ``recflow.vocabulary``) costs no tritonclient import.
