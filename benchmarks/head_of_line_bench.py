@@ -31,7 +31,8 @@ import numpy as np
 from lifecycle_bench import emit  # the script's directory is on sys.path
 
 from recflow.config import load_settings
-from serving.client import K_INPUT, RANKED_OUTPUTS, USER_INPUT, RecflowClient
+from recflow_client import RecflowClient
+from recflow_client.contract import K_INPUT, RANKED_OUTPUTS, USER_INPUT
 from serving.repository import CONTRACTS, RankingEndpoint, python_model_config
 from serving.runtime import RecommendStage
 from serving.server import TritonServer

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from recflow.artifacts import FeatureSet, RankingModel, RetrievalModel
 from recflow.config import load_settings
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from serving.repository import RankingEndpoint, export_ranking
 from serving.server import TritonServer, process_group
 

@@ -14,7 +14,7 @@ For each fold ``uN``:
    early stopping and the choice of recommend's ordering read, then the gate and publish.
 2. **The numbers come from Triton.** The published repository is served by the bundled
    ``tritonserver`` (``serving.server.TritonServer``) and queried over gRPC
-   (``serving.client.RecflowClient``) for the ``uN.test`` rows: ranking scores of every test
+   (``recflow_client.RecflowClient``) for the ``uN.test`` rows: ranking scores of every test
    pair (AUC, rated >= 4 vs < 4), ``recommend`` top 10 and ``retrieval`` top 10 with
    ``exclude_seen``. Relevant: a user's test items rated >= 4; seen: their ``uN.base`` items,
    excluded from every list (the endpoints' own seen items are the published dataset's, i.e.
@@ -64,9 +64,9 @@ from recflow.artifacts import RankingModel  # noqa: E402
 from recflow.config import Settings, load_settings  # noqa: E402
 from recflow.registry import CandidateRecord, Registry  # noqa: E402
 from recflow.vocabulary import ITEM_ID, LABEL, RANKING, RECOMMEND, USER_ID  # noqa: E402
+from recflow_client import RecflowClient  # noqa: E402
 from release.export import version_dirs  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
-from serving.client import RecflowClient  # noqa: E402
 from serving.runtime import RecommendStage  # noqa: E402
 from serving.server import TritonServer  # noqa: E402
 from tasks.checksums import MIRROR_CHECKSUMS  # noqa: E402

@@ -110,7 +110,7 @@ def demo(
 ) -> None:
     """The whole product in one go: run the pipeline, serve it on Triton, recommend over gRPC."""
     from cli.demo import most_active_user
-    from serving.client import RecflowClient
+    from recflow_client import RecflowClient
     from serving.server import TritonServer
 
     settings = settings_of(ctx)

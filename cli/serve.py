@@ -125,7 +125,7 @@ def score(
     items: Annotated[str, typer.Option(help="Comma-separated item ids, e.g. 1,2,3")],
 ) -> None:
     """Score items for a user with the ranking model, in the order given."""
-    from serving.client import RecflowClient, TritonRequestError
+    from recflow_client import RecflowClient, TritonRequestError
 
     item_ids = _split(items)
     settings = settings_of(ctx)
@@ -151,7 +151,7 @@ def recommend(
     ] = "",
 ) -> None:
     """Top-k items for a user: retrieval then ranking on the server, or ranking of --catalog."""
-    from serving.client import RecflowClient, TritonRequestError
+    from recflow_client import RecflowClient, TritonRequestError
 
     excluded = _split(exclude)
     settings = settings_of(ctx)
@@ -172,7 +172,7 @@ def similar(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
 ) -> None:
     """The items closest to an item in the retrieval model's embedding space."""
-    from serving.client import RecflowClient, TritonRequestError
+    from recflow_client import RecflowClient, TritonRequestError
 
     settings = settings_of(ctx)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:

@@ -4,7 +4,8 @@ Training used to leave the terminal silent for minutes. The bar advances per bat
 running loss; when the epoch's validation (``models/training.py``'s early stopping) has scored
 it, the metric is written into the bar and the bar stops, so a finished epoch stays on screen
 as one line and the log lines that follow it are not drawn over. On a terminal that is not
-interactive (a log file) rich prints only that last state.
+interactive (a log file) rich prints only that last state. The bar's look is the one every bar
+of recflow shares (``recflow.progress``).
 """
 
 from __future__ import annotations
@@ -14,14 +15,9 @@ from types import TracebackType
 
 import tensorflow as tf
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress, TaskID
+
+from recflow.progress import progress_bar
 
 Metrics = dict[str, float]
 
@@ -40,16 +36,9 @@ class EpochProgress(tf.keras.callbacks.Callback):
         self.loss = ""
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[metrics]}"),
-            console=self.console,
-        )
+        self.bar = progress_bar(self.console)
         description = f"{self.name} epoch {epoch + 1}/{self.epochs}"
-        self.task = self.bar.add_task(description, total=self.params.get("steps"), metrics="")
+        self.task = self.bar.add_task(description, total=self.params.get("steps"), detail="")
         self.bar.start()
 
     def on_train_batch_end(self, batch: int, logs=None) -> None:
@@ -57,17 +46,17 @@ class EpochProgress(tf.keras.callbacks.Callback):
             self.loss = f"loss {float(logs['loss']):.4f}"
         # ``batch`` is the last step run: with several steps per execution, Keras calls this
         # once per execution (models/training.py).
-        self.bar.update(self.task, completed=batch + 1, metrics=self.loss)
+        self.bar.update(self.task, completed=batch + 1, detail=self.loss)
 
     def validating(self, evaluate: Callable[[], Metrics]) -> Callable[[], Metrics]:
         """``evaluate`` (the early stopping's validation), finishing the epoch's bar with its
         ``monitor`` value."""
 
         def scored() -> Metrics:
-            self.bar.update(self.task, metrics=f"{self.loss}  validating…")
+            self.bar.update(self.task, detail=f"{self.loss}  validating…")
             metrics = evaluate()
             self.bar.update(
-                self.task, metrics=f"{self.loss}  {self.monitor} {metrics[self.monitor]:.4f}"
+                self.task, detail=f"{self.loss}  {self.monitor} {metrics[self.monitor]:.4f}"
             )
             self._stop()
             return metrics

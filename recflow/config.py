@@ -27,6 +27,15 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from recflow_client.contract import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MODEL_PREFIX,
+    DEFAULT_TIMEOUT_S,
+)
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -487,12 +496,14 @@ class TrialConfig(_Section):
 
 
 class ServingConfig(_Section):
-    host: str = "127.0.0.1"
-    grpc_port: int = Field(8001, ge=0, le=65535)
-    http_port: int = Field(8000, ge=0, le=65535)
+    # The defaults an app's client assumes too (recflow_client.contract: the client installs
+    # without recflow, so they are written there).
+    host: str = DEFAULT_HOST
+    grpc_port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535)
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535)
     metrics_port: int = Field(8002, ge=0, le=65535)
-    model_prefix: str = Field("recflow", pattern=r"^[a-z][a-z0-9_]{0,40}$")
-    max_batch_size: PositiveInt = 1024
+    model_prefix: str = Field(DEFAULT_MODEL_PREFIX, pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    max_batch_size: PositiveInt = DEFAULT_MAX_BATCH_SIZE
     # Stub processes per endpoint. recommend gets more: one request for 1024 users takes about
     # a second, and an instance answers one request at a time, so on a single instance every
     # other caller waited behind it (p50 845 ms instead of 6 ms; benchmarks/results/serving.md).
@@ -510,7 +521,7 @@ class ServingConfig(_Section):
     # For the whole start-up, every model included (a stub initializes in about a second; the
     # margin is for a machine busy with training).
     startup_timeout_s: float = Field(600.0, gt=0)
-    request_timeout_s: float = Field(30.0, gt=0)
+    request_timeout_s: float = Field(DEFAULT_TIMEOUT_S, gt=0)
 
 
 class OrchestrationConfig(_Section):

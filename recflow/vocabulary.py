@@ -1,9 +1,9 @@
 """The names every stage agrees on: columns, served tensors, model kinds. Plain strings only.
 
-They are written once, here, because each crosses a boundary: a column written by the feature
-stage is read by training, the gate and the export; a tensor name is in the Triton configs,
-the stubs and every client; a model kind names a directory, a registry key, a metric prefix and
-an endpoint. The serving stubs import this module, so it imports nothing.
+They are written once because each crosses a boundary: a column written by the feature stage
+is read by training, the gate and the export; a tensor name is in the Triton configs, the stubs
+and every client; a model kind names a directory, a registry key, a metric prefix and an
+endpoint. The serving stubs import this module, so it imports nothing but the contract below.
 
 "Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
 Triton before it is published). The hyperparameter search's trials are tuning trials
@@ -11,10 +11,39 @@ Triton before it is published). The hyperparameter search's trials are tuning tr
 the records' ``trial_id`` and the study's ``trials/`` directory say "trial" for them.
 A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
 (recflow/artifacts.py) names what data validation looked at.
+
+The served tensors' names are the wire contract every client needs, so they are written in
+``recflow_client.contract`` (clients/python, the app-side client that installs without recflow;
+it imports nothing either) and re-exported here.
 """
 
-# Columns of the canonical raw tables (recflow.artifacts.RawDataset) and of the features.
-USER_ID, ITEM_ID = "user_id", "item_id"
+# Served tensors: requests carry raw ids; ranking answers a score per pair, the top-k
+# endpoints the best item ids with their scores.
+from recflow_client.contract import (
+    EXCLUDE_SEEN_INPUT,
+    ITEM_IDS_OUTPUT,
+    ITEM_INPUT,
+    K_INPUT,
+    RANKED_OUTPUTS,
+    SCORE_OUTPUT,
+    SCORES_OUTPUT,
+    USER_INPUT,
+)
+
+__all__ = [
+    "EXCLUDE_SEEN_INPUT",
+    "ITEM_IDS_OUTPUT",
+    "ITEM_INPUT",
+    "K_INPUT",
+    "RANKED_OUTPUTS",
+    "SCORE_OUTPUT",
+    "SCORES_OUTPUT",
+    "USER_INPUT",
+]
+
+# Columns of the canonical raw tables (recflow.artifacts.RawDataset) and of the features. The id
+# columns are named as the requests' id inputs: requests carry raw ids.
+USER_ID, ITEM_ID = USER_INPUT, ITEM_INPUT
 RATING, TIMESTAMP = "rating", "timestamp"
 # Interactions of a dataset with its own split: True on the validation rows.
 IN_VALIDATION = "in_validation"
@@ -25,14 +54,6 @@ ITEM_COUNT, USER_COUNT = "item_count", "user_count"
 LABEL = "label"
 # item_embeddings.parquet: the raw id next to the item features' own encoded ``item_id``.
 RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
-
-# Served tensors: requests carry raw ids; ranking answers a score per pair, the top-k
-# endpoints the best item ids with their scores.
-USER_INPUT, ITEM_INPUT = USER_ID, ITEM_ID
-K_INPUT, EXCLUDE_SEEN_INPUT = "k", "exclude_seen"
-SCORE_OUTPUT = "score"
-ITEM_IDS_OUTPUT, SCORES_OUTPUT = "item_ids", "scores"
-RANKED_OUTPUTS = (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
 
 # Model kinds: the directories of a training run (models/<run_id>/<kind>/), the keys of a
 # registry record's models and metrics ("ranking.auc"), and endpoint names.

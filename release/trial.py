@@ -6,7 +6,9 @@ held-out pairs the gate sampled (``trial_sample.parquet`` in the registry, one c
 included), and every served score must equal the in-process score the gate computed for that
 pair within ``trial.atol``. The retrieval, recommend and similar endpoints answer top-k requests
 for a few of those users and items, which must equal what the same version directories answer
-in-process: the same ids, scores within ``trial.atol``. The server is stopped whatever
+in-process: the same ids, scores within ``trial.atol``. The server starts with no model and
+loads the endpoints one by one through its API, a progress bar advancing as each is ready (the
+wait of the trial: each stub loads its version directory). The server is stopped whatever
 happens. A failure to start, load, answer or agree blocks publishing: :func:`infra_validate`
 records it and raises :class:`TrialServingFailed`. ``release.publish.promote`` runs it too.
 """
@@ -25,6 +27,7 @@ from prefect import task
 from recflow.artifacts import FeatureSet
 from recflow.config import Settings
 from recflow.external_ids import EXTERNAL_ID
+from recflow.progress import run_each
 from recflow.registry import CandidateRecord, Registry, TrialResult, now
 from recflow.vocabulary import (
     EXCLUDE_SEEN_INPUT,
@@ -37,8 +40,8 @@ from recflow.vocabulary import (
     SCORES_OUTPUT,
     USER_INPUT,
 )
+from recflow_client import RecflowClient, TritonRequestError
 from release.export import export_candidate, version_dirs
-from serving.client import RecflowClient, TritonRequestError
 from serving.repository import CONTRACTS, RankingEndpoint
 from serving.runtime import load_stage
 from serving.server import TritonServer, TritonServerError
@@ -81,12 +84,12 @@ def trial_serve(
             message = f"export failed: {type(error).__name__}: {error}"
             return TrialResult(passed=False, at=now(), message=message[:2000])
         models = [endpoint.model(stage) for stage in exported]
+        # No model at start: they are loaded one by one below, so the bar can follow them.
         server = TritonServer(
             repo,
             settings.serving.model_copy(update=FREE_PORTS),
             log_file=log_file,
             backend_cache_dir=settings.paths.cache_dir,
-            models=models,
         )
         # The trial checks answers, not latency: on a busy machine the first requests may take
         # longer than a serving deadline.
@@ -94,13 +97,13 @@ def trial_serve(
             update={"request_timeout_s": settings.serving.startup_timeout_s}
         )
         try:
-            # The start-up is the wait of the trial (each stub loads its version directory):
-            # say what is loading, then that it has.
-            log.info("trial serving %s: Triton loading %s", record.id, ", ".join(models))
             with server, RecflowClient.from_config(patient) as client:
+                # The wait of the trial: one bar over the loads, advancing as each is ready.
+                title = f"trial serving {record.id}"
+                run_each(title, models, server.load, doing="loading", done="models loaded")
                 startup_s = time.perf_counter() - started
                 log.info(
-                    "trial serving %s: %d models up in %.0f s", record.id, len(models), startup_s
+                    "trial serving %s: %s up in %.0f s", record.id, ", ".join(models), startup_s
                 )
                 served = _served_scores(client, sample, settings.trial.warmup_requests)
                 disagreement = _ranked_disagreement(client, endpoint, exported, sample, settings)

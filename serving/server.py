@@ -28,7 +28,7 @@ from types import TracebackType
 
 from recflow.atomic import atomic_dir
 from recflow.config import ServingConfig, Settings
-from serving.client import RecflowClient
+from recflow_client import RecflowClient
 
 STUB_NAME = "triton_python_backend_stub"
 # The name the stub looks up on PATH to find its interpreter and, from it, its site-packages.

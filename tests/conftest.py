@@ -50,7 +50,7 @@ def server(published, endpoint):
 
 @pytest.fixture
 def client(server):
-    from serving.client import RecflowClient
+    from recflow_client import RecflowClient
 
     with RecflowClient.from_config(server.config) as connected:
         yield connected

@@ -22,10 +22,10 @@ import pytest
 from recflow.artifacts import Candidate, RankingModel, RetrievalModel
 from recflow.registry import Registry, RegistryError
 from recflow.vocabulary import RANKING, RETRIEVAL
+from recflow_client import RecflowClient
 from release.gate import GateFailed, gate
 from release.publish import publish
 from release.trial import TrialServingFailed, infra_validate
-from serving.client import RecflowClient
 from serving.repository import RankingEndpoint
 from serving.runtime import RecommendStage
 from serving.server import TritonServer

@@ -17,7 +17,7 @@ from examples.movielens_as_own_data import write_example
 from recflow.config import load_settings
 from recflow.registry import Registry
 from recflow.vocabulary import ITEM_IDS_OUTPUT, K_INPUT, RECOMMEND, USER_INPUT
-from serving.client import RecflowClient
+from recflow_client import HttpRecflowClient, RecflowClient
 from serving.repository import RankingEndpoint
 from serving.runtime import load_stage
 from serving.server import TritonServer
@@ -70,7 +70,7 @@ def test_gate_blessed_it_on_its_held_out_rows(served):
     assert metrics["recommend.recall@10"] > baselines["recommend.recall@10"]
 
 
-def test_recommend_answers_in_the_datasets_own_ids_over_grpc(served):
+def test_recommend_answers_in_the_datasets_own_ids_over_grpc_and_http(served):
     shape, settings, server, args = served
     port = ["-s", f"serving.grpc_port={server.config.grpc_port}"]
     runner = CliRunner(env={"COLUMNS": "200"})
@@ -94,7 +94,12 @@ def test_recommend_answers_in_the_datasets_own_ids_over_grpc(served):
         top = client.recommend(USER[shape], k=5)
         assert [str(item) for item, _ in top] == expected
         seen_item = _a_rated_item(settings, shape)
-        assert client.similar(seen_item, k=3)  # the dataset's own item id works as input
+        alike = client.similar(seen_item, k=3)
+        assert alike  # the dataset's own item id works as input
+    # The same ids over HTTP: string ids travel as BYTES there too, and come back as str.
+    with HttpRecflowClient.from_config(server.config) as over_http:
+        assert over_http.recommend(USER[shape], k=5) == top
+        assert over_http.similar(seen_item, k=3) == alike
     rated = {str(i) for i in _rated_items(settings, shape)}
     assert not rated & set(listed)
 

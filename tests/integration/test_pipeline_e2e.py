@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +14,7 @@ from flows.pipeline import pipeline
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow.artifacts import FeatureSet
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
 from serving.server import TritonServer
 from tests.support.settings import small_settings
@@ -26,12 +30,19 @@ def pipeline_run(tmp_path_factory, prefect_harness):
         "serving.http_port=0",
         "serving.metrics_port=0",
     )
-    return settings, pipeline(settings)
+    # What the run draws on stderr (its progress bars): kept for the tests, and shown again.
+    drawn = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(drawn):
+            result = pipeline(settings)
+    finally:
+        sys.stderr.write(drawn.getvalue())
+    return settings, result, drawn.getvalue()
 
 
 @pytest.fixture(scope="module")
 def server(pipeline_run):
-    settings, _ = pipeline_run
+    settings, _, _ = pipeline_run
     with TritonServer.from_settings(settings) as running:
         yield running
 
@@ -43,7 +54,7 @@ def client(server):
 
 
 def test_planted_signal_is_learned_by_both_models(pipeline_run):
-    _, result = pipeline_run
+    _, result, _ = pipeline_run
     # The gate's numbers: each model served from its export, on the held-out rows.
     assert result.metrics["ranking.auc"] >= 0.75
     assert result.metrics["ranking.auc"] > result.baseline_metrics["ranking.auc"]
@@ -52,8 +63,20 @@ def test_planted_signal_is_learned_by_both_models(pipeline_run):
     assert result.version == 1
 
 
+def test_trial_serving_drew_one_bar_over_its_model_loads(pipeline_run):
+    _, _, drawn = pipeline_run
+    # stderr is no terminal here: rich printed the bar once, in its final state.
+    bars = [
+        line
+        for line in drawn.splitlines()
+        if line.startswith("trial serving ") and (": loading" in line or ": models loaded" in line)
+    ]
+    assert len(bars) == 1, drawn[-3000:]
+    assert ": models loaded" in bars[0] and "4/4" in bars[0], bars
+
+
 def test_served_scores_equal_in_process_scores(pipeline_run, client):
-    settings, result = pipeline_run
+    settings, result, _ = pipeline_run
     rows = pd.read_parquet(result.raw.interactions).sample(300, random_state=0)
     # Include ids the model never saw: they must be scored (as cold), not rejected.
     rows = pd.concat([rows, pd.DataFrame({"user_id": [10**9], "item_id": [10**9 + 1]})])
@@ -92,7 +115,7 @@ def test_bad_requests_get_triton_errors_and_server_keeps_serving(client):
 
 
 def test_recommend_over_grpc_returns_unseen_top_k(pipeline_run, client):
-    _, result = pipeline_run
+    _, result, _ = pipeline_run
     inter = pd.read_parquet(result.raw.interactions)
     user = int(inter["user_id"].iloc[0])
     seen = set(inter.loc[inter["user_id"] == user, "item_id"])

@@ -1,5 +1,6 @@
 """The exported endpoints on a real tritonserver over gRPC: equality with in-process results,
-bad input, and a hot swap under a steady stream of requests (no mocks)."""
+bad input, and a hot swap under a steady stream of requests (no mocks). The HTTP client answers
+as the gRPC one does, from the same server."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from models.ordering import final_order
 from models.predict import predict_frame
 from models.ranking import load_model
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import HttpRecflowClient, RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import RankingEndpoint
 from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline
@@ -185,6 +186,29 @@ def test_similar_items_exclude_the_item_itself(client: RecflowClient) -> None:
 def test_cold_user_gets_recommendations(client: RecflowClient) -> None:
     assert len(client.recommend(COLD_USER, k=5)) == 5
     assert len(client.retrieve(COLD_USER, 5)) == 5
+
+
+def test_http_client_answers_every_endpoint_as_grpc_does(
+    server: TritonServer, client: RecflowClient, users: np.ndarray
+) -> None:
+    user, other = (int(u) for u in users[:2])
+    with HttpRecflowClient.from_config(server.config) as over_http:
+        assert over_http.server_ready() and over_http.model_ready(over_http.recommend_model)
+        top = over_http.recommend(user, k=5)
+        assert len(top) == 5 and top == client.recommend(user, k=5)
+        assert over_http.recommend(COLD_USER, k=3) == client.recommend(COLD_USER, k=3)
+        assert over_http.retrieve(other, 7, exclude_seen=True) == client.retrieve(
+            other, 7, exclude_seen=True
+        )
+        assert over_http.similar(1, 4) == client.similar(1, 4)
+        items = [item for item, _ in top]
+        np.testing.assert_array_equal(over_http.score(user, items), client.score(user, items))
+        ranked = over_http.recommend(user, 3, candidates=items, exclude=items[:1])
+        assert ranked == client.recommend(user, 3, candidates=items, exclude=items[:1])
+        with pytest.raises(TritonRequestError) as refused:
+            over_http.similar(1, 0)  # k outside 1..max_k
+    assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.http_status == 400
 
 
 def _ids(*values: int) -> np.ndarray:

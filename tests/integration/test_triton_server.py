@@ -1,7 +1,8 @@
 """The Triton launcher and client against a real tritonserver on 127.0.0.1 (no mocks).
 
 The model repository is generated from tests/fixtures/ranking_model.py, a Python-backend model
-honouring the ranking endpoint contract with ``score = user_id * 1000 + item_id``.
+honouring the ranking endpoint contract with ``score = user_id * 1000 + item_id``. The tests
+that take ``client`` run once over gRPC and once over HTTP, against the same server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -29,7 +31,12 @@ from typer.testing import CliRunner
 from cli.serve import CATALOG_FILE, register
 from recflow.config import ServingConfig, Settings
 from recflow.vocabulary import ITEM_INPUT, SCORE_OUTPUT, USER_INPUT
-from serving.client import AsyncRecflowClient, RecflowClient, TritonRequestError
+from recflow_client import (
+    AsyncRecflowClient,
+    HttpRecflowClient,
+    RecflowClient,
+    TritonRequestError,
+)
 from serving.server import (
     SHM_DIR,
     STOP_GRACE_S,
@@ -50,6 +57,9 @@ CONFIG = ServingConfig(
 RANKING = f"{CONFIG.model_prefix}_ranking"
 # Same model under another name, not loaded at start: for the load/unload tests.
 SPARE = f"{CONFIG.model_prefix}_spare"
+# The blocking clients, one per transport; both talk to the same server.
+TRANSPORTS = {"grpc": RecflowClient, "http": HttpRecflowClient}
+Client = RecflowClient | HttpRecflowClient
 
 
 def model_config(name: str, config: ServingConfig) -> str:
@@ -125,9 +135,9 @@ def server(
         yield running
 
 
-@pytest.fixture
-def client(server: TritonServer) -> Iterator[RecflowClient]:
-    with RecflowClient.from_config(server.config) as connected:
+@pytest.fixture(params=sorted(TRANSPORTS))
+def client(request: pytest.FixtureRequest, server: TritonServer) -> Iterator[Client]:
+    with TRANSPORTS[request.param].from_config(server.config) as connected:
         yield connected
 
 
@@ -151,7 +161,7 @@ def test_from_settings_serves_every_model_of_the_repository(tmp_path: Path) -> N
     assert server.backend_cache_dir == settings.paths.cache_dir
 
 
-def test_server_is_ready_on_loopback_only(server: TritonServer, client: RecflowClient) -> None:
+def test_server_is_ready_on_loopback_only(server: TritonServer, client: Client) -> None:
     assert client.server_ready()
     assert client.model_ready(RANKING)
     assert not client.model_ready(SPARE)
@@ -160,7 +170,7 @@ def test_server_is_ready_on_loopback_only(server: TritonServer, client: RecflowC
         assert addresses and all(address.is_loopback for address in addresses)
 
 
-def test_infer_returns_model_scores(client: RecflowClient) -> None:
+def test_infer_returns_model_scores(client: Client) -> None:
     outputs = client.infer(RANKING, pairs([1, 2, 3], [7, 8, 9]), [SCORE_OUTPUT])
 
     score = outputs[SCORE_OUTPUT]
@@ -184,18 +194,20 @@ def test_infer_returns_model_scores(client: RecflowClient) -> None:
     ids=["missing-input", "wrong-dtype", "model-error"],
 )
 def test_bad_request_gets_triton_error_and_server_keeps_serving(
-    client: RecflowClient, inputs: dict[str, np.ndarray], message: str
+    client: Client, inputs: dict[str, np.ndarray], message: str
 ) -> None:
     with pytest.raises(TritonRequestError) as caught:
         client.infer(RANKING, inputs, [SCORE_OUTPUT])
 
     assert caught.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    # Over HTTP the same error, with Triton's HTTP status beside the canonical code.
+    assert caught.value.http_status == (400 if isinstance(client, HttpRecflowClient) else None)
     assert message in caught.value.message
     good = client.infer(RANKING, pairs([4], [5]), [SCORE_OUTPUT])
     np.testing.assert_array_equal(good[SCORE_OUTPUT].ravel(), [4005])
 
 
-def test_invalid_argument_is_not_retried(server: TritonServer, client: RecflowClient) -> None:
+def test_invalid_argument_is_not_retried(server: TritonServer, client: Client) -> None:
     executions_before = model_executions(server, RANKING)
 
     with pytest.raises(TritonRequestError):
@@ -205,8 +217,19 @@ def test_invalid_argument_is_not_retried(server: TritonServer, client: RecflowCl
     assert model_executions(server, RANKING) == executions_before + 1
 
 
+def test_an_unloaded_model_is_not_found_and_not_retried(client: Client) -> None:
+    started = time.monotonic()
+    with pytest.raises(TritonRequestError) as caught:
+        client.infer(SPARE, pairs([1], [2]), [SCORE_OUTPUT])  # in the repository, not loaded
+
+    assert caught.value.code is grpc.StatusCode.NOT_FOUND, caught.value
+    assert caught.value.http_status == (404 if isinstance(client, HttpRecflowClient) else None)
+    assert caught.value.model == SPARE and SPARE in caught.value.message
+    assert time.monotonic() - started < 1.0  # no backoff
+
+
 def test_score_splits_long_item_lists_into_max_batch_size_requests(
-    server: TritonServer, client: RecflowClient
+    server: TritonServer, client: Client
 ) -> None:
     items = list(range(10, 20))  # 10 items at max_batch_size 4: requests of 4, 4 and 2
     executions_before = model_executions(server, RANKING)
@@ -218,14 +241,14 @@ def test_score_splits_long_item_lists_into_max_batch_size_requests(
     assert client.score(42, []).shape == (0,)
 
 
-def test_recommend_returns_top_k_unseen_candidates(client: RecflowClient) -> None:
+def test_recommend_returns_top_k_unseen_candidates(client: Client) -> None:
     top = client.recommend(2, 3, candidates=[5, 1, 9, 3, 9, 7], exclude={9})
 
     assert top == [(7, 2007.0), (5, 2005.0), (3, 2003.0)]
 
 
 def test_async_client_recommends_like_the_blocking_one(
-    server: TritonServer, client: RecflowClient
+    server: TritonServer, client: Client
 ) -> None:
     # The same call, the same arguments: recommend(user, k, candidates=..., exclude=...).
     async def recommend_async() -> list[tuple[int, float]]:
@@ -237,9 +260,7 @@ def test_async_client_recommends_like_the_blocking_one(
     )
 
 
-def test_async_client_scores_like_the_blocking_one(
-    server: TritonServer, client: RecflowClient
-) -> None:
+def test_async_client_scores_like_the_blocking_one(server: TritonServer, client: Client) -> None:
     items = list(range(11))
 
     async def score_async() -> np.ndarray:
@@ -249,7 +270,7 @@ def test_async_client_scores_like_the_blocking_one(
     np.testing.assert_array_equal(asyncio.run(score_async()), client.score(7, items))
 
 
-def test_load_and_unload_a_model(server: TritonServer, client: RecflowClient) -> None:
+def test_load_and_unload_a_model(server: TritonServer, client: Client) -> None:
     assert not server.is_model_ready(SPARE)
 
     server.load(SPARE)
@@ -262,25 +283,34 @@ def test_load_and_unload_a_model(server: TritonServer, client: RecflowClient) ->
     assert not server.is_model_ready(SPARE)
 
 
-def test_client_retries_unavailable_until_a_late_server_is_up(
+def test_clients_retry_unavailable_until_a_late_server_is_up(
     repository: Path, backend_cache: Path, tmp_path: Path
 ) -> None:
-    config = CONFIG.model_copy(update={"grpc_port": find_free_port(), "request_timeout_s": 45.0})
+    ports = {"grpc_port": find_free_port(), "http_port": find_free_port()}
+    config = CONFIG.model_copy(update={**ports, "request_timeout_s": 45.0})
     late = make_server(repository, backend_cache, tmp_path, config)
     request = pairs([6], [1])
-    with RecflowClient.from_config(config, retries=0) as impatient:
-        assert not impatient.server_ready()
-        with pytest.raises(TritonRequestError) as caught:
-            impatient.infer(RANKING, request, [SCORE_OUTPUT])
-        assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+    for transport in TRANSPORTS.values():
+        with transport.from_config(config, retries=0) as impatient:
+            assert not impatient.server_ready()
+            with pytest.raises(TritonRequestError) as caught:
+                impatient.infer(RANKING, request, [SCORE_OUTPUT])
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
 
-    late.start()  # not waiting: the client's retries must bridge the start-up
+    def patient_infer(transport: type[Client]) -> np.ndarray:
+        with transport.from_config(config, retries=1000) as patient:
+            return patient.infer(RANKING, request, [SCORE_OUTPUT])[SCORE_OUTPUT]
+
+    late.start()  # not waiting: the clients' retries must bridge the start-up
     try:
         started = time.monotonic()
-        with RecflowClient.from_config(config, retries=1000) as patient:
-            outputs = patient.infer(RANKING, request, [SCORE_OUTPUT])
+        # Both at once, so that each retries while the server starts (the HTTP client's
+        # connection is refused, the gRPC one's channel is UNAVAILABLE).
+        with ThreadPoolExecutor(len(TRANSPORTS)) as pool:
+            answers = list(pool.map(patient_infer, TRANSPORTS.values()))
         assert time.monotonic() - started < config.request_timeout_s
-        np.testing.assert_array_equal(outputs[SCORE_OUTPUT].ravel(), [6001])
+        for scores in answers:
+            np.testing.assert_array_equal(scores.ravel(), [6001])
     finally:
         late.stop()
 

@@ -11,7 +11,7 @@ import pytest
 
 from recflow.config import ComputeConfig
 from recflow.trust import UntrustedLocation, require_trusted
-from serving.client import TritonRequestError
+from recflow_client import TritonRequestError
 from serving.runtime import RankingPipeline
 from tests.support.network import listening_addresses
 
@@ -84,7 +84,7 @@ def test_versions_are_not_loaded_from_world_writable_places(
 def test_triton_refuses_a_world_writable_model_and_keeps_serving(
     published, endpoint, tmp_path: Path, observe
 ) -> None:
-    from serving.client import RecflowClient
+    from recflow_client import RecflowClient
     from serving.server import TritonServer
 
     # A server of its own: Triton keeps a model that failed to load as UNAVAILABLE, which

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from serving.repository import CONTRACTS, K, TensorSpec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from serving.server import SHM_DIR, process_group
 from tests.support.processes import ready_versions, version_dirs, wait_until
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.client import RecflowClient, TritonRequestError
+from recflow_client import RecflowClient, TritonRequestError
 from tests.support.processes import ready_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -149,12 +149,21 @@ def test_prefect_entrypoint_exists() -> None:
 
 
 def test_gpu_requirements_follow_pyproject() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     declared = {
         canonicalize_name(req.name): req
-        for req in map(
-            Requirement,
-            tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"],
-        )
+        for req in map(Requirement, pyproject["project"]["dependencies"])
+    }
+    # recflow's own distributions (uv workspace members, e.g. clients/python): the gpu image
+    # installs them from the checkout, beside recflow.
+    members = pyproject["tool"]["uv"]["workspace"]["members"]
+    gpu_install = (INFRA / "Dockerfile").read_text().split("AS gpu", 1)[1]
+    for member in members:
+        assert f"./{member}" in gpu_install, f"the gpu image does not pip install ./{member}"
+    workspace = {
+        canonicalize_name(name)
+        for name, source in pyproject["tool"]["uv"]["sources"].items()
+        if source.get("workspace")
     }
     lines = (INFRA / "gpu-requirements.txt").read_text().splitlines()
     extras = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
@@ -166,7 +175,10 @@ def test_gpu_requirements_follow_pyproject() -> None:
             f"{req.name}: pyproject says {declared[name]}"
         )
     unaccounted = (
-        declared.keys() - {canonicalize_name(req.name) for req in extras} - MERLIN_PROVIDED
+        declared.keys()
+        - {canonicalize_name(req.name) for req in extras}
+        - MERLIN_PROVIDED
+        - workspace
     )
     assert not unaccounted, (
         f"{sorted(unaccounted)}: add to infra/gpu-requirements.txt unless the Merlin container "

@@ -1,19 +1,25 @@
-"""gRPC client for recflow's Triton endpoints: a generic ``infer`` plus ranking helpers.
+"""Clients of recflow's Triton endpoints: a generic ``infer`` plus ranking helpers, over gRPC
+(:class:`RecflowClient`, :class:`AsyncRecflowClient`) and HTTP (``recflow_client.http``).
 
 Every call has one time budget (``timeout_s``) that covers all its attempts. Only UNAVAILABLE
 (server down, starting or restarting) is retried, with capped exponential backoff, which is
 safe because inference has no side effects. Any other error (INVALID_ARGUMENT, NOT_FOUND for
 an unknown or unloaded model, ...) is raised at once as :class:`TritonRequestError`, carrying
-Triton's message.
+Triton's message. The transports differ only in how they connect, bound an attempt, read a
+model's metadata and report errors (the ``_ClientBase`` hooks); requests are built and answers
+read by the same code.
 
-Ranking endpoint contract (``{model_prefix}_ranking``, written by the exporter): batched model,
-inputs ``user_id`` and ``item_id`` INT64 ``[1]``, output ``score`` FP32 ``[1]``; a request for N
-(user, item) pairs sends ``[N, 1]`` arrays, at most ``max_batch_size`` rows per request. The
-retrieval, recommend and similar endpoints take an id and ``k`` (INT32 ``[1]``) per row and
+Ranking endpoint contract (``{model_prefix}_ranking``, written by recflow's exporter): batched
+model, inputs ``user_id`` and ``item_id`` INT64 ``[1]``, output ``score`` FP32 ``[1]``; a request
+for N (user, item) pairs sends ``[N, 1]`` arrays, at most ``max_batch_size`` rows per request.
+The retrieval, recommend and similar endpoints take an id and ``k`` (INT32 ``[1]``) per row and
 answer ``item_ids`` INT64 and ``scores`` FP32 ``[k]`` per row, best first, padded with id -1
 when fewer items qualify (docs/serving.md). Where the dataset's ids are strings, every id
 tensor is BYTES (Triton ``TYPE_STRING``) instead, padded with ``b""``: the helpers read which
 from the model's metadata once per model and take and return ids as ``str`` then.
+
+This module is what the ``recflow-client`` wheel ships: it imports tritonclient, grpc and numpy
+only, never recflow itself (tests/unit/test_client_install.py).
 """
 
 from __future__ import annotations
@@ -22,17 +28,18 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
-from typing_extensions import Self
 
-from recflow.config import ServingConfig
-from recflow.vocabulary import (
+from recflow_client.contract import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MODEL_PREFIX,
+    DEFAULT_TIMEOUT_S,
     EXCLUDE_SEEN_INPUT,
     ITEM_INPUT,
     K_INPUT,
@@ -59,45 +66,112 @@ _CHANNEL_ARGS = [
 ]
 # A probe answers "not ready" rather than raising when the server cannot be reached.
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_DEFAULTS = ServingConfig()
 
 T = TypeVar("T")
+C = TypeVar("C", bound="_ClientBase")
 # A user or item id: int, or str for a dataset with string ids.
 Id = int | str
 _BYTES = "BYTES"
 
 
-class TritonRequestError(RuntimeError):
-    """A request Triton (or the transport) rejected; ``code`` is None for client-side errors."""
+class ServingSettings(Protocol):
+    """What :meth:`RecflowClient.from_config` reads: recflow's ``ServingConfig`` has it, and so
+    may any object of an app's own (a dataclass, ``types.SimpleNamespace``)."""
 
-    def __init__(self, model: str | None, code: grpc.StatusCode | None, message: str) -> None:
+    host: str
+    grpc_port: int
+    http_port: int
+    request_timeout_s: float
+    model_prefix: str
+    max_batch_size: int
+
+
+class TritonRequestError(RuntimeError):
+    """A request Triton (or the transport) rejected.
+
+    ``code`` is the canonical status (a ``grpc.StatusCode``, the codes Triton itself uses) for
+    either transport, so one ``except`` serves both; None for errors found on the client side.
+    ``http_status`` is the HTTP response's status code where the HTTP client got one.
+    """
+
+    def __init__(
+        self,
+        model: str | None,
+        code: grpc.StatusCode | None,
+        message: str,
+        http_status: int | None = None,
+    ) -> None:
         self.model = model
         self.code = code
         self.message = message
+        self.http_status = http_status
         where = f"model {model!r}" if model else "server"
-        super().__init__(f"{where}: {code.name if code else 'error'}: {message}")
+        status = code.name if code else "error"
+        if http_status is not None:
+            status += f" (HTTP {http_status})"
+        super().__init__(f"{where}: {status}: {message}")
 
     @classmethod
     def from_triton(cls, exc: InferenceServerException, model: str | None) -> TritonRequestError:
-        # tritonclient reports the gRPC status as str(grpc.StatusCode.X), i.e. "StatusCode.X".
+        """A gRPC call's error: tritonclient reports the status as str(grpc.StatusCode.X)."""
         status = (exc.status() or "").removeprefix("StatusCode.")
         return cls(model, grpc.StatusCode.__members__.get(status), exc.message())
 
 
 class _Attempts:
-    """Deadline and backoff of one call: retry UNAVAILABLE only, within the call's budget."""
+    """Deadline and backoff of one call: retry UNAVAILABLE only, within the call's budget.
 
-    def __init__(self, timeout_s: float, retries: int) -> None:
+    Iterate it (``for`` in blocking code, ``async for`` in asyncio) and make each attempt inside
+    ``with attempt:``. A retryable failure is swallowed there and the next iteration first waits
+    out the backoff; any other failure, or one past the budget, leaves the ``with`` as
+    :class:`TritonRequestError`. The caller returns from inside the ``with`` on success, so the
+    iteration never ends on its own. One loop of each kind serves every request of every client.
+    """
+
+    def __init__(
+        self,
+        timeout_s: float,
+        retries: int,
+        model: str | None,
+        to_error: Callable[[BaseException, str | None], TritonRequestError | None],
+    ) -> None:
         self._deadline = time.monotonic() + timeout_s
         self._retries_left = retries
         self._delay_s = BACKOFF_INITIAL_S
+        self._wait_s = 0.0  # before the next attempt: nothing before the first
+        self._model = model
+        self._to_error = to_error
 
     def remaining_s(self) -> float:
         return self._deadline - time.monotonic()
 
-    def backoff_s(self, exc: InferenceServerException, model: str) -> float:
-        """Seconds to wait before the next attempt; raises if ``exc`` ends the call."""
-        error = TritonRequestError.from_triton(exc, model)
+    def _take_wait_s(self) -> float:
+        wait_s, self._wait_s = self._wait_s, 0.0
+        return wait_s
+
+    def __iter__(self) -> _Attempts:
+        return self
+
+    def __next__(self) -> _Attempts:
+        time.sleep(self._take_wait_s())
+        return self
+
+    def __aiter__(self) -> _Attempts:
+        return self
+
+    async def __anext__(self) -> _Attempts:
+        await asyncio.sleep(self._take_wait_s())
+        return self
+
+    def __enter__(self) -> _Attempts:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> bool:
+        if exc is None:
+            return False
+        error = self._to_error(exc, self._model)
+        if error is None:
+            return False  # not the transport's: let it through as it is
         if (
             error.code is not grpc.StatusCode.UNAVAILABLE
             or self._retries_left == 0
@@ -105,27 +179,11 @@ class _Attempts:
         ):
             raise error from exc
         self._retries_left -= 1
-        delay, self._delay_s = self._delay_s, min(2 * self._delay_s, BACKOFF_MAX_S)
-        return delay
+        self._wait_s, self._delay_s = self._delay_s, min(2 * self._delay_s, BACKOFF_MAX_S)
+        return True
 
 
-def _infer_request(
-    inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
-) -> tuple[list[grpcclient.InferInput], list[grpcclient.InferRequestedOutput]]:
-    request_inputs = []
-    for name, array in inputs.items():
-        datatype = np_to_triton_dtype(array.dtype)
-        if datatype is None:
-            raise TypeError(f"input {name!r}: numpy dtype {array.dtype} has no Triton type")
-        request_input = grpcclient.InferInput(name, list(array.shape), datatype)
-        request_input.set_data_from_numpy(array)
-        request_inputs.append(request_input)
-    return request_inputs, [grpcclient.InferRequestedOutput(name) for name in output_names]
-
-
-def _outputs(
-    result: grpcclient.InferResult, model: str, output_names: Sequence[str]
-) -> dict[str, np.ndarray]:
+def _outputs(result: Any, model: str, output_names: Sequence[str]) -> dict[str, np.ndarray]:
     outputs = {name: result.as_numpy(name) for name in output_names}
     missing = [name for name, array in outputs.items() if array is None]
     if missing:
@@ -182,10 +240,6 @@ def _id_set(ids: Iterable[Id], as_strings: bool) -> set[Id]:
     return {i.decode("utf-8") for i in array} if as_strings else set(array.tolist())
 
 
-def _takes_strings(metadata) -> bool:
-    return any(tensor.datatype == _BYTES for tensor in metadata.inputs)
-
-
 def _without(top: list[tuple[Id, float]], excluded: set[Id], k: int) -> list[tuple[Id, float]]:
     return [(item, score) for item, score in top if item not in excluded][:k]
 
@@ -204,18 +258,27 @@ def _top_k(item_ids: Sequence[Id], scores: np.ndarray, k: int) -> list[tuple[Id,
 
 
 class _ClientBase:
-    """What the blocking and asyncio clients share: settings, retry policy, request shaping."""
+    """What every client shares: settings, retry policy, request shaping and answer reading.
 
-    _client_class: Callable[..., Any]
+    A transport supplies the hooks below (gRPC here, HTTP in ``recflow_client.http``); the
+    blocking and asyncio request methods are in :class:`_BlockingClient` and
+    :class:`AsyncRecflowClient`.
+    """
+
+    # The ServingSettings attribute from_config takes the port from.
+    _port_setting = "grpc_port"
+    # tritonclient's request objects for this transport.
+    _infer_input: Callable[..., Any] = grpcclient.InferInput
+    _requested_output: Callable[..., Any] = grpcclient.InferRequestedOutput
 
     def __init__(
         self,
         url: str,
-        timeout_s: float = _DEFAULTS.request_timeout_s,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         retries: int | None = DEFAULT_RETRIES,
         *,
-        model_prefix: str = _DEFAULTS.model_prefix,
-        max_batch_size: int = _DEFAULTS.max_batch_size,
+        model_prefix: str = DEFAULT_MODEL_PREFIX,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
         if timeout_s <= 0 or (retries is not None and retries < 0) or max_batch_size <= 0:
             raise ValueError("need timeout_s > 0, retries >= 0 and max_batch_size > 0")
@@ -227,19 +290,45 @@ class _ClientBase:
         )
         self.model_prefix = model_prefix
         self.max_batch_size = max_batch_size
-        self._grpc = self._client_class(url, channel_args=_CHANNEL_ARGS)
+        self._triton = self._connect(url, timeout_s)
         # Per model: whether its ids are strings (read from its metadata once).
         self._string_ids: dict[str, bool] = {}
 
     @classmethod
-    def from_config(cls, config: ServingConfig, retries: int | None = DEFAULT_RETRIES) -> Self:
+    def from_config(
+        cls: type[C], config: ServingSettings, retries: int | None = DEFAULT_RETRIES
+    ) -> C:
+        """The client of the server ``config`` describes (recflow's ``settings.serving``)."""
         return cls(
-            f"{config.host}:{config.grpc_port}",
+            f"{config.host}:{getattr(config, cls._port_setting)}",
             config.request_timeout_s,
             retries,
             model_prefix=config.model_prefix,
             max_batch_size=config.max_batch_size,
         )
+
+    # --- the transport's hooks (gRPC here) -------------------------------------------------
+
+    def _connect(self, url: str, timeout_s: float) -> Any:
+        return grpcclient.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+
+    @staticmethod
+    def _deadline(remaining_s: float) -> dict[str, float]:
+        """The keyword arguments that bound one attempt to the call's remaining budget."""
+        return {"client_timeout": remaining_s}
+
+    @staticmethod
+    def _error(exc: BaseException, model: str | None) -> TritonRequestError | None:
+        """``exc`` as a TritonRequestError, or None if it is not the transport's error."""
+        if isinstance(exc, InferenceServerException):
+            return TritonRequestError.from_triton(exc, model)
+        return None
+
+    @staticmethod
+    def _input_datatypes(metadata: Any) -> list[str]:
+        return [tensor.datatype for tensor in metadata.inputs]
+
+    # --- shared by both transports ---------------------------------------------------------
 
     @property
     def ranking_model(self) -> str:
@@ -257,8 +346,27 @@ class _ClientBase:
     def similar_model(self) -> str:
         return f"{self.model_prefix}_similar"
 
-    def _attempts(self) -> _Attempts:
-        return _Attempts(self.timeout_s, self.retries)
+    def _attempts(
+        self, model: str | None, timeout_s: float | None = None, retry: bool = True
+    ) -> _Attempts:
+        retries = self.retries if retry else 0
+        return _Attempts(timeout_s or self.timeout_s, retries, model, self._error)
+
+    def _infer_request(
+        self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> tuple[list[Any], list[Any]]:
+        request_inputs = []
+        for name, array in inputs.items():
+            datatype = np_to_triton_dtype(array.dtype)
+            if datatype is None:
+                raise TypeError(f"input {name!r}: numpy dtype {array.dtype} has no Triton type")
+            request_input = self._infer_input(name, list(array.shape), datatype)
+            request_input.set_data_from_numpy(array)
+            request_inputs.append(request_input)
+        return request_inputs, [self._requested_output(name) for name in output_names]
+
+    def _takes_strings(self, metadata: Any) -> bool:
+        return _BYTES in self._input_datatypes(metadata)
 
     def _ranking_batches(
         self, user_id: Id, item_ids: Sequence[Id], as_strings: bool
@@ -272,20 +380,27 @@ class _ClientBase:
         ]
 
 
-class RecflowClient(_ClientBase):
-    """Blocking client. Thread-safe (one gRPC channel); close it or use it as a context manager."""
+class _BlockingClient(_ClientBase):
+    """The blocking requests, the same for every transport."""
 
-    _client_class = grpcclient.InferenceServerClient
-
-    def _call(self, model: str | None, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return method(*args, **kwargs)
-        except InferenceServerException as exc:
-            raise TritonRequestError.from_triton(exc, model) from exc
+    def _request(
+        self,
+        model: str | None,
+        method: Callable[..., T],
+        *args: Any,
+        timeout_s: float | None = None,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> T:
+        """``method(*args, **kwargs)``, retried on UNAVAILABLE within the deadline."""
+        for attempt in self._attempts(model, timeout_s, retry):
+            with attempt:
+                return method(*args, **kwargs, **self._deadline(attempt.remaining_s()))
+        raise AssertionError("unreachable: _Attempts ends a call by returning or raising")
 
     def _probe(self, model: str | None, method: Callable[..., bool], *args: Any) -> bool:
         try:
-            return self._call(model, method, *args, client_timeout=self.timeout_s)
+            return self._request(model, method, *args, retry=False)
         except TritonRequestError as error:
             if error.code in _UNREACHABLE:
                 return False
@@ -293,53 +408,35 @@ class RecflowClient(_ClientBase):
 
     def server_ready(self) -> bool:
         """Whether the server is up with its start-up models loaded; False if unreachable."""
-        return self._probe(None, self._grpc.is_server_ready)
+        return self._probe(None, self._triton.is_server_ready)
 
     def model_ready(self, name: str) -> bool:
         """Whether ``name`` is loaded and can serve; False if the server is unreachable."""
-        return self._probe(name, self._grpc.is_model_ready, name)
+        return self._probe(name, self._triton.is_model_ready, name)
 
     def load_model(self, name: str, timeout_s: float | None = None) -> None:
         """(Re)load ``name`` from the repository; blocks until it is ready or failed to load."""
-        self._call(name, self._grpc.load_model, name, client_timeout=timeout_s or self.timeout_s)
+        self._request(name, self._triton.load_model, name, timeout_s=timeout_s, retry=False)
 
     def unload_model(self, name: str) -> None:
-        self._call(name, self._grpc.unload_model, name, client_timeout=self.timeout_s)
+        self._request(name, self._triton.unload_model, name, retry=False)
 
     def takes_strings(self, model_name: str) -> bool:
         """Whether ``model_name``'s ids are strings (BYTES), from its metadata (cached)."""
         if model_name not in self._string_ids:
-            attempts = self._attempts()
-            while True:
-                try:
-                    metadata = self._grpc.get_model_metadata(
-                        model_name, client_timeout=attempts.remaining_s()
-                    )
-                except InferenceServerException as exc:
-                    time.sleep(attempts.backoff_s(exc, model_name))
-                else:
-                    break
-            self._string_ids[model_name] = _takes_strings(metadata)
+            metadata = self._request(model_name, self._triton.get_model_metadata, model_name)
+            self._string_ids[model_name] = self._takes_strings(metadata)
         return self._string_ids[model_name]
 
     def infer(
         self, model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
         """One inference request; Triton types are derived from the arrays' dtypes."""
-        request_inputs, request_outputs = _infer_request(inputs, output_names)
-        attempts = self._attempts()
-        while True:
-            try:
-                result = self._grpc.infer(
-                    model_name,
-                    request_inputs,
-                    outputs=request_outputs,
-                    client_timeout=attempts.remaining_s(),
-                )
-            except InferenceServerException as exc:
-                time.sleep(attempts.backoff_s(exc, model_name))
-            else:
-                return _outputs(result, model_name, output_names)
+        request_inputs, request_outputs = self._infer_request(inputs, output_names)
+        result = self._request(
+            model_name, self._triton.infer, model_name, request_inputs, outputs=request_outputs
+        )
+        return _outputs(result, model_name, output_names)
 
     def score(self, user_id: Id, item_ids: Sequence[Id]) -> np.ndarray:
         """Ranking scores (float32, in ``item_ids`` order) of ``user_id`` for each item."""
@@ -384,53 +481,51 @@ class RecflowClient(_ClientBase):
         return _ranked_list(self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     def close(self) -> None:
-        self._grpc.close()
+        self._triton.close()
 
-    def __enter__(self) -> Self:
+    def __enter__(self: C) -> C:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-class AsyncRecflowClient(_ClientBase):
-    """asyncio client for ``infer``/``score``; create it inside the event loop that uses it."""
+class RecflowClient(_BlockingClient):
+    """Blocking gRPC client. Thread-safe (one gRPC channel); close it or use it as a context
+    manager."""
 
-    _client_class = grpcclient_aio.InferenceServerClient
+
+class AsyncRecflowClient(_ClientBase):
+    """asyncio gRPC client for ``infer``/``score``/``recommend``/``retrieve``/``similar``;
+    create it inside the event loop that uses it."""
+
+    def _connect(self, url: str, timeout_s: float) -> Any:
+        return grpcclient_aio.InferenceServerClient(url, channel_args=_CHANNEL_ARGS)
+
+    async def _request(
+        self, model: str | None, method: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """Like :meth:`RecflowClient._request`, awaiting ``method`` and the backoff."""
+        async for attempt in self._attempts(model):
+            with attempt:
+                return await method(*args, **kwargs, **self._deadline(attempt.remaining_s()))
+        raise AssertionError("unreachable: _Attempts ends a call by returning or raising")
 
     async def takes_strings(self, model_name: str) -> bool:
         """Like :meth:`RecflowClient.takes_strings`."""
         if model_name not in self._string_ids:
-            attempts = self._attempts()
-            while True:
-                try:
-                    metadata = await self._grpc.get_model_metadata(
-                        model_name, client_timeout=attempts.remaining_s()
-                    )
-                except InferenceServerException as exc:
-                    await asyncio.sleep(attempts.backoff_s(exc, model_name))
-                else:
-                    break
-            self._string_ids[model_name] = _takes_strings(metadata)
+            metadata = await self._request(model_name, self._triton.get_model_metadata, model_name)
+            self._string_ids[model_name] = self._takes_strings(metadata)
         return self._string_ids[model_name]
 
     async def infer(
         self, model_name: str, inputs: Mapping[str, np.ndarray], output_names: Sequence[str]
     ) -> dict[str, np.ndarray]:
-        request_inputs, request_outputs = _infer_request(inputs, output_names)
-        attempts = self._attempts()
-        while True:
-            try:
-                result = await self._grpc.infer(
-                    model_name,
-                    request_inputs,
-                    outputs=request_outputs,
-                    client_timeout=attempts.remaining_s(),
-                )
-            except InferenceServerException as exc:
-                await asyncio.sleep(attempts.backoff_s(exc, model_name))
-            else:
-                return _outputs(result, model_name, output_names)
+        request_inputs, request_outputs = self._infer_request(inputs, output_names)
+        result = await self._request(
+            model_name, self._triton.infer, model_name, request_inputs, outputs=request_outputs
+        )
+        return _outputs(result, model_name, output_names)
 
     async def score(self, user_id: Id, item_ids: Sequence[Id]) -> np.ndarray:
         """Like :meth:`RecflowClient.score`, sending the batches concurrently."""
@@ -473,9 +568,9 @@ class AsyncRecflowClient(_ClientBase):
         return _ranked_list(await self.infer(self.similar_model, request, RANKED_OUTPUTS))
 
     async def close(self) -> None:
-        await self._grpc.close()
+        await self._triton.close()
 
-    async def __aenter__(self) -> Self:
+    async def __aenter__(self: C) -> C:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

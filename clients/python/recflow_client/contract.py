@@ -1,0 +1,21 @@
+"""The wire contract of recflow's Triton endpoints: tensor names and a default server's settings.
+
+Plain strings and numbers that import nothing. The client is the side that must install without
+recflow, so the contract lives here; ``recflow.vocabulary`` (which the Triton stubs import)
+re-exports the tensor names and ``recflow.config.ServingConfig`` takes its defaults from here.
+"""
+
+# Requests carry raw ids: ranking answers a score per (user, item) pair, the top-k endpoints
+# (retrieval, recommend, similar) the best item ids with their scores, per row.
+USER_INPUT, ITEM_INPUT = "user_id", "item_id"
+K_INPUT, EXCLUDE_SEEN_INPUT = "k", "exclude_seen"
+SCORE_OUTPUT = "score"
+ITEM_IDS_OUTPUT, SCORES_OUTPUT = "item_ids", "scores"
+RANKED_OUTPUTS = (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
+
+# A server published and started with recflow's default settings.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT = 8001, 8000
+DEFAULT_MODEL_PREFIX = "recflow"
+DEFAULT_MAX_BATCH_SIZE = 1024
+DEFAULT_TIMEOUT_S = 30.0
