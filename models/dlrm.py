@@ -14,6 +14,7 @@ from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
 from models.predict import input_columns
 from models.training import (
+    EpochHook,
     binary_target,
     fit_keeping_best,
     make_loader,
@@ -61,11 +62,18 @@ def build_dlrm(schema: Schema, cfg: RankingConfig) -> mm.Model:
 
 
 def train_dlrm(
-    train_dir: Path, valid_dir: Path, cfg: RankingConfig, out_dir: Path, fingerprint: str
+    train_dir: Path,
+    valid_dir: Path,
+    cfg: RankingConfig,
+    out_dir: Path,
+    fingerprint: str,
+    *,
+    on_epoch: EpochHook | None = None,
 ) -> RankingModel:
     """Fit with early stopping on validation AUC (best weights kept) and save atomically.
 
     The per-item baseline is scored on the same validation rows by the same metric code.
+    ``on_epoch`` sees each epoch's validation metrics (models/training.py).
     """
     seed_everything(cfg.seed)
     schema = model_schema(read_schema(train_dir))
@@ -86,6 +94,7 @@ def train_dlrm(
         monitor=MONITOR,
         n_rows=train.num_rows,
         name="DLRM",
+        on_epoch=on_epoch,
     )
     baseline = binary_metrics(*item_baseline(train_dir, valid_dir, schema))
     log.info("DLRM valid %s, baseline %s, epoch %d", fit.best_metrics, baseline, fit.best_epoch)

@@ -26,6 +26,7 @@ from models.baselines import popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
 from models.training import (
+    EpochHook,
     binary_target,
     fit_keeping_best,
     make_loader,
@@ -116,12 +117,15 @@ def train_two_tower(
     cfg: RetrievalConfig,
     out_dir: Path,
     fingerprint: str,
+    *,
+    on_epoch: EpochHook | None = None,
 ) -> RetrievalModel:
     """Fit on training positives, early-stopping on ``cfg.monitor``; export atomically.
 
     ``catalogue`` holds every item that may be recommended: ``raw_item_id`` plus the item
     columns as the workflow encodes them. Metrics are computed over the whole catalogue, and
-    the most-popular baseline is scored on the same users by the same code.
+    the most-popular baseline is scored on the same users by the same code. ``on_epoch`` sees
+    each epoch's validation metrics (models/training.py).
     """
     seed_everything(cfg.seed)
     full = read_schema(train_dir)
@@ -169,6 +173,7 @@ def train_two_tower(
         monitor=cfg.monitor,
         n_rows=len(trained_items),
         name="two-tower",
+        on_epoch=on_epoch,
     )
     popular = popularity_scores(positives, task.candidates)
     baseline = evaluate_retrieval(
