@@ -14,6 +14,7 @@ from models.architectures import RANKING_ARCHITECTURES, ranker_inputs
 from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
 from models.training import (
+    EpochHook,
     SplitTensors,
     binary_target,
     compile_model,
@@ -40,11 +41,18 @@ def model_schema(schema: Schema, architecture: str) -> Schema:
 
 
 def train_ranker(
-    train_dir: Path, valid_dir: Path, cfg: RankingConfig, out_dir: Path, fingerprint: str
+    train_dir: Path,
+    valid_dir: Path,
+    cfg: RankingConfig,
+    out_dir: Path,
+    fingerprint: str,
+    *,
+    on_epoch: EpochHook | None = None,
 ) -> RankingModel:
     """Fit with early stopping on validation AUC (best weights kept) and save atomically.
 
     The per-item baseline is scored on the same validation rows by the same metric code.
+    ``on_epoch`` sees each epoch's validation metrics (models/training.py).
     """
     seed_everything(cfg.seed)
     schema = model_schema(read_schema(train_dir), cfg.architecture)
@@ -69,6 +77,7 @@ def train_ranker(
         monitor=MONITOR,
         n_rows=train.num_rows,
         name=cfg.architecture,
+        on_epoch=on_epoch,
     )
     baseline = binary_metrics(*item_baseline(train_dir, valid_dir, schema))
     log.info(

@@ -30,6 +30,7 @@ from models.baselines import popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
 from models.training import (
+    EpochHook,
     binary_target,
     compile_model,
     fit_keeping_best,
@@ -133,12 +134,15 @@ def train_retriever(
     cfg: RetrievalConfig,
     out_dir: Path,
     fingerprint: str,
+    *,
+    on_epoch: EpochHook | None = None,
 ) -> RetrievalModel:
     """Fit on training positives, early-stopping on ``cfg.monitor``; export atomically.
 
     ``catalogue`` holds every item that may be recommended: ``raw_item_id`` plus the item
     columns as the workflow encodes them. Metrics are computed over the whole catalogue, and
-    the most-popular baseline is scored on the same users by the same code.
+    the most-popular baseline is scored on the same users by the same code. ``on_epoch`` sees
+    each epoch's validation metrics (models/training.py).
     """
     seed_everything(cfg.seed)
     full = read_schema(train_dir)
@@ -184,6 +188,7 @@ def train_retriever(
         monitor=cfg.monitor,
         n_rows=len(trained_items),
         name=cfg.architecture,
+        on_epoch=on_epoch,
     )
     popular = popularity_scores(positives, task.candidates)
     baseline = evaluate_retrieval(

@@ -153,10 +153,23 @@ class FitResult:
         }
 
 
+# Called after each epoch's validation with the epoch (from 1) and its metrics, e.g. to report
+# to a hyperparameter search (flows/tune.py). An exception it raises ends the fit and leaves
+# the train function through it, so nothing is saved.
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
 class _KeepBest(tf.keras.callbacks.Callback):
-    def __init__(self, evaluate: Callable[[], dict[str, float]], monitor: str, patience: int):
+    def __init__(
+        self,
+        evaluate: Callable[[], dict[str, float]],
+        monitor: str,
+        patience: int,
+        on_epoch: EpochHook | None = None,
+    ):
         super().__init__()
         self.evaluate, self.monitor, self.patience = evaluate, monitor, patience
+        self.on_epoch = on_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.best_epoch, self.best_weights = 0, None
@@ -176,6 +189,8 @@ class _KeepBest(tf.keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
         elif epoch + 1 - self.best_epoch > self.patience:
             self.model.stop_training = True
+        if self.on_epoch is not None:
+            self.on_epoch(epoch + 1, metrics)
 
 
 def fit_keeping_best(
@@ -188,15 +203,16 @@ def fit_keeping_best(
     monitor: str,
     n_rows: int,
     name: str,
+    on_epoch: EpochHook | None = None,
 ) -> FitResult:
     """Fit, scoring the validation split with ``evaluate`` after each epoch; keep the best.
 
     Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
     of the best epoch. Throughput counts training time only, not the evaluations. ``name``
-    labels the epochs' progress bars.
+    labels the epochs' progress bars; ``on_epoch`` (optional) sees each epoch's metrics.
     """
     progress = EpochProgress(name, monitor, epochs)
-    keep = _KeepBest(progress.validating(evaluate), monitor, patience)
+    keep = _KeepBest(progress.validating(evaluate), monitor, patience, on_epoch)
     started = time.perf_counter()
     with progress:
         model.fit(batches, epochs=epochs, callbacks=[progress, keep], verbose=0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -17,6 +17,8 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    TypeAdapter,
+    ValidationError,
     field_validator,
     model_validator,
 )
@@ -384,32 +386,125 @@ class OrderingConfig(_Section):
         return monitor
 
 
+class SearchRange(_Section):
+    """A numeric range of one field of the tuned section, e.g. ``{low: 1e-4, high: 1e-2, log:
+    true}``. Integers when the field is an int (then ``step`` is an int too), floats otherwise.
+    Optuna may lower ``high`` to the last multiple of ``step`` above ``low``."""
+
+    low: int | float
+    high: int | float
+    # Sample uniformly in log space (both bounds > 0); excludes ``step``.
+    log: bool = False
+    step: int | float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise ValueError(f"a range needs low < high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a range is either log or stepped, not both")
+        return self
+
+
+# One dimension of a search space: the values to try (categorical), or a numeric range.
+SearchDimension = SearchRange | tuple[Any, ...]
+
+
+def section_field(section: type[BaseModel], name: str) -> Any:
+    """The pydantic field that a (dotted, for a nested section) name of ``section`` denotes.
+    Raises KeyError when there is none."""
+    *parents, leaf = name.split(".")
+    for part in parents:
+        annotation = section.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            raise KeyError(name)
+        section = annotation
+    return section.model_fields[leaf]
+
+
+def field_value(section: type[BaseModel], name: str, value: Any) -> Any:
+    """``value`` validated (and coerced, e.g. YAML's "1e-4" to a float) as the field ``name`` of
+    ``section``, with the field's own constraints; a ValueError names the field."""
+    info = section_field(section, name)
+    try:
+        return TypeAdapter(Annotated[info.annotation, info]).validate_python(value)
+    except ValidationError as error:
+        problem = error.errors()[0]["msg"]
+        raise ValueError(f"{value!r} is not a value of {name}: {problem}") from None
+
+
 class TuningConfig(_Section):
-    """Hyperparameter search (flows/tune.py): one trial per point, best by validation metric."""
+    """Hyperparameter search (flows/tune.py): an Optuna study stored under
+    ``<home>/tuning/<study>/``, one trial per Prefect task, best by validation metric."""
 
     study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     model: Literal["ranking", "retrieval"] = "ranking"
-    # grid: every combination; random: n_trials distinct combinations drawn with seed.
-    strategy: Literal["grid", "random"] = "grid"
-    # Field of the model's section (ranking or retrieval) -> the values to try.
-    space: dict[str, tuple[Any, ...]] = {
+    # Field of the model's section (ranking or retrieval; dotted for a nested section) -> the
+    # values to try, or a range ({low, high, log, step}). Any field may be searched, the
+    # architecture's own ones too: the rest of the section is the configured one.
+    space: dict[str, SearchDimension] = {
         "embedding_dim": (16, 32, 64),
-        "dropout": (0.1, 0.3),
-        "learning_rate": (1e-3, 3e-3),
+        "dropout": SearchRange(low=0.0, high=0.5),
+        "learning_rate": SearchRange(low=1e-3, high=1e-2, log=True),
     }
-    n_trials: PositiveInt = 8
+    # tpe: Optuna's TPE, seeded with ``seed``; grid: every combination of a space of value lists
+    # once (``n_trials`` is then ignored), as the search before Optuna did.
+    sampler: Literal["tpe", "grid"] = "tpe"
+    # The trials TPE draws at random before it models the space (Optuna's default is 10).
+    startup_trials: PositiveInt = 5
+    # The study's total of finished (complete or pruned) trials: a re-run runs only the rest.
+    n_trials: PositiveInt = 20
     seed: int = 0
+    # median: stop a trial whose validation metric after an epoch is below the median of the
+    # earlier trials' at that epoch, once ``prune_after_trials`` trials have completed and the
+    # trial has run ``warmup_epochs`` epochs. none: every trial runs to its early stopping.
+    pruner: Literal["median", "none"] = "median"
+    prune_after_trials: int = Field(3, ge=0)
+    warmup_epochs: int = Field(1, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strategy_is_gone(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "strategy" in values:
+            raise ValueError(
+                "tuning.strategy is gone (#20): tuning.sampler is tpe or grid (grid: every "
+                "combination, as strategy=grid did)"
+            )
+        return values
 
     @model_validator(mode="after")
     def _space_names_fields(self) -> TuningConfig:
         section = RankingConfig if self.model == "ranking" else RetrievalConfig
-        unknown = sorted(set(self.space) - set(section.model_fields))
-        if unknown:
-            raise ValueError(f"tuning.space names no {self.model} fields: {unknown}")
-        empty = sorted(name for name, values in self.space.items() if not values)
-        if empty:
-            raise ValueError(f"tuning.space gives no values for {empty}")
+        if not self.space:
+            raise ValueError("tuning.space is empty")
+        for name, dimension in self.space.items():
+            try:
+                section_field(section, name)
+            except KeyError:
+                raise ValueError(f"tuning.space names no {self.model} field: {name}") from None
+            if isinstance(dimension, SearchRange):
+                _check_range(section, name, dimension)
+                if self.sampler == "grid":
+                    raise ValueError(f"tuning.sampler grid takes value lists, {name} is a range")
+            elif not dimension:
+                raise ValueError(f"tuning.space gives no values for {name}")
+            else:
+                for value in dimension:
+                    field_value(section, name, value)
         return self
+
+
+def _check_range(section: type[BaseModel], name: str, dimension: SearchRange) -> None:
+    """Both bounds must be values of the field, numbers of one kind (int or float)."""
+    low, high = (field_value(section, name, bound) for bound in (dimension.low, dimension.high))
+    numeric = {type(low), type(high)}
+    if numeric == {int}:
+        if not isinstance(dimension.step, (int, type(None))):
+            raise ValueError(f"tuning.space: {name} is an int field, its step must be an int")
+    elif numeric != {float}:
+        raise ValueError(f"tuning.space: {name} is not a number field, give it a list of values")
 
 
 class MetricBounds(_Section):

@@ -7,8 +7,8 @@ endpoint. The serving stubs import this module, so it imports nothing but the co
 
 "Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
 Triton before it is published). The hyperparameter search's trials are tuning trials
-(flows/tune.py: ``TuningTrial``, ``tuning_trial_task``); only the config key ``tuning.n_trials``,
-the records' ``trial_id`` and the study's ``trials/`` directory say "trial" for them.
+(flows/tune.py: ``tuning_trial_task``, whose ``tuning_trial`` is an Optuna trial); only the
+config key ``tuning.n_trials`` and the study's ``trials/`` directory say "trial" for them.
 A gate ``GateCheck`` (recflow/registry.py) bounds a metric; a ``DataCheck``
 (recflow/artifacts.py) names what data validation looked at.
 
