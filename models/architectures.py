@@ -26,6 +26,7 @@ import tensorflow as tf
 from merlin.schema import Schema, Tags
 
 from models.predict import input_columns
+from models.training import binary_target
 from recflow.config import RankingConfig
 
 # The architectures that read the user and item ids alone; the others read every feature.
@@ -57,7 +58,7 @@ def _ids(schema: Schema) -> tuple[Schema, str, str]:
 
 
 def _output(schema: Schema) -> mm.BinaryOutput:
-    return mm.BinaryOutput(schema.select_by_tag(Tags.BINARY_CLASSIFICATION).first.name)
+    return mm.BinaryOutput(binary_target(schema))
 
 
 def _top(cfg: RankingConfig) -> mm.MLPBlock:
