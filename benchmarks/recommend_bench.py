@@ -68,7 +68,7 @@ from recflow_client import RecflowClient  # noqa: E402
 from release.export import version_dirs  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
 from serving.runtime import RecommendStage  # noqa: E402
-from serving.server import TritonServer  # noqa: E402
+from serving.server import TritonServer, discover_models  # noqa: E402
 from tasks.checksums import MIRROR_CHECKSUMS  # noqa: E402
 
 log = logging.getLogger("recommend_bench")
@@ -146,8 +146,11 @@ def base_only_mirror(archive: Path, fold: Fold, directory: Path) -> Path:
     return directory
 
 
-def run_pipeline(home: Path, mirror: Path, overrides: list[str]) -> float:
-    """``recflow run`` on ``mirror`` into ``home``; its seconds. Output: ``home/run.log``."""
+def run_pipeline(
+    home: Path, mirror: Path, overrides: list[str], accepted: tuple[int, ...] = (0,)
+) -> float:
+    """``recflow run`` on ``mirror`` into ``home``; its seconds. Output: ``home/run.log``.
+    An exit code outside ``accepted`` raises."""
     recflow = Path(sys.executable).parent / "recflow"
     sets = [arg for pair in overrides for arg in ("--set", pair)]
     command = [
@@ -169,7 +172,7 @@ def run_pipeline(home: Path, mirror: Path, overrides: list[str]) -> float:
     started = time.monotonic()
     with (home / "run.log").open("wb") as out:
         code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if code != 0:
+    if code not in accepted:
         tail = (home / "run.log").read_text(errors="replace").splitlines()[-30:]
         raise RuntimeError(f"{shlex.join(command)} exited with {code}:\n" + "\n".join(tail))
     return time.monotonic() - started
@@ -300,15 +303,18 @@ def mf_baseline(fold: Fold, split: HeldOut, task: RetrievalTask) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_fold(fold: Fold, settings: Settings) -> dict:
-    """Every number of the report for one fold whose pipeline run published into
-    ``settings.paths.home`` (see the module docstring)."""
-    threshold = settings.features.rating_threshold
-    split = HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold))
-    task = retrieval_task(split, fold.items)
-    record, version = published(settings)
+def served_numbers(
+    settings: Settings,
+    repo: Path,
+    record: CandidateRecord,
+    version: int,
+    split: HeldOut,
+    task: RetrievalTask,
+) -> dict:
+    """The numbers of ``record`` as ``version`` of the model repository ``repo``, served by
+    Triton over gRPC on the test rows, and whether recommend's lists equal in-process ones."""
     ranking = RankingModel.load(record.models[RANKING])
-    dirs = version_dirs(settings.paths.triton_repo, settings.serving, version, True)
+    dirs = version_dirs(repo, settings.serving, version, True)
     out: dict = {
         "candidate": record.id,
         "version": version,
@@ -318,15 +324,21 @@ def evaluate_fold(fold: Fold, settings: Settings) -> dict:
         "ordering validation": ranking.ordering.validation,
         "gate": record.evaluation.metrics,
     }
-    with TritonServer.from_settings(settings) as server:
-        with RecflowClient.from_config(server.config) as client:
-            started = time.monotonic()
-            recommended, recommend_scores = served_lists(task.users, client.recommend)
-            retrieved, _ = served_lists(
-                task.users, lambda user: client.retrieve(user, K, exclude_seen=True)
-            )
-            pair_scores = served_pair_scores(client, split.valid)
-            out["grpc seconds"] = time.monotonic() - started
+    server = TritonServer(
+        repo,
+        settings.serving,
+        log_file=settings.paths.logs_dir / f"bench-{record.id}-tritonserver.log",
+        backend_cache_dir=settings.paths.cache_dir,
+        models=discover_models(repo),
+    )
+    with server, RecflowClient.from_config(server.config) as client:
+        started = time.monotonic()
+        recommended, recommend_scores = served_lists(task.users, client.recommend)
+        retrieved, _ = served_lists(
+            task.users, lambda user: client.retrieve(user, K, exclude_seen=True)
+        )
+        pair_scores = served_pair_scores(client, split.valid)
+        out["grpc seconds"] = time.monotonic() - started
     in_process, in_process_scores = RecommendStage(dirs[RECOMMEND]).recommend(task.users, K)
     out["served = in-process users"] = int((in_process == recommended).all(axis=1).sum())
     finite = np.isfinite(in_process_scores)
@@ -335,8 +347,19 @@ def evaluate_fold(fold: Fold, settings: Settings) -> dict:
     )
     out["recommend"] = list_metrics(recommended, task)
     out["retrieval"] = list_metrics(retrieved, task)
+    out["ranking auc"] = roc_auc(split.valid[LABEL].to_numpy(), pair_scores)
+    return out
+
+
+def evaluate_fold(fold: Fold, settings: Settings) -> dict:
+    """Every number of the report for one fold whose pipeline run published into
+    ``settings.paths.home`` (see the module docstring)."""
+    threshold = settings.features.rating_threshold
+    split = HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold))
+    task = retrieval_task(split, fold.items)
+    record, version = published(settings)
+    out = served_numbers(settings, settings.paths.triton_repo, record, version, split, task)
     labels = split.valid[LABEL].to_numpy()
-    out["ranking auc"] = roc_auc(labels, pair_scores)
     out["per-item mean auc"] = roc_auc(
         labels, item_mean_scores(split.train, split.valid, ITEM_ID, LABEL)
     )

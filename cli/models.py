@@ -69,6 +69,7 @@ def list_candidates(ctx: typer.Context) -> None:
     for column in (
         "id",
         "created",
+        "ranker",
         "decision",
         "trial",
         *HEADLINE_METRICS,
@@ -82,6 +83,7 @@ def list_candidates(ctx: typer.Context) -> None:
         table.add_row(
             record.id,
             record.created.strftime(TIME),
+            record.ranking_architecture,
             record.status,
             trial,
             *(_metric(record.evaluation.metrics, name) for name in HEADLINE_METRICS),
@@ -160,7 +162,10 @@ def _report(change) -> Event:
 
 def _print_record(record: CandidateRecord) -> None:
     lineage = record.lineage
-    console.print(f"[bold]{record.id}[/]: {record.status}, created {record.created:{TIME}}")
+    console.print(
+        f"[bold]{record.id}[/]: {record.ranking_architecture} ranker, {record.status}, "
+        f"created {record.created:{TIME}}"
+    )
     console.print(
         f"data {lineage.variant} ({lineage.data_checksum[:12]}), features "
         f"{lineage.features_fingerprint}, workflow {lineage.workflow_sha256[:12]}, schema "
@@ -201,6 +206,13 @@ def _print_record(record: CandidateRecord) -> None:
     console.print(checks)
     for note in record.decision.notes:
         console.print(f"note: {note}")
+    if record.contest and len(record.contest.contenders) > 1:
+        contest = record.contest
+        others = ", ".join(c for c in contest.contenders if c != record.id)
+        chosen = contest.chosen or "none (no contender blessed)"
+        console.print(
+            f"champion and challengers: judged with {others}; chosen by {contest.prefer}: {chosen}"
+        )
 
     trial = record.trial
     if trial is None:

@@ -9,7 +9,7 @@ display, no global figure state shared between threads.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from matplotlib.axes import Axes
@@ -17,10 +17,11 @@ from matplotlib.figure import Figure
 
 from recflow.artifacts import Profile, TrainedModel
 from recflow.atomic import atomic_file
-from recflow.registry import Evaluation, GateDecision
+from recflow.registry import CandidateRecord, Evaluation, GateDecision
 
 TRAINING_CURVES = "training-curves.png"
 GATE = "gate.png"
+CONTEST = "contest.png"
 FEATURES = "feature-distributions.png"
 # Small enough to embed in a dashboard artifact (tens of kB), sharp enough to read.
 DPI = 80
@@ -92,6 +93,52 @@ def gate_comparison(evaluation: Evaluation, decision: GateDecision, path: Path) 
         passed = all(check.passed for check in checks)
         axes.set_title(f"{metric}: {'pass' if passed else 'FAIL'}", color=PASS if passed else FAIL)
         for name, value in shown.items():
+            axes.annotate(
+                f"{value:.4f}",
+                (value, name),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+            )
+    for axes in panels[len(metrics) :]:
+        axes.set_visible(False)
+    return _save(figure, path)
+
+
+def contest(records: Sequence[CandidateRecord], path: Path) -> Path | None:
+    """One panel per gated metric: a bar per contender (green passed that metric's checks, red
+    failed), the baseline and the blessed model, on the same held-out rows; the title names
+    the one chosen."""
+    metrics = list(dict.fromkeys(c.metric for record in records for c in record.decision.checks))
+    if not metrics:
+        return None
+    contest = records[0].contest
+    rows = math.ceil(len(metrics) / 2)
+    height = (0.5 * len(records) + 1.4) * rows + 0.6
+    figure = Figure(figsize=(10, height), dpi=DPI, layout="constrained")
+    chosen = f"published {contest.chosen}" if contest.chosen else "none blessed"
+    figure.suptitle(f"Champion and challengers: {chosen} (best blessed by {contest.prefer})")
+    evaluation = records[0].evaluation
+    panels = figure.subplots(rows, 2, squeeze=False).ravel()
+    for axes, metric in zip(panels, metrics, strict=False):
+        names, values, colors = [], [], []
+        for record in records:
+            checks = [c for c in record.decision.checks if c.metric == metric]
+            names.append(record.ranking_architecture)
+            values.append(record.evaluation.metrics[metric])
+            colors.append(PASS if all(c.passed for c in checks) else FAIL)
+        for name, value, color in (
+            ("baseline", evaluation.baseline_metrics.get(metric), "tab:grey"),
+            ("blessed", evaluation.blessed_metrics.get(metric), "tab:purple"),
+        ):
+            if value is not None:
+                names.append(name)
+                values.append(value)
+                colors.append(color)
+        axes.barh(names, values, color=colors)
+        axes.invert_yaxis()
+        axes.set_title(metric)
+        for name, value in zip(names, values, strict=True):
             axes.annotate(
                 f"{value:.4f}",
                 (value, name),

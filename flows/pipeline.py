@@ -24,8 +24,11 @@ class PipelineResult(BaseModel):
     run_id: str
     variant: str
     raw: RawDataset
+    # The published candidate's registry id: the run id, or ``<run id>-<architecture>`` when
+    # a challenger won (ranking.challengers).
+    candidate: str
     features: Path
-    # The run's models directory: ranking/ and retrieval/.
+    # The run's models directory: ranking/, a ranking-<architecture>/ per challenger, retrieval/.
     models: Path
     triton_repo: Path
     version: int
@@ -47,16 +50,17 @@ def pipeline(settings: Settings | None = None, force: bool = False) -> PipelineR
     try:
         raw = fetch_data(settings)
         features = build_features(settings, raw, force, run_id)
-        candidate = train_models(settings, features, run_id)
-        published = evaluate_and_publish(candidate, settings, raw)
+        contenders = train_models(settings, features, run_id)
+        published = evaluate_and_publish(contenders, settings, raw)
     finally:
         reporting.report_pictures(settings.paths.runs_dir / run_id)
     return PipelineResult(
         run_id=run_id,
         variant=raw.variant,
         raw=raw,
+        candidate=published.candidate,
         features=features.path,
-        models=candidate.ranking.path.parent,
+        models=settings.paths.models_dir / run_id,
         triton_repo=published.repository,
         version=published.version,
         metrics=published.metrics,

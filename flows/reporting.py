@@ -10,7 +10,7 @@ and its history across runs. To report a new stage, add a key to ``Keys``, a bui
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import pictures
 from recflow.artifacts import FeatureSet, Published, RawDataset, TrainedModel, ValidationReport
-from recflow.registry import Evaluation, GateDecision, TrialResult
+from recflow.registry import CandidateRecord, Evaluation, GateDecision, TrialResult
 from recflow.vocabulary import RECOMMEND, RETRIEVAL
 from tasks.statistics import FEATURES_TABLE
 
@@ -36,17 +36,20 @@ class Keys:
     METRICS = "metrics-vs-baselines"
     RECOMMEND = "recommend-vs-baselines"
     GATE = "gate-decision"
+    CONTEST = "champion-vs-challengers"
     SMOKE_TEST = "serving-smoke-test"
     PUBLISHED = "published-model"
     TRAINING_CURVES_PICTURE = "training-curves-picture"
     GATE_PICTURE = "gate-picture"
     FEATURES_PICTURE = "feature-distributions-picture"
+    CONTEST_PICTURE = "champion-vs-challengers-picture"
 
 
 # The run's pictures (flows/pictures.py), in the order the pipeline run's page shows them.
 PICTURES = {
     pictures.TRAINING_CURVES: (Keys.TRAINING_CURVES_PICTURE, "Training curves"),
     pictures.GATE: (Keys.GATE_PICTURE, "Evaluation gate"),
+    pictures.CONTEST: (Keys.CONTEST_PICTURE, "Champion and challengers"),
     pictures.FEATURES: (Keys.FEATURES_PICTURE, "Feature distributions"),
 }
 
@@ -176,6 +179,36 @@ def recommend_table(evaluation: Evaluation) -> list[Row]:
     ]
 
 
+def contest_table(records: Sequence[CandidateRecord]) -> list[Row]:
+    """A run's contenders side by side on the same held-out rows: a column per architecture
+    (the chosen one marked), one row per metric, then each one's gate verdict."""
+    columns = [contender_label(record) for record in records]
+    first = records[0].evaluation
+    blessed = f"blessed {first.compared_with}" if first.compared_with else "blessed"
+    rows: list[Row] = [
+        {
+            "metric": name,
+            **{
+                column: _round(record.evaluation.metrics.get(name))
+                for column, record in zip(columns, records, strict=True)
+            },
+            "baseline": _round(first.baseline_metrics.get(name)),
+            blessed: _round(first.blessed_metrics.get(name)),
+        }
+        for name in first.metrics
+    ]
+    verdicts = {
+        column: record.decision.status for column, record in zip(columns, records, strict=True)
+    }
+    return [*rows, {"metric": "gate", **verdicts}]
+
+
+def contender_label(record: CandidateRecord) -> str:
+    """Its ranking architecture, starred if the gate chose it."""
+    chosen = record.contest is not None and record.contest.chosen == record.id
+    return f"{record.ranking_architecture} *" if chosen else record.ranking_architecture
+
+
 def trial_markdown(candidate: str, trial: TrialResult) -> str:
     verdict = "answered as in-process" if trial.passed else "**FAILED**"
     lines = [f"# Serving smoke test of {candidate}: {verdict}", ""]
@@ -276,6 +309,21 @@ def report_evaluation(
         )
     create_markdown_artifact(
         key=Keys.GATE, markdown=decision.markdown(), description=f"{candidate}: {decision.status}"
+    )
+
+
+def report_contest(records: Sequence[CandidateRecord], run_dir: Path) -> None:
+    """Champion and challengers side by side (a run of one ranker has no contest to show)."""
+    if len(records) < 2:
+        return
+    pictures.contest(records, run_dir / pictures.CONTEST)
+    contest = records[0].contest
+    chosen = f"chose {contest.chosen}" if contest.chosen else "blessed none"
+    create_table_artifact(
+        key=Keys.CONTEST,
+        table=contest_table(records),
+        description=f"{len(records)} contenders on {records[0].evaluation.rows} held-out rows: "
+        f"the gate {chosen} (best blessed by {contest.prefer}, starred)",
     )
 
 

@@ -161,25 +161,29 @@ def build_features(
 @flow(name="train-models", flow_run_name=run_name("train-models-{settings.data.variant}"))
 def train_models(
     settings: Settings | None = None, features: FeatureSet | None = None, run_id: str | None = None
-) -> Candidate:
-    """Train the ranking and retrieval models into ``models/<run_id>/`` (a new run id by
-    default)."""
+) -> list[Candidate]:
+    """Train into ``models/<run_id>/`` (a new run id by default) the retrieval model and a
+    ranker per architecture, champion then challengers; one candidate per ranker, each with
+    its ``recommend`` ordering chosen on validation."""
     settings = as_settings(settings)
     run_id = run_id or new_run_id()
     features = features or build_features(settings, run_id=run_id)
     started = time.time()
     timeout = {"timeout_seconds": settings.orchestration.train_timeout_s}
-    ranking = train_ranking_task.with_options(task_run_name=f"train-dlrm-{run_id}", **timeout)(
-        features, settings, run_id
-    )
-    retrieval = train_retrieval_task.with_options(
-        task_run_name=f"train-two-tower-{run_id}", **timeout
-    )(features, settings, run_id)
-    candidate = choose_ordering_task.with_options(
-        task_run_name=f"choose-ordering-{run_id}", **timeout
-    )(Candidate(features, ranking, retrieval), settings)
-    models = {RANKING: candidate.ranking, RETRIEVAL: retrieval}
-    monitors = {RANKING: RANKING_MONITOR, RETRIEVAL: settings.retrieval.monitor}
+    rankers = [
+        train_ranking_task.with_options(**timeout)(features, settings, run_id, cfg)
+        for cfg in settings.ranking.contenders
+    ]
+    retrieval = train_retrieval_task.with_options(**timeout)(features, settings, run_id)
+    contenders = [
+        choose_ordering_task.with_options(**timeout)(
+            Candidate(features, ranking, retrieval), settings
+        )
+        for ranking in rankers
+    ]
+    models = {f"{RANKING} {c.ranking.architecture}": c.ranking for c in contenders}
+    models[RETRIEVAL] = retrieval
+    monitors = {name: RANKING_MONITOR for name in models} | {RETRIEVAL: settings.retrieval.monitor}
     reporting.report_training(models, monitors, settings.paths.runs_dir / run_id)
     log.info(
         reporting.stage_summary(
@@ -193,32 +197,35 @@ def train_models(
             ),
         )
     )
-    return candidate
+    return contenders
 
 
 @flow(
     name="evaluate-and-publish",
-    flow_run_name=run_name("evaluate-and-publish-{candidate.run_id}"),
+    flow_run_name=run_name("evaluate-and-publish-{contenders[0].run_id}"),
 )
 def evaluate_and_publish(
-    candidate: Candidate, settings: Settings | None = None, raw: RawDataset | None = None
+    contenders: list[Candidate], settings: Settings | None = None, raw: RawDataset | None = None
 ) -> Published:
-    """Gate the candidate a training run handed over; if blessed, trial-serve and publish it.
+    """Gate the candidates a training run handed over (champion first); trial-serve and publish
+    the best one the gate blessed.
 
-    ``raw`` is the dataset its features were built from (fetched again if not given): the
+    ``raw`` is the dataset their features were built from (fetched again if not given): the
     lineage records it, and the served endpoints treat its interactions as seen.
     """
     settings = as_settings(settings)
     raw = raw or fetch_data(settings)
-    run_id = candidate.run_id
+    run_id = contenders[0].run_id
     run_dir = settings.paths.runs_dir / run_id
     started = time.time()
     try:
-        record = gate_task(run_id, raw, candidate, settings)
+        record, records = gate_task(run_id, raw, contenders, settings)
     except GateFailed as failed:
         reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision, run_dir)
+        reporting.report_contest(failed.records, run_dir)
         raise
     reporting.report_evaluation(record.id, record.evaluation, record.decision, run_dir)
+    reporting.report_contest(records, run_dir)
     if settings.trial.enabled:
         try:
             reporting.report_trial(record.id, trial_task(record.id, settings))
@@ -241,7 +248,12 @@ def evaluate_and_publish(
         reporting.stage_summary(
             "evaluate-and-publish",
             time.time() - started,
-            f"{record.id} {record.decision.status}",
+            f"{record.id} {record.decision.status}"
+            + (
+                f", the best of {len(records)} by {settings.gate.prefer}"
+                if len(records) > 1
+                else ""
+            ),
             trial,
             f"published as version {published.version}",
         )

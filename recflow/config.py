@@ -300,6 +300,10 @@ class RankingConfig(_Section):
     NCF's MLP branch; ``mf`` reads only the embedding width and its L2."""
 
     architecture: RankingArchitecture = "dlrm"
+    # Champion and challengers: more architectures a run trains, with these same fields, each
+    # judged by the gate on the same held-out rows; the best that passes is published
+    # (``gate.prefer`` decides "best"; docs/registry.md).
+    challengers: tuple[RankingArchitecture, ...] = ()
     embedding_dim: PositiveInt = 32
     # Hidden layers over the continuous features; a last layer of embedding_dim is added, as
     # DLRM's dot interaction needs it as wide as the embeddings.
@@ -318,6 +322,25 @@ class RankingConfig(_Section):
     # Epochs without a better validation AUC before training stops; the best weights are kept.
     patience: int = Field(3, ge=0)
     seed: int = 42
+
+    @model_validator(mode="after")
+    def _challengers_are_others(self) -> RankingConfig:
+        contenders = (self.architecture, *self.challengers)
+        if len(set(contenders)) != len(contenders):
+            raise ValueError(
+                f"challengers {list(self.challengers)} must differ from each other and from "
+                f"architecture {self.architecture!r}"
+            )
+        return self
+
+    @property
+    def contenders(self) -> tuple[RankingConfig, ...]:
+        """One configuration per architecture a run trains: this one's, then each
+        challenger's with the same fields."""
+        return tuple(
+            self.model_copy(update={"architecture": name, "challengers": ()})
+            for name in (self.architecture, *self.challengers)
+        )
 
 
 class RetrievalConfig(_Section):
@@ -572,6 +595,21 @@ class GateConfig(_Section):
                 fields = {**merged.get(name, {}), **fields}
             merged[name] = fields
         return merged
+
+    # Of the contenders that pass (``ranking.challengers``), the one published: best by this
+    # held-out metric, e.g. "recommend.ndcg@10" to choose by the lists apps get.
+    prefer: str = Field("ranking.auc", pattern=r"^(ranking|retrieval|recommend)\.\S+$")
+
+    @property
+    def tables(self) -> dict[str, dict[str, MetricBounds]]:
+        """The bounds by model kind: ``ranking``, ``retrieval``, ``recommend``."""
+        return {"ranking": self.ranking, "retrieval": self.retrieval, "recommend": self.recommend}
+
+    def higher_is_better(self, metric: str) -> bool:
+        """As the metric's bounds say; a metric with no bounds is a quality (higher is better)."""
+        kind, name = metric.split(".", 1)
+        bounds = self.tables[kind].get(name)
+        return bounds is None or bounds.higher_is_better
 
 
 class TrialConfig(_Section):

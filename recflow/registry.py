@@ -171,6 +171,18 @@ class Lineage(_Record):
     code_version: str
 
 
+class Contest(_Record):
+    """Champion and challengers: the candidates one run trained, judged on the same held-out
+    rows; of those the gate blessed, the best by ``prefer`` is the one to publish."""
+
+    # Candidate ids, champion (``ranking.architecture``) first.
+    contenders: tuple[str, ...]
+    # The held-out metric that ranks the blessed ones, e.g. "ranking.auc".
+    prefer: str
+    # None when the gate blessed none of them.
+    chosen: str | None
+
+
 class CandidateRecord(_Record):
     id: str
     created: datetime
@@ -184,12 +196,19 @@ class CandidateRecord(_Record):
     # The gate configuration the decision applied, as it was then.
     gate: dict
     decision: GateDecision
+    # Its run's contest (the same in each contender's record); None in records from before.
+    contest: Contest | None = None
     trial: TrialResult | None = None
     events: tuple[Event, ...] = ()
 
     @property
     def status(self) -> str:
         return self.decision.status
+
+    @property
+    def ranking_architecture(self) -> str:
+        # Records from before the architectures (#20) were DLRMs.
+        return self.lineage.params.get(RANKING, {}).get("architecture", "dlrm")
 
 
 class RegistryState(_Record):

@@ -1,22 +1,25 @@
 """Evaluation gate (TFX's Evaluator): is the candidate good, and no worse than what serves now?
 
-``evaluate_candidate`` scores the candidate and the blessed models (the ones Triton serves, from
-the registry) on the **same** rows: the candidate's split in raw ids, as its feature build kept
-it (``FeatureSet.held_out_dir``). Each model sees those raw rows through its own
+``evaluate_candidates`` scores a run's candidates (champion and challengers: one ranker each,
+the same features and retrieval model) and the blessed model (the one Triton serves, from the
+registry) on the **same** rows: the run's split in raw ids, as its feature build kept it
+(``FeatureSet.held_out_dir``). Each model sees those raw rows through its own
 serving artifacts (its lookup tables, its fitted workflow, its models), exported into a scratch
 repository and run in-process by the endpoints' own code, so the numbers are what Triton would
 compute: ranking AUC and log loss on the held-out pairs, retrieval recall/ndcg/mrr@k over the
 whole catalogue with each user's training items excluded, and the same top-k metrics of the
 lists the recommend endpoint returns (retrieve, then the run's final ordering). ``judge``
-applies ``GateConfig``'s bounds and returns one check per bound; ``register_candidate`` files
-the lineage and the decision in the registry (recflow/registry.py, docs/registry.md). Trial
-serving and publishing follow in release/trial.py and release/publish.py.
+applies ``GateConfig``'s bounds and returns one check per bound; ``choose`` picks the best
+blessed candidate by ``gate.prefer``; ``register_candidate`` files each one's lineage, decision
+and contest in the registry (recflow/registry.py, docs/registry.md). Trial serving and
+publishing of the chosen one follow in release/trial.py and release/publish.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,6 +34,7 @@ from recflow.artifacts import Candidate, FeatureSet, RawDataset
 from recflow.config import GateConfig, MetricBounds, Settings
 from recflow.registry import (
     CandidateRecord,
+    Contest,
     Evaluation,
     GateCheck,
     GateDecision,
@@ -64,15 +68,18 @@ COLD_ID = 2**62
 
 
 class GateFailed(RuntimeError):
-    """The candidate is NOT_BLESSED: its record says why, and nothing was published."""
+    """No contender of the run is BLESSED: their records say why, and nothing was published.
+    ``record`` is the champion's; ``records`` every contender's, champion first."""
 
-    def __init__(self, record: CandidateRecord):
+    def __init__(self, record: CandidateRecord, *challengers: CandidateRecord):
         self.record = record
+        self.records = (record, *challengers)
         self.decision = record.decision
-        failed = "\n".join(f"  {check}" for check in record.decision.failed)
-        super().__init__(
-            f"candidate {record.id} is NOT_BLESSED, nothing published; failed checks:\n{failed}"
-        )
+        lines = [] if not challengers else [f"none of {len(self.records)} contenders is BLESSED"]
+        for each in self.records:
+            lines.append(f"candidate {each.id} is NOT_BLESSED, nothing published; failed checks:")
+            lines += [f"  {check}" for check in each.decision.failed]
+        super().__init__("\n".join(lines))
 
 
 class Evaluated(NamedTuple):
@@ -184,64 +191,80 @@ def recommend_metrics(
     return top_k_metrics(np.where(lists >= 0, positions, -1), task.relevant, ks)
 
 
-def evaluate_candidate(candidate: Candidate, settings: Settings, registry: Registry) -> Evaluated:
-    """The candidate's and the blessed models' metrics on the candidate's held-out rows.
+def evaluate_candidates(
+    contenders: Sequence[Candidate], settings: Settings, registry: Registry
+) -> list[Evaluated]:
+    """Each contender's and the blessed models' metrics on the contenders' held-out rows.
 
-    Ranking: AUC and log loss of the ranking endpoint's scores. Retrieval: top-k metrics of
-    the retrieval endpoint over the whole catalogue, training items excluded. Recommend: the
-    same metrics of the recommend endpoint's lists. Baselines (per-item mean, most popular
-    unseen) are scored on the same rows by the same code.
+    The contenders are one run's: the same features and retrieval model, rankers of different
+    architectures (``ranking.challengers``), so they are judged on the same rows against the
+    same baselines and blessed model, each scored once. Ranking: AUC and log loss of the
+    ranking endpoint's scores. Retrieval: top-k metrics of the retrieval endpoint over the whole
+    catalogue, training items excluded. Recommend: the same metrics of the recommend endpoint's
+    lists. Baselines (per-item mean, most popular unseen) are scored on the same rows by the
+    same code.
     """
+    first = contenders[0]
+    if any(c.features.path != first.features.path for c in contenders) or any(
+        c.retrieval != first.retrieval for c in contenders
+    ):
+        raise ValueError("contenders must share their features and retrieval model (one run's)")
     blessed = registry.serving()
-    split = held_out(candidate.features)
-    if candidate.features.feedback == "implicit":
+    split = held_out(first.features)
+    if first.features.feedback == "implicit":
         # The training split's sampled negatives are no interaction: nothing a user has seen.
         split = split._replace(train=split.train[split.train[LABEL] == 1])
     rows = split.valid
     cold = pd.DataFrame({USER_ID: [COLD_ID], ITEM_ID: [COLD_ID]})
     pairs = pd.concat([rows[[USER_ID, ITEM_ID]], cold], ignore_index=True)
     ks = settings.retrieval.top_k
+    catalogue = pd.read_parquet(first.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
+    task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
+    positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
+    popular = popularity_scores(positives, task.candidates)
+    baseline = evaluate_retrieval(
+        task, lambda users: np.tile(popular, (len(task.users[users]), 1)), ks
+    )
+    # Most popular unseen is the baseline of both lists: retrieval's and recommend's.
+    baseline_metrics = _prefixed(RETRIEVAL, baseline) | _prefixed(RECOMMEND, baseline)
+    picked = rows.sample(min(settings.trial.rows, len(rows)), random_state=0).index
     settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gate-", dir=settings.paths.cache_dir) as scratch:
         # Seen items are the training rows: what evaluation excludes from each user's top k.
         seen = Path(scratch) / "train_pairs.parquet"
         split.train[[USER_ID, ITEM_ID]].to_parquet(seen, index=False)
-        exported = export_scratch(candidate, seen, settings, Path(scratch) / "candidate")
-        scores = ranking_scores(exported[RANKING], pairs)
-        metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
-        catalogue = pd.read_parquet(candidate.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
-        task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
-        metrics |= _prefixed(RETRIEVAL, retrieval_metrics(exported[RETRIEVAL], task, ks))
-        metrics |= _prefixed(RECOMMEND, recommend_metrics(exported[RECOMMEND], task, ks))
-        positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
-        popular = popularity_scores(positives, task.candidates)
-        baseline = evaluate_retrieval(
-            task, lambda users: np.tile(popular, (len(task.users[users]), 1)), ks
-        )
-        # Most popular unseen is the baseline of both lists: retrieval's and recommend's.
-        baseline_metrics = _prefixed(RETRIEVAL, baseline) | _prefixed(RECOMMEND, baseline)
-        # Training computed the per-item-mean baseline on this same validation split.
-        baseline_metrics |= _prefixed(RANKING, candidate.ranking.baseline_metrics)
+
+        def served_metrics(candidate: Candidate, name: str) -> tuple[dict, np.ndarray]:
+            """The endpoints' metrics of one exported candidate, and its scores of ``pairs``."""
+            exported = export_scratch(candidate, seen, settings, Path(scratch) / name)
+            scores = ranking_scores(exported[RANKING], pairs)
+            metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
+            if RETRIEVAL in exported:
+                metrics |= _prefixed(
+                    RETRIEVAL, retrieval_metrics(exported[RETRIEVAL], task, ks)
+                ) | _prefixed(RECOMMEND, recommend_metrics(exported[RECOMMEND], task, ks))
+            return metrics, scores
+
         blessed_metrics = {}
         if blessed is not None:
-            old = export_scratch(
-                registry.candidate(blessed), seen, settings, Path(scratch) / "blessed"
+            blessed_metrics, _ = served_metrics(registry.candidate(blessed), "blessed")
+        evaluated = []
+        for index, candidate in enumerate(contenders):
+            metrics, scores = served_metrics(candidate, f"contender-{index}")
+            evaluation = Evaluation(
+                rows=len(rows),
+                metrics=metrics,
+                # Training computed the per-item-mean baseline on this same validation split.
+                baseline_metrics=baseline_metrics
+                | _prefixed(RANKING, candidate.ranking.baseline_metrics),
+                compared_with=None if blessed is None else blessed.id,
+                blessed_metrics=blessed_metrics,
             )
-            blessed_metrics = _ranking_metrics(rows[LABEL], ranking_scores(old[RANKING], rows))
-            if RETRIEVAL in old:
-                blessed_metrics |= _prefixed(
-                    RETRIEVAL, retrieval_metrics(old[RETRIEVAL], task, ks)
-                ) | _prefixed(RECOMMEND, recommend_metrics(old[RECOMMEND], task, ks))
-    evaluation = Evaluation(
-        rows=len(rows),
-        metrics=metrics,
-        baseline_metrics=baseline_metrics,
-        compared_with=None if blessed is None else blessed.id,
-        blessed_metrics=blessed_metrics,
-    )
-    picked = rows.sample(min(settings.trial.rows, len(rows)), random_state=0).index
-    sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(**{SCORE_OUTPUT: scores[[*picked, -1]]})
-    return Evaluated(evaluation, sample.reset_index(drop=True))
+            sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(
+                **{SCORE_OUTPUT: scores[[*picked, -1]]}
+            )
+            evaluated.append(Evaluated(evaluation, sample.reset_index(drop=True)))
+    return evaluated
 
 
 def _ranking_metrics(labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
@@ -260,7 +283,7 @@ def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
             "first candidate: no blessed model, so only absolute bounds, baseline margins and "
             "references to its own metrics were checked"
         )
-    for kind, table in cfg:
+    for kind, table in cfg.tables.items():
         has_kind = any(metric.startswith(f"{kind}.") for metric in evaluation.metrics)
         for name, bounds in table.items():
             metric = f"{kind}.{name}"
@@ -320,28 +343,58 @@ def _metric_checks(metric: str, bounds: MetricBounds, evaluation: Evaluation) ->
     return checks
 
 
+class Judged(NamedTuple):
+    """The gate's verdict on one run: the candidate to publish and every contender's record."""
+
+    chosen: CandidateRecord
+    records: tuple[CandidateRecord, ...]
+
+
+def contender_ids(run_id: str, contenders: Sequence[Candidate]) -> list[str]:
+    """Registry ids: the champion is filed as the run id, a challenger as
+    ``<run id>-<architecture>``."""
+    return [run_id, *(f"{run_id}-{c.ranking.architecture}" for c in contenders[1:])]
+
+
+def choose(
+    evaluations: Sequence[Evaluation], decisions: Sequence[GateDecision], cfg: GateConfig
+) -> int | None:
+    """The index of the best blessed contender by ``cfg.prefer``, None if none is blessed.
+    A tie goes to the earlier one: the champion first, then the challengers as listed."""
+    blessed = [i for i, decision in enumerate(decisions) if decision.blessed]
+    for i in blessed:
+        if cfg.prefer not in evaluations[i].metrics:
+            raise ValueError(f"gate.prefer: the contenders have no {cfg.prefer} metric")
+    better = 1.0 if cfg.higher_is_better(cfg.prefer) else -1.0
+    return max(
+        blessed, key=lambda i: (better * evaluations[i].metrics[cfg.prefer], -i), default=None
+    )
+
+
 def register_candidate(
     registry: Registry,
-    run_id: str,
+    record_id: str,
     raw: RawDataset,
+    seen: pd.DataFrame,
     candidate: Candidate,
     evaluated: Evaluated,
     decision: GateDecision,
+    contest: Contest,
     settings: Settings,
 ) -> CandidateRecord:
-    """File the candidate (id = run id) with its lineage and decision; returns the record.
+    """File the candidate with its lineage, decision and contest; returns the record.
 
-    What its endpoints treat as seen is every interaction of its dataset, kept with the record
-    so a later rollback serves the same answers.
+    What its endpoints treat as ``seen`` is every interaction of its dataset, kept with the
+    record so a later rollback serves the same answers.
     """
     features, ranking, retrieval = candidate
     record = CandidateRecord(
-        id=run_id,
+        id=record_id,
         created=now(),
         features=features.path,
         models={RANKING: ranking.path, RETRIEVAL: retrieval.path},
         lineage=Lineage(
-            run_id=run_id,
+            run_id=candidate.run_id,
             variant=raw.variant,
             data_checksum=raw.checksum,
             features_fingerprint=features.fingerprint,
@@ -356,34 +409,51 @@ def register_candidate(
         | _prefixed(RETRIEVAL, retrieval.metrics),
         gate=settings.gate.model_dump(mode="json"),
         decision=decision,
+        contest=contest,
     )
-    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
     registry.add(record, evaluated.sample, seen, features.schema_file)
     return record
 
 
-def gate(run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings) -> CandidateRecord:
-    """Evaluate, judge and register; raises :class:`GateFailed` if NOT_BLESSED.
+def gate(
+    run_id: str, raw: RawDataset, contenders: Sequence[Candidate], settings: Settings
+) -> Judged:
+    """Evaluate and judge a run's contenders (champion first), register every one, and choose
+    the best blessed (:func:`choose`); raises :class:`GateFailed` if none is blessed.
 
-    ``raw`` must be the dataset the candidate's features were built from, with these settings:
-    the record's lineage and the served endpoints' seen items come from it.
+    ``raw`` must be the dataset their features were built from, with these settings: the
+    records' lineage and the served endpoints' seen items come from it.
     """
-    if fingerprint(raw, settings.features, settings.validation) != candidate.features.fingerprint:
+    features = contenders[0].features
+    if fingerprint(raw, settings.features, settings.validation) != features.fingerprint:
         raise ValueError(
-            f"features {candidate.features.fingerprint} were not built from {raw.variant} "
+            f"features {features.fingerprint} were not built from {raw.variant} "
             f"({raw.checksum[:12]}) with these settings"
         )
     registry = Registry.from_settings(settings)
-    evaluated = evaluate_candidate(candidate, settings, registry)
-    decision = judge(evaluated.evaluation, settings.gate)
-    record = register_candidate(registry, run_id, raw, candidate, evaluated, decision, settings)
-    if not decision.blessed:
-        raise GateFailed(record)
-    return record
+    evaluated = evaluate_candidates(contenders, settings, registry)
+    decisions = [judge(each.evaluation, settings.gate) for each in evaluated]
+    chosen = choose([each.evaluation for each in evaluated], decisions, settings.gate)
+    ids = contender_ids(run_id, contenders)
+    contest = Contest(
+        contenders=tuple(ids),
+        prefer=settings.gate.prefer,
+        chosen=None if chosen is None else ids[chosen],
+    )
+    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
+    records = tuple(
+        register_candidate(registry, id_, raw, seen, candidate, each, decision, contest, settings)
+        for id_, candidate, each, decision in zip(
+            ids, contenders, evaluated, decisions, strict=True
+        )
+    )
+    if chosen is None:
+        raise GateFailed(*records)
+    return Judged(records[chosen], records)
 
 
 @task(name="gate", task_run_name="gate-{run_id}")
 def gate_task(
-    run_id: str, raw: RawDataset, candidate: Candidate, settings: Settings
-) -> CandidateRecord:
-    return gate(run_id, raw, candidate, settings)
+    run_id: str, raw: RawDataset, contenders: Sequence[Candidate], settings: Settings
+) -> Judged:
+    return gate(run_id, raw, contenders, settings)

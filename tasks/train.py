@@ -1,4 +1,5 @@
-"""Training stage: fit the ranking (DLRM) and retrieval (two-tower) models on a feature set."""
+"""Training stage: fit the rankers (champion and challengers) and the retrieval model on a
+feature set, then choose each ranker's ``recommend`` ordering."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from models.composed import choose_ordering
 from models.ranking import train_ranker
 from models.retrieval import train_retriever
 from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
-from recflow.config import Settings
+from recflow.config import RankingConfig, Settings
 from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL
 from tasks.features import load_workflow, side_workflow
 
@@ -27,12 +28,19 @@ def item_catalogue(features: FeatureSet) -> pd.DataFrame:
     return encoded.reset_index(drop=True)
 
 
-def train_ranking(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
+def train_ranking(
+    features: FeatureSet, settings: Settings, run_id: str, cfg: RankingConfig | None = None
+) -> RankingModel:
+    """Train one of ``settings.ranking.contenders`` (default the champion) into
+    ``models/<run_id>/ranking/``, a challenger into ``models/<run_id>/ranking-<architecture>/``."""
+    cfg = cfg or settings.ranking.contenders[0]
+    champion = cfg.architecture == settings.ranking.architecture
+    name = RANKING if champion else f"{RANKING}-{cfg.architecture}"
     return train_ranker(
         features.train_dir,
         features.valid_dir,
-        settings.ranking,
-        settings.paths.models_dir / run_id / RANKING,
+        cfg,
+        settings.paths.models_dir / run_id / name,
         features.fingerprint,
     )
 
@@ -71,16 +79,21 @@ def choose_recommend_ordering(candidate: Candidate, settings: Settings) -> Candi
     return Candidate(features, ranking, retrieval)
 
 
-@task(name="train-ranking", task_run_name="train-dlrm-{features.fingerprint}")
-def train_ranking_task(features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
-    return train_ranking(features, settings, run_id)
+@task(name="train-ranking", task_run_name="train-{cfg.architecture}-{run_id}")
+def train_ranking_task(
+    features: FeatureSet, settings: Settings, run_id: str, cfg: RankingConfig
+) -> RankingModel:
+    return train_ranking(features, settings, run_id, cfg)
 
 
-@task(name="train-retrieval", task_run_name="train-two-tower-{features.fingerprint}")
+@task(name="train-retrieval", task_run_name="train-{settings.retrieval.architecture}-{run_id}")
 def train_retrieval_task(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
     return train_retrieval(features, settings, run_id)
 
 
-@task(name="choose-ordering", task_run_name="choose-ordering-{candidate.features.fingerprint}")
+@task(
+    name="choose-ordering",
+    task_run_name="choose-ordering-{candidate.ranking.architecture}-{candidate.run_id}",
+)
 def choose_ordering_task(candidate: Candidate, settings: Settings) -> Candidate:
     return choose_recommend_ordering(candidate, settings)

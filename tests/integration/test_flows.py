@@ -40,7 +40,7 @@ from recflow.artifacts import (
 from recflow.config import Settings, load_settings
 from recflow.locks import LockTimeout, exclusive_lock
 from recflow.registry import CandidateRecord, Evaluation, Event
-from release.gate import GateFailed, judge
+from release.gate import GateFailed, Judged, judge
 from tasks.checksums import ChecksumMismatch
 from tasks.data_checks import DataValidationError
 from tasks.features import fingerprint
@@ -154,7 +154,7 @@ class FakeStages:
             raise DataValidationError(blocking, str(features.path / REPORT))
         return report
 
-    def train(self, features: FeatureSet, settings: Settings, run_id: str) -> RankingModel:
+    def train(self, features: FeatureSet, settings: Settings, run_id: str, cfg) -> RankingModel:
         self.calls["train"] += 1
         return saved_model(
             RankingModel,
@@ -180,7 +180,8 @@ class FakeStages:
     def choose_ordering(self, candidate, settings):
         return candidate
 
-    def gate(self, run_id, raw, candidate, settings) -> CandidateRecord:
+    def gate(self, run_id, raw, contenders, settings) -> Judged:
+        (candidate,) = contenders
         ranking = candidate.ranking
         evaluation = Evaluation(
             rows=1,
@@ -192,7 +193,7 @@ class FakeStages:
         )
         if not record.decision.blessed:
             raise GateFailed(record)
-        return record
+        return Judged(record, (record,))
 
     def publish(self, candidate_id: str, settings: Settings, reason: str) -> Event:
         self.calls["publish"] += 1

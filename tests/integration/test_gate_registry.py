@@ -121,7 +121,7 @@ def first(home, data):
     settings = settings_for(home)
     raw, features = data
     candidate = train(settings, features, FIRST)
-    record = gate(FIRST, raw, candidate, settings)
+    record = gate(FIRST, raw, [candidate], settings).chosen
     registry = Registry.from_settings(settings)
     infra_validate(registry, FIRST, settings)
     publish(registry, FIRST, settings, "first run")
@@ -134,7 +134,7 @@ def worse(home, data, first):
     raw, features = data
     candidate = train(settings, features, WORSE, retrieval_from=first[0])
     with pytest.raises(GateFailed) as failed:
-        gate(WORSE, raw, candidate, settings)
+        gate(WORSE, raw, [candidate], settings)
     return candidate, failed.value
 
 
@@ -222,7 +222,7 @@ def test_recommend_that_loses_to_most_popular_is_not_blessed(home, data, worse):
     candidate = choose_recommend_ordering(copy_of(worse[0], settings, RANKER_ALONE), settings)
     assert candidate.ranking.ordering.ranker_weight == 1.0
     with pytest.raises(GateFailed, match="recommend.recall@10"):
-        gate(RANKER_ALONE, raw, candidate, settings)
+        gate(RANKER_ALONE, raw, [candidate], settings)
     registry = Registry.from_settings(settings)
     stored = registry.load(RANKER_ALONE)
     metrics = stored.evaluation.metrics
@@ -244,7 +244,7 @@ def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, wors
     settings = settings_for(home, *WORSE_ADMITTED)
     raw, features = data
     candidate = copy_of(worse[0], settings, CORRUPT)
-    assert gate(CORRUPT, raw, candidate, settings).status == "BLESSED"
+    assert gate(CORRUPT, raw, [candidate], settings).chosen.status == "BLESSED"
     (candidate.ranking.model_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
 
     registry = Registry.from_settings(settings)
@@ -265,7 +265,7 @@ def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data,
     settings = settings_for(home, *WORSE_ADMITTED, "trial.enabled=false")
     raw, features = data
     candidate = copy_of(worse[0], settings, SECOND)
-    gate(SECOND, raw, candidate, settings)
+    gate(SECOND, raw, [candidate], settings)
     registry = Registry.from_settings(settings)
     assert publish(registry, SECOND, settings, "looser gate").version == 2
 

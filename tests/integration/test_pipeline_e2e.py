@@ -14,12 +14,17 @@ from flows.pipeline import pipeline
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow.artifacts import FeatureSet
+from recflow.registry import Registry
+from recflow.vocabulary import RANKING
 from recflow_client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
 from serving.server import TritonServer
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
+
+# Champion (DLRM, the default) and challengers: trained in one run, judged on the same rows.
+CHALLENGERS = ("mf", "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +34,7 @@ def pipeline_run(tmp_path_factory, prefect_harness):
         "serving.grpc_port=0",
         "serving.http_port=0",
         "serving.metrics_port=0",
+        f"ranking.challengers=[{','.join(CHALLENGERS)}]",
     )
     # What the run draws on stderr (its progress bars): kept for the tests, and shown again.
     drawn = io.StringIO()
@@ -63,6 +69,29 @@ def test_planted_signal_is_learned_by_both_models(pipeline_run):
     assert result.version == 1
 
 
+def test_the_best_blessed_contender_is_published_and_every_judgement_recorded(pipeline_run):
+    settings, result, _ = pipeline_run
+    registry = Registry.from_settings(settings)
+    contest = registry.load(result.candidate).contest
+    assert contest.contenders == (result.run_id, *(f"{result.run_id}-{a}" for a in CHALLENGERS))
+    records = [registry.load(candidate) for candidate in contest.contenders]
+    assert [r.ranking_architecture for r in records] == ["dlrm", *CHALLENGERS]
+    # Each judged by the gate, all on the same held-out rows, each filed with the same contest.
+    assert all(r.contest == contest and r.decision.checks for r in records)
+    assert len({r.evaluation.rows for r in records}) == 1
+    assert len({r.evaluation.baseline_metrics["recommend.recall@10"] for r in records}) == 1
+    blessed = [r for r in records if r.decision.blessed]
+    best = max(blessed, key=lambda r: r.evaluation.metrics[contest.prefer])
+    assert contest.chosen == best.id == result.candidate
+    assert registry.state().serving == result.candidate
+    assert result.metrics == best.evaluation.metrics
+    # The models kept apart: each challenger its own directory next to the champion's.
+    assert {r.models["ranking"].name for r in records} == {
+        "ranking",
+        *(f"ranking-{a}" for a in CHALLENGERS),
+    }
+
+
 def test_trial_serving_drew_one_bar_over_its_model_loads(pipeline_run):
     _, _, drawn = pipeline_run
     # stderr is no terminal here: rich printed the bar once, in its final state.
@@ -83,7 +112,8 @@ def test_served_scores_equal_in_process_scores(pipeline_run, client):
 
     stage = ServingFeatures(FeatureSet.load(result.features))
     features = stage.transform(rows["user_id"].to_numpy(), rows["item_id"].to_numpy())
-    model = load_model(result.models / "ranking" / "model")
+    published = Registry.from_settings(settings).load(result.candidate)
+    model = load_model(published.models[RANKING] / "model")
     expected = predict_frame(model, features, stage.output_schema)
 
     served = client.infer(

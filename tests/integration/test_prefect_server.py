@@ -104,8 +104,8 @@ def test_run_tells_its_story_in_artifacts(first, scheduled_pipeline):
     assert {("features", "user_id"), ("features", "item_id")} <= columns
     assert "accepted" in found[Keys.ANOMALIES]["description"]
     rows = table(found[Keys.TRAINING_CURVES])
-    assert {row["model"] for row in rows} == {"ranking", "retrieval"}
-    for model in ("ranking", "retrieval"):
+    assert {row["model"] for row in rows} == {"ranking dlrm", "retrieval"}
+    for model in ("ranking dlrm", "retrieval"):
         curves = [row for row in rows if row["model"] == model]
         assert [row["epoch"] for row in curves] == list(range(1, len(curves) + 1))
         assert "loss" in curves[0]

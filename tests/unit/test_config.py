@@ -98,3 +98,16 @@ def test_config_show_names_where_each_value_came_from(tmp_path, monkeypatch):
     assert rows["gate.ranking.auc.min_change"] == ("null", "yaml")
     assert rows["gate.ranking.auc.min_value"][1] == "default"
     assert rows["data.variant"] == ('"synthetic"', "default")
+
+
+def test_challengers_train_with_the_champions_fields_and_differ_from_it():
+    settings = load_settings(overrides=["ranking.challengers=[mf, ncf]", "ranking.epochs=4"])
+    contenders = settings.ranking.contenders
+    assert [cfg.architecture for cfg in contenders] == ["dlrm", "mf", "ncf"]
+    assert all(cfg.epochs == 4 and cfg.challengers == () for cfg in contenders)
+    assert [cfg.architecture for cfg in load_settings().ranking.contenders] == ["dlrm"]
+    for twice in ("[mf, mf]", "[dlrm]"):
+        with pytest.raises(ValueError, match="must differ"):
+            load_settings(overrides=[f"ranking.challengers={twice}"])
+    with pytest.raises(ValueError, match="prefer"):
+        load_settings(overrides=["gate.prefer=auc"])

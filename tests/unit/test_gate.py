@@ -6,8 +6,8 @@ import pytest
 
 from flows.reporting import recommend_table
 from recflow.config import GateConfig, MetricBounds, Settings, load_settings
-from recflow.registry import Evaluation
-from release.gate import judge
+from recflow.registry import CandidateRecord, Evaluation
+from release.gate import GateFailed, choose, judge
 
 
 def evaluation(metrics, blessed=None, baseline=None) -> Evaluation:
@@ -186,3 +186,43 @@ def test_gate_settings_survive_a_json_round_trip(monkeypatch):
         "ranking.ndcg: not evaluated (the candidate has no ranking.ndcg metric)" in decision.notes
     )
     assert Settings(**settings.model_dump(mode="json")) == settings
+
+
+def test_the_best_blessed_contender_is_chosen_and_a_tie_goes_to_the_champion():
+    gate = GateConfig()
+    evaluations = [evaluation({"ranking.auc": auc}) for auc in (0.80, 0.95, 0.82, 0.82)]
+    decisions = [judge(e, only(auc=MetricBounds(max_value=0.9))) for e in evaluations]
+    # 0.95 is best but failed its bound: of the blessed, 0.82 twice, the earlier wins.
+    assert [d.blessed for d in decisions] == [True, False, True, True]
+    assert choose(evaluations, decisions, gate) == 2
+    assert choose(evaluations[:1], decisions[:1], gate) == 0
+    assert choose(evaluations[1:2], decisions[1:2], gate) is None
+
+
+def test_preferring_a_lower_is_better_metric_chooses_the_lowest():
+    gate = GateConfig(prefer="ranking.logloss")
+    assert not gate.higher_is_better("ranking.logloss") and gate.higher_is_better("ranking.auc")
+    evaluations = [evaluation({"ranking.logloss": value}) for value in (0.50, 0.40, 0.45)]
+    decisions = [judge(e, only()) for e in evaluations]
+    assert choose(evaluations, decisions, gate) == 1
+    # By the lists apps get: a metric with no bounds is a quality, higher is better.
+    by_lists = GateConfig(prefer="recommend.ndcg@10")
+    lists = [evaluation({"recommend.ndcg@10": value}) for value in (0.1, 0.3, 0.2)]
+    assert choose(lists, decisions, by_lists) == 1
+    with pytest.raises(ValueError, match="no recommend.ndcg@10"):
+        choose(evaluations, decisions, by_lists)
+
+
+def test_a_run_with_no_blessed_contender_names_each_ones_failures():
+    records = [
+        CandidateRecord.model_construct(
+            id=f"run-{name}",
+            decision=judge(evaluation({"ranking.auc": 0.5}), GateConfig()),
+        )
+        for name in ("dlrm", "mf")
+    ]
+    failure = str(GateFailed(*records))
+    assert failure.startswith("none of 2 contenders is BLESSED")
+    assert failure.count("ranking.auc = 0.5000 >= 0.6000 (absolute): FAIL") == 2
+    assert "candidate run-mf is NOT_BLESSED, nothing published" in failure
+    assert str(GateFailed(records[0])).startswith("candidate run-dlrm is NOT_BLESSED")

@@ -9,10 +9,10 @@ import numpy as np
 from matplotlib.image import imread
 
 from flows import pictures
-from flows.reporting import picture_markdown
+from flows.reporting import contest_table, picture_markdown
 from recflow.artifacts import ColumnStats, Profile, RankingModel
 from recflow.config import GateConfig
-from recflow.registry import Evaluation
+from recflow.registry import CandidateRecord, Contest, Evaluation, Lineage
 from release.gate import judge
 
 RED = np.array([0.839, 0.153, 0.157])  # matplotlib's tab:red, the colour of a failed check
@@ -92,3 +92,36 @@ def test_dashboard_embeds_the_png_itself(tmp_path: Path):
     markdown = picture_markdown("Evaluation gate", png)
     assert markdown.startswith("![Evaluation gate](data:image/png;base64,")
     assert base64.b64decode(markdown.split(",", 1)[1].rstrip(")")) == png.read_bytes()
+
+
+def test_contenders_side_by_side_with_the_chosen_one_starred(tmp_path: Path):
+    gate = GateConfig()
+    contest = Contest(contenders=("run", "run-mf"), prefer="ranking.auc", chosen="run-mf")
+    records = []
+    for name, auc, architecture in (("run", 0.70, "dlrm"), ("run-mf", 0.80, "mf")):
+        evaluation = Evaluation(
+            rows=1000,
+            metrics={"ranking.auc": auc, "ranking.logloss": 0.5},
+            baseline_metrics={"ranking.auc": 0.72},
+        )
+        records.append(
+            CandidateRecord.model_construct(
+                id=name,
+                evaluation=evaluation,
+                decision=judge(evaluation, gate),
+                contest=contest,
+                lineage=Lineage.model_construct(params={"ranking": {"architecture": architecture}}),
+            )
+        )
+    rows = contest_table(records)
+    assert rows[0] == {
+        "metric": "ranking.auc",
+        "dlrm": 0.7,
+        "mf *": 0.8,
+        "baseline": 0.72,
+        "blessed": None,
+    }
+    assert rows[-1] == {"metric": "gate", "dlrm": "NOT_BLESSED", "mf *": "BLESSED"}
+    png = pictures.contest(records, tmp_path / pictures.CONTEST)
+    # The champion lost to the baseline: its bar is red.
+    assert reds(png) > 100
