@@ -28,10 +28,8 @@ Not a test: nothing here runs in the suite.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -42,13 +40,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from recommend_bench import (  # noqa: E402
-    ARCHIVE,
-    FOLDS,
     Fold,
     K,
     base_only_mirror,
+    fold_arguments,
     labelled,
     read_fold,
+    run_folds,
     run_pipeline,
     served_numbers,
     uptime,
@@ -129,29 +127,26 @@ def fold_rows(archive: Path, name: str, work: Path, extra: list[str]) -> list[di
     return rows
 
 
+# (column, value of a row, format)
 METRICS = (
-    ("served ranking AUC", lambda r: r["served"]["ranking auc"]),
-    (f"recommend recall@{K}", lambda r: r["served"]["recommend"][f"recall@{K}"]),
-    (f"recommend ndcg@{K}", lambda r: r["served"]["recommend"][f"ndcg@{K}"]),
-    (f"retrieval recall@{K}", lambda r: r["served"]["retrieval"][f"recall@{K}"]),
-    ("gate AUC (validation in uN.base)", lambda r: r["validation auc"]),
-    ("train s", lambda r: r["train seconds"]),
+    ("served ranking AUC", lambda r: r["served"]["ranking auc"], ".4f"),
+    (f"recommend recall@{K}", lambda r: r["served"]["recommend"][f"recall@{K}"], ".4f"),
+    (f"recommend ndcg@{K}", lambda r: r["served"]["recommend"][f"ndcg@{K}"], ".4f"),
+    (f"retrieval recall@{K}", lambda r: r["served"]["retrieval"][f"recall@{K}"], ".4f"),
+    (f"retrieval ndcg@{K}", lambda r: r["served"]["retrieval"][f"ndcg@{K}"], ".4f"),
+    ("gate AUC (validation in uN.base)", lambda r: r["validation auc"], ".4f"),
+    ("ranker train s", lambda r: r["train seconds"], ".0f"),
 )
 
 
-def markdown(command: str, rows: list[dict], load: list[str]) -> str:
-    folds = sorted({row["fold"] for row in rows})
+def markdown(results: dict[str, list[dict]]) -> str:
+    rows = [row for fold in results.values() for row in fold]
+    folds = list(results)
     models: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         models.setdefault((row["ranking"], row["retrieval"]), []).append(row)
-    header = " | ".join(name for name, _ in METRICS)
+    header = " | ".join(name for name, _, _ in METRICS)
     lines = [
-        "```bash",
-        command,
-        "```",
-        "",
-        *(f"`uptime` {line}" for line in load),
-        "",
         f"Served on {', '.join(folds)} test, mean ± sample std over the folds:",
         "",
         f"| ranking | retrieval | {header} | gate blessed | chosen by the gate |",
@@ -159,10 +154,10 @@ def markdown(command: str, rows: list[dict], load: list[str]) -> str:
     ]
     for (ranking, retrieval), group in models.items():
         cells = []
-        for _, value in METRICS:
+        for _, value, form in METRICS:
             values = np.array([value(row) for row in group])
             std = values.std(ddof=1) if len(values) > 1 else float("nan")
-            cells.append(f"{values.mean():.4f} ± {std:.4f}")
+            cells.append(f"{values.mean():{form}} ± {std:{form}}")
         blessed = sum(row["gate"] == "BLESSED" for row in group)
         chosen = sum(row["chosen"] for row in group)
         lines.append(
@@ -199,26 +194,12 @@ def markdown(command: str, rows: list[dict], load: list[str]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="homes and mirrors per fold")
-    parser.add_argument("--movielens", type=Path, default=REPO.parent / "shared/data/movielens")
-    parser.add_argument("--folds", nargs="+", default=list(FOLDS), choices=FOLDS)
-    parser.add_argument("--out", type=Path, help="write the markdown report to this file")
-    parser.add_argument("--set", action="append", default=[], help="for every recflow run")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    command = shlex.join([".venv/bin/python", "benchmarks/architectures_bench.py", *sys.argv[1:]])
-    load = [f"before: {uptime()}"]
-    rows = [
-        row
-        for name in args.folds
-        for row in fold_rows(args.movielens / ARCHIVE, name, args.work, args.set)
-    ]
-    load.append(f"after: {uptime()}")
-    text = markdown(command, rows, load)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    args = fold_arguments(__doc__.splitlines()[0]).parse_args()
+
+    def per_fold(archive: Path, name: str) -> list[dict]:
+        return fold_rows(archive, name, args.work, args.set)
+
+    run_folds("architectures_bench.py", args, per_fold, markdown)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -426,17 +426,11 @@ def goals(means: dict[str, float]) -> list[tuple[str, bool]]:
     ]
 
 
-def markdown(command: str, results: dict[str, dict], load: Iterable[str]) -> str:
+def markdown(results: dict[str, dict]) -> str:
     folds = list(results)
     table = pd.DataFrame({fold: rows_of(result) for fold, result in results.items()})
     stats = summary(results)
     lines = [
-        "```bash",
-        command,
-        "```",
-        "",
-        *(f"`uptime` {line}" for line in load),
-        "",
         f"| metric ({', '.join(folds)} test) | " + " | ".join(folds) + " | mean | std |",
         "| --- |" + " ---: |" * (len(folds) + 2),
     ]
@@ -505,15 +499,37 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="one home and mirror per fold")
+def fold_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of a five-fold benchmark: where to work, the archive, folds, report, sets."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--work", type=Path, required=True, help="homes and mirrors per fold")
     parser.add_argument("--movielens", type=Path, default=REPO.parent / "shared/data/movielens")
     parser.add_argument("--folds", nargs="+", default=list(FOLDS), choices=FOLDS)
     parser.add_argument("--out", type=Path, help="write the markdown report to this file")
     parser.add_argument(
         "--set", action="append", default=[], help="section.field=value for every recflow run"
     )
+    return parser
+
+
+def run_folds(script: str, args: argparse.Namespace, per_fold, markdown) -> None:
+    """``per_fold(archive, name)`` for each fold, then the report printed and written to
+    ``--out``: the command that made it, the machine's load, then ``markdown(results)``."""
+    # force: importing Prefect (through release.gate) has configured the root logger already.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
+    command = shlex.join([".venv/bin/python", f"benchmarks/{script}", *sys.argv[1:]])
+    load = [f"before: {uptime()}"]
+    results = {name: per_fold(args.movielens / ARCHIVE, name) for name in args.folds}
+    load.append(f"after: {uptime()}")
+    header = ["```bash", command, "```", "", *(f"`uptime` {line}" for line in load), ""]
+    text = "\n".join([*header, markdown(results)])
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+def main() -> None:
+    parser = fold_arguments(__doc__.splitlines()[0])
     parser.add_argument(
         "--reuse",
         action="store_true",
@@ -521,19 +537,11 @@ def main() -> None:
         "published run evaluated again; folds can so run in separate invocations",
     )
     args = parser.parse_args()
-    # force: importing Prefect (through release.gate) has configured the root logger already.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    command = shlex.join([".venv/bin/python", "benchmarks/recommend_bench.py", *sys.argv[1:]])
-    load = [f"before: {uptime()}"]
-    results = {
-        name: fold_result(args.movielens / ARCHIVE, name, args.work, args.set, args.reuse)
-        for name in args.folds
-    }
-    load.append(f"after: {uptime()}")
-    text = markdown(command, results, load)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+
+    def per_fold(archive: Path, name: str) -> dict:
+        return fold_result(archive, name, args.work, args.set, args.reuse)
+
+    run_folds("recommend_bench.py", args, per_fold, markdown)
 
 
 if __name__ == "__main__":

@@ -80,26 +80,14 @@ def gate_comparison(evaluation: Evaluation, decision: GateDecision, path: Path) 
         if metric in evaluation.blessed_metrics:
             bars["blessed"] = evaluation.blessed_metrics[metric]
         shown = {name: value for name, value in bars.items() if value is not None}
-        axes.barh(
-            list(shown),
-            list(shown.values()),
-            color=["tab:blue", "tab:grey", "tab:purple"][: len(shown)],
-        )
-        axes.invert_yaxis()
+        colours = ["tab:blue", "tab:grey", "tab:purple"][: len(shown)]
+        _labelled_bars(axes, list(shown), list(shown.values()), colours)
         checks = [check for check in decision.checks if check.metric == metric]
         for check in checks:
             axes.axvline(check.bound, color=PASS if check.passed else FAIL, linestyle="--")
         axes.set_xlabel("dashed: the gate's bounds", fontsize="small")
         passed = all(check.passed for check in checks)
         axes.set_title(f"{metric}: {'pass' if passed else 'FAIL'}", color=PASS if passed else FAIL)
-        for name, value in shown.items():
-            axes.annotate(
-                f"{value:.4f}",
-                (value, name),
-                xytext=(3, 0),
-                textcoords="offset points",
-                va="center",
-            )
     for axes in panels[len(metrics) :]:
         axes.set_visible(False)
     return _save(figure, path)
@@ -121,12 +109,12 @@ def contest(records: Sequence[CandidateRecord], path: Path) -> Path | None:
     evaluation = records[0].evaluation
     panels = figure.subplots(rows, 2, squeeze=False).ravel()
     for axes, metric in zip(panels, metrics, strict=False):
-        names, values, colors = [], [], []
+        names, values, colours = [], [], []
         for record in records:
             checks = [c for c in record.decision.checks if c.metric == metric]
             names.append(record.ranking_architecture)
             values.append(record.evaluation.metrics[metric])
-            colors.append(PASS if all(c.passed for c in checks) else FAIL)
+            colours.append(PASS if all(c.passed for c in checks) else FAIL)
         for name, value, color in (
             ("baseline", evaluation.baseline_metrics.get(metric), "tab:grey"),
             ("blessed", evaluation.blessed_metrics.get(metric), "tab:purple"),
@@ -134,18 +122,9 @@ def contest(records: Sequence[CandidateRecord], path: Path) -> Path | None:
             if value is not None:
                 names.append(name)
                 values.append(value)
-                colors.append(color)
-        axes.barh(names, values, color=colors)
-        axes.invert_yaxis()
+                colours.append(color)
+        _labelled_bars(axes, names, values, colours)
         axes.set_title(metric)
-        for name, value in zip(names, values, strict=True):
-            axes.annotate(
-                f"{value:.4f}",
-                (value, name),
-                xytext=(3, 0),
-                textcoords="offset points",
-                va="center",
-            )
     for axes in panels[len(metrics) :]:
         axes.set_visible(False)
     return _save(figure, path)
@@ -193,6 +172,16 @@ def _quantiles(axes: Axes, quantiles: list[float]) -> None:
     probabilities = [i / (len(quantiles) - 1) for i in range(len(quantiles))]
     axes.plot(quantiles, probabilities, color="tab:blue")
     axes.set(ylabel="fraction of rows ≤ value", ylim=(0, 1))
+
+
+def _labelled_bars(axes: Axes, names: list[str], values: list[float], colours: list[str]) -> None:
+    """Horizontal bars, top to bottom in the given order, each with its value at its end."""
+    axes.barh(names, values, color=colours)
+    axes.invert_yaxis()
+    for name, value in zip(names, values, strict=True):
+        axes.annotate(
+            f"{value:.4f}", (value, name), xytext=(3, 0), textcoords="offset points", va="center"
+        )
 
 
 def _save(figure: Figure, path: Path) -> Path:
