@@ -20,6 +20,9 @@ Per fold ``uN``, with ``benchmarks/recommend_bench.py``'s protocol and helpers:
    over gRPC (``recommend_bench.served_numbers``): ranking AUC of every test pair (rated >= 4
    vs < 4), ``recommend`` and ``retrieval`` top 10, each user's ``uN.base`` items excluded.
    Nothing is chosen on ``uN.test``: the table only reports it.
+5. **Baselines on the same rows, in the same invocation** (``recommend_bench.baselines``): the
+   per-item mean (AUC), most popular unseen and the ``implicit`` MF baseline chosen on a split
+   of ``uN.base`` (``uv sync --frozen --group bench --inexact`` installs ``implicit``).
 
 The report: one table, each architecture's mean and sample std over the folds, with the gate's
 validation AUC (inside ``uN.base``), the training time and the gate's verdicts, then the folds.
@@ -43,6 +46,7 @@ from recommend_bench import (  # noqa: E402
     Fold,
     K,
     base_only_mirror,
+    baselines,
     fold_arguments,
     labelled,
     read_fold,
@@ -104,27 +108,30 @@ def contender_rows(run: str, home: Path, fold: Fold, overrides: list[str]) -> li
     return rows
 
 
-def fold_rows(archive: Path, name: str, work: Path, extra: list[str]) -> list[dict]:
-    """Both runs of fold ``name`` and every contender's served numbers, kept as JSON (a second
-    invocation reports them again without running anything)."""
-    saved = work / name / "rows.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
+def fold_rows(archive: Path, name: str, work: Path, extra: list[str]) -> dict:
+    """Both runs of fold ``name``, every contender's served numbers and the baselines on the
+    same test rows, kept as JSON (a second invocation reports them without running again)."""
     fold = read_fold(archive, name)
-    mirror = base_only_mirror(archive, fold, work / name / "mirror")
-    rows = []
-    for run, overrides in RUNS:
-        home, load = work / name / run, uptime()
-        if not (home / "pipeline_seconds").is_file():
-            log.info("%s %s: recflow run on %d base rows, home %s", name, run, len(fold.base), home)
-            # A run none of whose contenders the gate blessed published nothing, but registered
-            # them all: they are served here all the same.
-            seconds = run_pipeline(home, mirror, [*overrides, *extra], (0, EXIT_NOT_BLESSED))
-            (home / "pipeline_seconds").write_text(f"{seconds:.1f}")
-        for row in contender_rows(run, home, fold, [*overrides, *extra]):
-            rows.append(row | {"fold": name, "uptime": [load, uptime()]})
-    saved.write_text(json.dumps(rows, indent=1))
-    return rows
+    saved, kept = work / name / "rows.json", work / name / "baselines.json"
+    if not saved.is_file():
+        mirror = base_only_mirror(archive, fold, work / name / "mirror")
+        rows = []
+        for run, overrides in RUNS:
+            home, load = work / name / run, uptime()
+            if not (home / "pipeline_seconds").is_file():
+                log.info("%s %s: recflow run on %d rows, home %s", name, run, len(fold.base), home)
+                # A run none of whose contenders the gate blessed published nothing, but
+                # registered them all: they are served here all the same.
+                seconds = run_pipeline(home, mirror, [*overrides, *extra], (0, EXIT_NOT_BLESSED))
+                (home / "pipeline_seconds").write_text(f"{seconds:.1f}")
+            for row in contender_rows(run, home, fold, [*overrides, *extra]):
+                rows.append(row | {"fold": name, "uptime": [load, uptime()]})
+        saved.write_text(json.dumps(rows, indent=1))
+    if not kept.is_file():
+        threshold = load_settings().features.rating_threshold
+        split = HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold))
+        kept.write_text(json.dumps(baselines(fold, split, retrieval_task(split, fold.items))))
+    return {"rows": json.loads(saved.read_text()), "baselines": json.loads(kept.read_text())}
 
 
 # (column, value of a row, format)
@@ -139,8 +146,24 @@ METRICS = (
 )
 
 
-def markdown(results: dict[str, list[dict]]) -> str:
-    rows = [row for fold in results.values() for row in fold]
+# Baseline rows of the table: (label, its served-AUC-column value, its lists' metrics).
+BASELINES = (
+    ("per-item mean", lambda b: b["per-item mean auc"], lambda b: None),
+    ("most popular unseen", lambda b: None, lambda b: b["most popular"]),
+    ("MF (implicit, chosen on a split of uN.base)", lambda b: None, lambda b: b["mf"]),
+)
+
+
+def _cell(values: list[float | None], form: str) -> str:
+    if any(value is None for value in values):
+        return ""
+    values = np.array(values)
+    std = values.std(ddof=1) if len(values) > 1 else float("nan")
+    return f"{values.mean():{form}} ± {std:{form}}"
+
+
+def markdown(results: dict[str, dict]) -> str:
+    rows = [row for fold in results.values() for row in fold["rows"]]
     folds = list(results)
     models: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
@@ -153,23 +176,25 @@ def markdown(results: dict[str, list[dict]]) -> str:
         "| --- | --- |" + " ---: |" * len(METRICS) + " ---: | ---: |",
     ]
     for (ranking, retrieval), group in models.items():
-        cells = []
-        for _, value, form in METRICS:
-            values = np.array([value(row) for row in group])
-            std = values.std(ddof=1) if len(values) > 1 else float("nan")
-            cells.append(f"{values.mean():{form}} ± {std:{form}}")
+        cells = [_cell([value(row) for row in group], form) for _, value, form in METRICS]
         blessed = sum(row["gate"] == "BLESSED" for row in group)
         chosen = sum(row["chosen"] for row in group)
         lines.append(
             f"| {ranking} | {retrieval} | {' | '.join(cells)} | {blessed}/{len(group)} | "
             f"{chosen}/{len(group)} |"
         )
+    for label, auc, lists in BASELINES:
+        found = [fold["baselines"] for fold in results.values()]
+        metrics = [lists(b) for b in found]
+        cells = [_cell([auc(b) for b in found], ".4f")]
+        for name in (f"recall@{K}", f"ndcg@{K}"):
+            cells.append(_cell([m and m[name] for m in metrics], ".4f"))
+        lines.append(f"| {label} (baseline) | | {' | '.join(cells)} |" + " |" * 6)
     lines += [
         "",
         "Chosen by the gate: of the five rankers of a fold, the best blessed by `gate.prefer`",
-        "(validation AUC); the MF retrieval run had one contender.",
-    ]
-    lines += [
+        "(validation AUC); the MF retrieval run had one contender. A baseline's lists are in the",
+        "recommend columns.",
         "",
         "Per fold (served ranking AUC / recommend recall@10):",
         "",
@@ -196,7 +221,7 @@ def markdown(results: dict[str, list[dict]]) -> str:
 def main() -> None:
     args = fold_arguments(__doc__.splitlines()[0]).parse_args()
 
-    def per_fold(archive: Path, name: str) -> list[dict]:
+    def per_fold(archive: Path, name: str) -> dict:
         return fold_rows(archive, name, args.work, args.set)
 
     run_folds("architectures_bench.py", args, per_fold, markdown)

@@ -359,20 +359,27 @@ def evaluate_fold(fold: Fold, settings: Settings) -> dict:
     task = retrieval_task(split, fold.items)
     record, version = published(settings)
     out = served_numbers(settings, settings.paths.triton_repo, record, version, split, task)
+    return out | baselines(fold, split, task)
+
+
+def baselines(fold: Fold, split: HeldOut, task: RetrievalTask) -> dict:
+    """The baselines on the fold's test rows: per-item mean (AUC), most popular unseen and the
+    MF baseline chosen on a split of ``uN.base`` (top-k)."""
     labels = split.valid[LABEL].to_numpy()
-    out["per-item mean auc"] = roc_auc(
-        labels, item_mean_scores(split.train, split.valid, ITEM_ID, LABEL)
-    )
     positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
     popular = popularity_scores(positives, task.candidates)
-    out["most popular"] = evaluate_retrieval(
-        task, lambda rows: np.tile(popular, (len(task.users[rows]), 1)), KS
-    )
     mf = mf_baseline(fold, split, task)
-    out["mf"] = mf["metrics"]
-    out["mf choice"] = mf["point"]
-    out["mf validation"] = mf["validation"]
-    return out
+    return {
+        "per-item mean auc": roc_auc(
+            labels, item_mean_scores(split.train, split.valid, ITEM_ID, LABEL)
+        ),
+        "most popular": evaluate_retrieval(
+            task, lambda rows: np.tile(popular, (len(task.users[rows]), 1)), KS
+        ),
+        "mf": mf["metrics"],
+        "mf choice": mf["point"],
+        "mf validation": mf["validation"],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
