@@ -14,6 +14,7 @@ from flows.pipeline import pipeline
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow.artifacts import FeatureSet
+from recflow.config import RankingConfig
 from recflow.registry import Registry
 from recflow.vocabulary import RANKING
 from recflow_client import RecflowClient, TritonRequestError
@@ -23,8 +24,10 @@ from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 
-# Champion (DLRM, the default) and challengers: trained in one run, judged on the same rows.
-CHALLENGERS = ("mf", "mlp")
+# Champion (the default architecture) and two challengers: trained in one run, judged on the
+# same rows.
+CHAMPION = RankingConfig().architecture
+CHALLENGERS = tuple(name for name in ("mf", "mlp", "dlrm") if name != CHAMPION)[:2]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_the_best_blessed_contender_is_published_and_every_judgement_recorded(pi
     contest = registry.load(result.candidate).contest
     assert contest.contenders == (result.run_id, *(f"{result.run_id}-{a}" for a in CHALLENGERS))
     records = [registry.load(candidate) for candidate in contest.contenders]
-    assert [r.ranking_architecture for r in records] == ["dlrm", *CHALLENGERS]
+    assert [r.ranking_architecture for r in records] == [CHAMPION, *CHALLENGERS]
     # Each judged by the gate, all on the same held-out rows, each filed with the same contest.
     assert all(r.contest == contest and r.decision.checks for r in records)
     assert len({r.evaluation.rows for r in records}) == 1

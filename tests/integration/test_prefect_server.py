@@ -15,6 +15,7 @@ from uuid import UUID
 import pytest
 
 from flows.reporting import PICTURES, Keys
+from recflow.config import RankingConfig
 
 if TYPE_CHECKING:
     # Only for types: tests/conftest.py imports it as a plugin, so pytest rewrites its asserts.
@@ -104,8 +105,9 @@ def test_run_tells_its_story_in_artifacts(first, scheduled_pipeline):
     assert {("features", "user_id"), ("features", "item_id")} <= columns
     assert "accepted" in found[Keys.ANOMALIES]["description"]
     rows = table(found[Keys.TRAINING_CURVES])
-    assert {row["model"] for row in rows} == {"ranking dlrm", "retrieval"}
-    for model in ("ranking dlrm", "retrieval"):
+    ranker = f"ranking {RankingConfig().architecture}"
+    assert {row["model"] for row in rows} == {ranker, "retrieval"}
+    for model in (ranker, "retrieval"):
         curves = [row for row in rows if row["model"] == model]
         assert [row["epoch"] for row in curves] == list(range(1, len(curves) + 1))
         assert "loss" in curves[0]

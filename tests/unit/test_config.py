@@ -101,13 +101,15 @@ def test_config_show_names_where_each_value_came_from(tmp_path, monkeypatch):
 
 
 def test_challengers_train_with_the_champions_fields_and_differ_from_it():
-    settings = load_settings(overrides=["ranking.challengers=[mf, ncf]", "ranking.epochs=4"])
+    champion = ["ranking.architecture=dlrm", "ranking.epochs=4"]
+    settings = load_settings(overrides=[*champion, "ranking.challengers=[mf, ncf]"])
     contenders = settings.ranking.contenders
     assert [cfg.architecture for cfg in contenders] == ["dlrm", "mf", "ncf"]
     assert all(cfg.epochs == 4 and cfg.challengers == () for cfg in contenders)
-    assert [cfg.architecture for cfg in load_settings().ranking.contenders] == ["dlrm"]
+    default = load_settings().ranking
+    assert [cfg.architecture for cfg in default.contenders] == [default.architecture]
     for twice in ("[mf, mf]", "[dlrm]"):
         with pytest.raises(ValueError, match="must differ"):
-            load_settings(overrides=[f"ranking.challengers={twice}"])
+            load_settings(overrides=[*champion, f"ranking.challengers={twice}"])
     with pytest.raises(ValueError, match="prefer"):
         load_settings(overrides=["gate.prefer=auc"])
