@@ -15,7 +15,6 @@ import pytest
 from merlin.schema import ColumnSchema, Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 from prefect import task
-from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 import flows.stages
@@ -46,7 +45,7 @@ from tasks.data_checks import DataValidationError
 from tasks.features import fingerprint
 from tasks.transfer import TransferFailed
 from tasks.validate import REPORT
-from tests.support.prefect_server import PrefectServer
+from tests.support.prefect_server import latest_artifact
 
 
 def saved_model(
@@ -204,11 +203,6 @@ class FakeStages:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return load_settings(overrides=[f"paths.home={tmp_path}", "trial.enabled=false"])
-
-
-def latest_artifact(key: str) -> dict:
-    api_url = PREFECT_API_URL.value()
-    return PrefectServer(api_url.removesuffix("/api"), Path(), Path()).latest_artifact(key)
 
 
 def test_gate_failure_fails_the_run_with_the_reason_and_publishes_nothing(

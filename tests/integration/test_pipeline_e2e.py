@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import sys
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from flows.pipeline import pipeline
+from flows.reporting import Keys
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow.artifacts import FeatureSet
@@ -20,6 +22,7 @@ from recflow.vocabulary import RANKING
 from recflow_client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
 from serving.server import TritonServer
+from tests.support.prefect_server import latest_artifact
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
@@ -93,6 +96,19 @@ def test_the_best_blessed_contender_is_published_and_every_judgement_recorded(pi
         "ranking",
         *(f"ranking-{a}" for a in CHALLENGERS),
     }
+
+
+def test_the_dashboard_shows_the_contenders_side_by_side(pipeline_run):
+    settings, result, _ = pipeline_run
+    chosen = Registry.from_settings(settings).load(result.candidate).ranking_architecture
+    artifact = latest_artifact(Keys.CONTEST)
+    assert result.candidate in artifact["description"]
+    rows = json.loads(artifact["data"])  # table artifacts hold their rows as JSON
+    columns = {name.removesuffix(" *") for name in rows[0]} - {"metric", "baseline", "blessed"}
+    assert columns == {CHAMPION, *CHALLENGERS}
+    assert f"{chosen} *" in rows[0]  # the one published, starred
+    assert rows[-1]["metric"] == "gate" and rows[-1][f"{chosen} *"] == "BLESSED"
+    assert (settings.paths.runs_dir / result.run_id / "contest.png").is_file()
 
 
 def test_trial_serving_drew_one_bar_over_its_model_loads(pipeline_run):

@@ -25,6 +25,7 @@ from uuid import UUID
 
 import httpx
 import pytest
+from prefect.settings import PREFECT_API_URL
 
 from serving.server import find_free_port
 from tests.support.settings import SMALL_DATA
@@ -133,6 +134,13 @@ class PrefectServer:
     def task_runs(self, *flow_runs: UUID) -> list[dict[str, Any]]:
         body = {"task_runs": {"flow_run_id": {"any_": [str(run) for run in flow_runs]}}}
         return self.api("POST", "/task_runs/filter", json=body)
+
+
+def latest_artifact(key: str) -> dict[str, Any]:
+    """The newest artifact under ``key`` on the API server this process reports to (the test
+    harness's: ``PREFECT_API_URL``)."""
+    api_url = PREFECT_API_URL.value()
+    return PrefectServer(api_url.removesuffix("/api"), Path(), Path()).latest_artifact(key)
 
 
 @dataclass(frozen=True)
