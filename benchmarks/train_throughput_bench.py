@@ -150,8 +150,10 @@ def synthetic_run(args) -> dict:
 
     rows = parse_size(args.synthetic_rows)
     raw = dataset(rows, args.home / "synthetic")
+    # features_bench samples the cluster's spill directory for its peaks: give it one.
+    compute = ComputeConfig(device="cpu", spill_dir=args.home / "synthetic" / "spill")
     features = run_features(
-        raw, FeaturesConfig(), ComputeConfig(), args.home / "synthetic" / f"features-{rows}"
+        raw, FeaturesConfig(), compute, args.home / "synthetic" / f"features-{rows}"
     ).features
     cfg = RankingConfig(**parse_config(args.synthetic_set))
     load_before, started = os.getloadavg()[0], time.perf_counter()
