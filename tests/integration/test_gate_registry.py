@@ -3,7 +3,7 @@
 One module-scoped story on small synthetic data, two trainings and three server starts:
 
 1. a good model, first of its kind: blessed on absolute bounds, trial-served, published (v1);
-2. a deliberately worse model (one epoch, 2-dim embeddings): NOT_BLESSED by the change bound
+2. a deliberately worse model (a DLRM of one epoch, 2-dim embeddings): NOT_BLESSED by the change bound
    against the re-scored blessed model, nothing published; the same models with recommend
    ordered by that ranker alone: NOT_BLESSED because the lists lose to most popular, even with
    the ranking bounds switched off;
@@ -51,7 +51,12 @@ SERVING = [
     # The machine running the suite may be shared; start-up must not time out for that.
     "serving.startup_timeout_s=900",
 ]
-WORSE_MODEL = ["ranking.epochs=1", "ranking.embedding_dim=2", "ranking.bottom_mlp=[8,2]"]
+WORSE_MODEL = [
+    "ranking.architecture=dlrm",
+    "ranking.epochs=1",
+    "ranking.embedding_dim=2",
+    "ranking.bottom_mlp=[8,2]",
+]
 # A gate an operator loosened: no comparison with the blessed model or the baseline.
 LOOSE_GATE = [
     "gate.ranking.auc.min_change=null",
