@@ -3,10 +3,10 @@
 One module-scoped story on small synthetic data, two trainings and three server starts:
 
 1. a good model, first of its kind: blessed on absolute bounds, trial-served, published (v1);
-2. a deliberately worse model (a DLRM of one epoch, 2-dim embeddings): NOT_BLESSED by the change bound
-   against the re-scored blessed model, nothing published; the same models with recommend
-   ordered by that ranker alone: NOT_BLESSED because the lists lose to most popular, even with
-   the ranking bounds switched off;
+2. a deliberately worse model (a DLRM of one epoch, 2-dim embeddings): NOT_BLESSED by the
+   change bound against the re-scored blessed model, nothing published; the same models with
+   recommend ordered by that ranker alone: NOT_BLESSED because the lists lose to most popular,
+   even with the ranking bounds switched off;
 3. a blessed candidate whose model file is corrupted before trial serving: blocked;
 4. a blessed candidate published as v2, then `recflow models rollback`: the first model is
    served again as v3, and a real Triton answers with its scores.
