@@ -115,12 +115,21 @@ def trial_section(base: BaseModel, values: dict[str, Any]) -> BaseModel:
     return type(base).model_validate(merged)
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, told the last point of its grid, stops the study
+    (``Study.stop``), which raises outside ``Study.optimize``: the flow asks and tells, and
+    counts the grid's trials itself (``grid_size``)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
 def sampler(cfg: TuningConfig, offset: int) -> optuna.samplers.BaseSampler:
     """Seeded by ``seed`` plus the study's trials so far: a resumed search does not draw the
     random points of its start again."""
     seed = cfg.seed + offset
     if cfg.sampler == "grid":
-        return optuna.samplers.GridSampler(grid(cfg), seed=seed)
+        return _AskTellGridSampler(grid(cfg), seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=cfg.startup_trials, seed=seed)
 
 

@@ -16,6 +16,7 @@ from flows.study import (
     grid_size,
     point,
     requeue_interrupted,
+    sampler,
     trial_section,
 )
 from recflow.config import RankingConfig, TuningConfig, load_settings, section_field
@@ -69,6 +70,17 @@ def test_the_grid_sampler_takes_value_lists_only():
     assert grid_size(tuning("{embedding_dim: [8, 16, 32], top_mlp: [[8], [16, 8]]}")) == 6
     with pytest.raises(ValidationError, match="grid takes value lists, dropout is a range"):
         tuning("{dropout: {low: 0.0, high: 0.5}}", "tuning.sampler=grid")
+
+
+def test_a_grid_is_asked_and_told_to_its_last_point():
+    """The flow asks and tells (flows/tune.py): Optuna's own grid sampler stops the study when
+    told its last point, which raises outside Study.optimize, failing the search."""
+    cfg = tuning("{embedding_dim: [8, 16, 32]}", "tuning.sampler=grid")
+    study = optuna.create_study(direction="maximize", sampler=sampler(cfg, 0))
+    for _ in range(grid_size(cfg)):
+        trial = study.ask(distributions(cfg))
+        study.tell(trial, float(trial.params["embedding_dim"]))
+    assert sorted(t.params["embedding_dim"] for t in study.trials) == [8, 16, 32]
 
 
 def test_the_defaults_are_a_valid_space_of_both_models():
