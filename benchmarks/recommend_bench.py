@@ -152,30 +152,86 @@ def run_pipeline(
     """``recflow run`` on ``mirror`` into ``home``; its seconds. Output: ``home/run.log``.
     An exit code outside ``accepted`` raises."""
     recflow = Path(sys.executable).parent / "recflow"
-    sets = [arg for pair in overrides for arg in ("--set", pair)]
-    command = [
-        str(recflow),
-        "--home",
-        str(home),
-        "--set",
-        "data.variant=ml-100k",
-        "--set",
-        f"data.mirror={mirror}",
-        *sets,
-        "run",
-    ]
+    sets = [arg for pair in fold_settings(home, mirror, overrides) for arg in ("--set", pair)]
+    return in_fold_home([str(recflow), *sets, "run"], home, "run.log", accepted)
+
+
+def fold_settings(home: Path, mirror: Path, overrides: list[str]) -> list[str]:
+    """The ``--set`` pairs of every recflow process of a fold."""
+    return [f"paths.home={home}", "data.variant=ml-100k", f"data.mirror={mirror}", *overrides]
+
+
+def in_fold_home(
+    command: list[str], home: Path, log_name: str, accepted: tuple[int, ...] = (0,)
+) -> float:
+    """Run ``command`` from the repository with a Prefect of the fold's own; its seconds.
+    Output: ``home/<log_name>``. An exit code outside ``accepted`` raises."""
     # A temporary Prefect server of its own, recording into the fold's home: never another
     # user's server or database.
     env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(home / "prefect")
     home.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with (home / "run.log").open("wb") as out:
+    with (home / log_name).open("wb") as out:
         code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     if code not in accepted:
-        tail = (home / "run.log").read_text(errors="replace").splitlines()[-30:]
+        tail = (home / log_name).read_text(errors="replace").splitlines()[-30:]
         raise RuntimeError(f"{shlex.join(command)} exited with {code}:\n" + "\n".join(tail))
     return time.monotonic() - started
+
+
+# The ranker's search when --tune is given: the fields every architecture shares
+# (RankingConfig), around the defaults; TPE over the validation split inside uN.base.
+RANKER_SPACE = (
+    "{embedding_dim: [16, 32, 64], top_mlp: [[64, 32], [128, 64], [256, 128]],"
+    " dropout: {low: 0.0, high: 0.5}, embeddings_l2: {low: 1.0e-5, high: 1.0e-3, log: true},"
+    " learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}, batch_size: [256, 512, 1024]}"
+)
+# With TPE the configured values are the first trial, so the best is at least as good on
+# validation. Not with the grid sampler: it would not count an enqueued point as visited, and
+# run it again in place of another grid point.
+TUNE = """
+import json, sys
+from pathlib import Path
+from flows.study import load_study
+from flows.tune import tune
+from recflow.config import load_settings
+
+settings = load_settings(overrides=sys.argv[2:])
+configured = settings.ranking.model_dump(mode="json")
+# Optuna's choices are primitives: the study keeps a list-valued one as its JSON.
+encoded = lambda v: json.dumps(v) if isinstance(v, list) else v
+if settings.tuning.sampler == "tpe":
+    load_study(settings).enqueue_trial({n: encoded(configured[n]) for n in settings.tuning.space})
+Path(sys.argv[1]).write_text(tune(settings).model_dump_json())
+"""
+
+
+@dataclass(frozen=True)
+class RankerSearch:
+    """``--tune``: the recflow-tune study run on each fold before its pipeline run."""
+
+    trials: int
+    space: str = RANKER_SPACE  # a YAML mapping, as tuning.space takes it
+    sampler: str = "tpe"
+
+
+def tuned_ranker(home: Path, mirror: Path, overrides: list[str], search: RankerSearch) -> list[str]:
+    """The ``recflow-tune`` flow's search of the ranker on the fold's own validation split
+    (``uN.base`` only: the features it builds are the ones ``recflow run`` then reuses); the
+    best trial's values as ``ranking.<field>=<value>`` overrides. Log: ``home/tune.log``,
+    result: ``home/tuning.json``."""
+    tuning = [
+        "tuning.study=bench",
+        f"tuning.n_trials={search.trials}",
+        f"tuning.space={search.space}",
+        f"tuning.sampler={search.sampler}",
+    ]
+    result = home / "tuning.json"
+    command = [sys.executable, "-c", TUNE, str(result)]
+    in_fold_home([*command, *fold_settings(home, mirror, [*overrides, *tuning])], home, "tune.log")
+    best = json.loads(result.read_text())["best"]
+    return [f"ranking.{name}={json.dumps(value)}" for name, value in sorted(best["params"].items())]
 
 
 def labelled(rows: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -471,16 +527,32 @@ def markdown(results: dict[str, dict]) -> str:
     return "\n".join([*lines, ""])
 
 
-def fold_result(archive: Path, name: str, work: Path, overrides: list[str], reuse: bool) -> dict:
-    """Run and evaluate one fold in ``work/<name>``, keeping its result there as JSON."""
+def fold_result(
+    archive: Path,
+    name: str,
+    work: Path,
+    overrides: list[str],
+    reuse: bool,
+    search: RankerSearch | None = None,
+) -> dict:
+    """Run and evaluate one fold in ``work/<name>``, keeping its result there as JSON. With
+    ``search``, the ranker is searched first on the fold's validation split and the run
+    trains the best trial's values."""
     home, saved = work / name / "home", work / name / "result.json"
     if reuse and saved.is_file():
         return json.loads(saved.read_text())
     fold = read_fold(archive, name)
-    timing = home / "pipeline_seconds"
+    timing, tuned = home / "pipeline_seconds", home / "tuned.json"
     started = uptime()
-    if not (reuse and timing.is_file()):
-        mirror = base_only_mirror(archive, fold, work / name / "mirror")
+    ran = reuse and timing.is_file()
+    mirror = base_only_mirror(archive, fold, work / name / "mirror")
+    if search and not ran:
+        log.info("%s: tuning the ranker (%s), home %s", name, search, home)
+        tuned.parent.mkdir(parents=True, exist_ok=True)
+        tuned.write_text(json.dumps(tuned_ranker(home, mirror, overrides, search)))
+    tuned_values = json.loads(tuned.read_text()) if search else []
+    overrides = [*overrides, *tuned_values]
+    if not ran:
         log.info("%s: recflow run on %d base rows, home %s", name, len(fold.base), home)
         timing.parent.mkdir(parents=True, exist_ok=True)
         timing.write_text(f"{run_pipeline(home, mirror, overrides):.1f}")
@@ -496,6 +568,7 @@ def fold_result(archive: Path, name: str, work: Path, overrides: list[str], reus
     result = evaluate_fold(fold, settings) | {
         "pipeline seconds": float(timing.read_text()),
         "uptime": [started, uptime()],
+        **({"tuned": tuned_values} if search else {}),
     }
     saved.write_text(json.dumps(result, indent=1))
     log.info("%s: %s", name, rows_of(result))
@@ -543,10 +616,21 @@ def main() -> None:
         help="report a fold from what an earlier invocation left in --work: its result, or its "
         "published run evaluated again; folds can so run in separate invocations",
     )
+    parser.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="search the ranker first (recflow-tune, this many trials, on the fold's own "
+        "validation split) and run with the best trial's values",
+    )
+    parser.add_argument("--tune-space", default=RANKER_SPACE, help="tuning.space, in YAML")
+    parser.add_argument("--tune-sampler", default="tpe", choices=["tpe", "grid"])
     args = parser.parse_args()
 
     def per_fold(archive: Path, name: str) -> dict:
-        return fold_result(archive, name, args.work, args.set, args.reuse)
+        search = args.tune and RankerSearch(args.tune, args.tune_space, args.tune_sampler)
+        return fold_result(archive, name, args.work, args.set, args.reuse, search or None)
 
     run_folds("recommend_bench.py", args, per_fold, markdown)
 

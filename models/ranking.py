@@ -3,6 +3,7 @@ with early stopping, next to a per-item baseline."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from models.training import (
 from recflow.artifacts import RankingModel
 from recflow.atomic import atomic_dir
 from recflow.config import RankingConfig
+from recflow.vocabulary import RATING
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ def train_ranker(
     seed_everything(cfg.seed)
     schema = model_schema(read_schema(train_dir), cfg.architecture)
     train = read_split(train_dir, schema, schema.column_names)
+    if cfg.label_grading:
+        train = with_graded_labels(train, train_dir, cfg.label_grading)
     valid = read_split(valid_dir, schema, schema.column_names)
     model = RANKING_ARCHITECTURES[cfg.architecture](schema, cfg)
     # Build on features alone: the SavedModel keeps the first call's signature, and export
@@ -100,6 +104,30 @@ def train_ranker(
         )
         ranking.save_manifest(staging)
     return ranking
+
+
+def graded_labels(rating: np.ndarray, liked: np.ndarray, grading: float) -> np.ndarray:
+    """Training labels that keep how much a pair was liked: within the liked ratings, from
+    ``1 - grading`` (the lowest) to 1 (the highest); within the others, from 0 (the lowest) to
+    ``grading`` (the highest). The binary order is kept, a 5 ranks above a 4 and a 3 above a 1.
+    A class holding one value (0/1 labels, implicit feedback) keeps its binary label."""
+    labels = np.zeros(len(rating), np.float32)
+    for cls, default in ((liked == 1, 1.0), (liked != 1, 0.0)):
+        values = rating[cls].astype(np.float64)
+        span = np.ptp(values) if len(values) else 0.0
+        position = (values - values.min()) / span if span > 0 else np.full(len(values), default)
+        labels[cls] = 1 - grading * (1 - position) if default else grading * position
+    return labels
+
+
+def with_graded_labels(train: SplitTensors, train_dir: Path, grading: float) -> SplitTensors:
+    """The training split with ``graded_labels`` as its target (validation keeps the binary one,
+    which the gate, the tuning and early stopping judge). The split holds the raw rating:
+    settings refuse grading without ``features.rating_target``."""
+    frame = read_columns(train_dir, [RATING, train.target])
+    labels = graded_labels(frame[RATING].to_numpy(), frame[train.target].to_numpy(), grading)
+    columns = {**train.columns, train.target: tf.constant(labels)}
+    return dataclasses.replace(train, columns=columns)
 
 
 # Rows per forward pass when scoring a split: inference holds no gradients, so it can be wide.

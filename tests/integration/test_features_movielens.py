@@ -107,7 +107,9 @@ def test_schema_tags_cardinalities_and_list_columns(built, raw):
         Tags.USER_ID: ["user_id"],
         Tags.ITEM_ID: ["item_id"],
         Tags.BINARY_CLASSIFICATION: ["rating_binary"],
-        Tags.TARGET: ["rating_binary"],
+        # The raw rating, which the ranker grades its labels by (features.rating_target).
+        Tags.REGRESSION: ["rating"],
+        Tags.TARGET: ["rating_binary", "rating"],
     }.items():
         assert schema.select_by_tag(tag).column_names == names, tag
     assert {"gender", "age_bucket", "occupation", "zip_prefix"} <= set(

@@ -89,8 +89,10 @@ def test_the_schema_carries_the_tags_merlin_models_builds_from(built):
     assert set(merlin_schema.select_by_tag(Tags.ITEM).column_names) == {
         "item_id", "year_bucket", "genres", "item_count",
     }  # fmt: skip
-    binary = merlin_schema.select_by_tag([Tags.TARGET, Tags.BINARY_CLASSIFICATION])
-    assert binary.column_names == ["rating_binary"]
+    # The label the gate judges, and the raw rating the ranker grades it by (docs/features.md).
+    assert merlin_schema.select_by_tag(Tags.BINARY_CLASSIFICATION).column_names == ["rating_binary"]
+    assert merlin_schema.select_by_tag(Tags.REGRESSION).column_names == ["rating"]
+    assert set(merlin_schema.select_by_tag(Tags.TARGET).column_names) == {"rating_binary", "rating"}
     assert merlin_schema["genres"].is_list and not merlin_schema["user_id"].is_list
     assert pa.types.is_list(schema.field("genres").type)
     assert (built.statistics_dir / "schema.pbtxt").read_text() == built.schema_file.read_text()
