@@ -12,6 +12,8 @@ For each fold ``uN``:
    the default settings plus ``--set`` overrides: the features stage makes its own validation
    split inside the base rows (``features.split``, by default 20 % of the pairs by hash), which
    early stopping and the choice of recommend's ordering read, then the gate and publish.
+   With ``--tune``, the ``recflow-tune`` flow first searches the ranker on that same split
+   (``--tune-space``, ``--tune-sampler``) and the run trains the best trial's values.
 2. **The numbers come from Triton.** The published repository is served by the bundled
    ``tritonserver`` (``serving.server.TritonServer``) and queried over gRPC
    (``recflow_client.RecflowClient``) for the ``uN.test`` rows: ranking scores of every test
