@@ -127,6 +127,11 @@ def compile_model(model: tf.keras.Model, optimizer: str, learning_rate: float) -
         metrics=[],
         steps_per_execution=STEPS_PER_EXECUTION,
     )
+    # Keras traces train_step through AutoGraph, which rewrites the source of every Merlin
+    # block it calls: about 4 of the first epoch's 6-7 s on ml-100k, in every run. Merlin's
+    # train step branches on Python values only, so the plain trace is the same graph (the
+    # same validation AUC to the last digit, MLP and DLRM; benchmarks/results/throughput.md).
+    model.train_step = tf.autograph.experimental.do_not_convert(model.train_step)
 
 
 def seed_everything(seed: int) -> None:
