@@ -547,11 +547,12 @@ def fold_result(
     timing, tuned = home / "pipeline_seconds", home / "tuned.json"
     started = uptime()
     ran = reuse and timing.is_file()
-    mirror = base_only_mirror(archive, fold, work / name / "mirror")
-    if search and not ran:
-        log.info("%s: tuning the ranker (%s), home %s", name, search, home)
-        tuned.parent.mkdir(parents=True, exist_ok=True)
-        tuned.write_text(json.dumps(tuned_ranker(home, mirror, overrides, search)))
+    if not ran:
+        mirror = base_only_mirror(archive, fold, work / name / "mirror")
+        if search:
+            log.info("%s: tuning the ranker (%s), home %s", name, search, home)
+            tuned.parent.mkdir(parents=True, exist_ok=True)
+            tuned.write_text(json.dumps(tuned_ranker(home, mirror, overrides, search)))
     tuned_values = json.loads(tuned.read_text()) if search else []
     overrides = [*overrides, *tuned_values]
     if not ran:
@@ -630,9 +631,10 @@ def main() -> None:
     parser.add_argument("--tune-sampler", default="tpe", choices=["tpe", "grid"])
     args = parser.parse_args()
 
+    search = RankerSearch(args.tune, args.tune_space, args.tune_sampler) if args.tune else None
+
     def per_fold(archive: Path, name: str) -> dict:
-        search = args.tune and RankerSearch(args.tune, args.tune_space, args.tune_sampler)
-        return fold_result(archive, name, args.work, args.set, args.reuse, search or None)
+        return fold_result(archive, name, args.work, args.set, args.reuse, search)
 
     run_folds("recommend_bench.py", args, per_fold, markdown)
 
