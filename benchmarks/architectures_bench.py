@@ -61,8 +61,9 @@ from recflow.artifacts import RankingModel  # noqa: E402
 from recflow.config import RankingArchitecture, load_settings  # noqa: E402
 from recflow.registry import Registry  # noqa: E402
 from recflow.vocabulary import RANKING  # noqa: E402
-from release.export import export_candidate  # noqa: E402
+from release.export import exported_candidate  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
+from serving.repository import install  # noqa: E402
 
 log = logging.getLogger("architectures_bench")
 
@@ -89,7 +90,8 @@ def contender_rows(run: str, home: Path, fold: Fold, overrides: list[str]) -> li
     for record in registry.records():
         with tempfile.TemporaryDirectory(dir=settings.paths.cache_dir) as scratch:
             repo = Path(scratch)
-            version = export_candidate(registry, record, repo, settings.serving)
+            exported = exported_candidate(registry, record, settings.serving)
+            version = install(exported, repo, settings.serving)
             served = served_numbers(settings, repo, record, version, split, task)
         rows.append(
             {

@@ -33,7 +33,7 @@ from lifecycle_bench import emit  # the script's directory is on sys.path
 from recflow.config import load_settings
 from recflow_client import RecflowClient
 from recflow_client.contract import K_INPUT, RANKED_OUTPUTS, USER_INPUT
-from serving.repository import CONTRACTS, RankingEndpoint, python_model_config
+from serving.repository import CONTRACTS, EndpointNames, python_model_config
 from serving.runtime import RecommendStage
 from serving.server import TritonServer
 
@@ -42,7 +42,7 @@ def percentile_ms(latencies: list[float], q: float) -> float:
     return round(float(np.percentile(latencies, q)) * 1000, 1) if latencies else float("nan")
 
 
-def with_instances(repo: Path, copy: Path, endpoint: RankingEndpoint, settings, count: int):
+def with_instances(repo: Path, copy: Path, endpoint: EndpointNames, settings, count: int):
     """``repo`` copied to ``copy`` with ``count`` instances of ``recommend``."""
     shutil.copytree(repo, copy)
     cfg = settings.serving.model_copy(update={"recommend_instance_count": count})
@@ -123,7 +123,7 @@ def main() -> None:
 
     ports = ["serving.grpc_port=0", "serving.http_port=0", "serving.metrics_port=0"]
     settings = load_settings(overrides=[f"paths.home={args.home}", *ports])
-    endpoint = RankingEndpoint(settings.serving.model_prefix)
+    endpoint = EndpointNames(settings.serving.model_prefix)
     repo = settings.paths.triton_repo
     recommend = repo / endpoint.model("recommend")
     newest = max(int(p.name) for p in recommend.iterdir() if p.name.isdigit())

@@ -25,10 +25,12 @@ import threading
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from recflow.artifacts import FeatureSet, RankingModel, RetrievalModel
 from recflow.config import load_settings
 from recflow_client import RecflowClient, TritonRequestError
-from serving.repository import RankingEndpoint, export_ranking
+from serving.repository import EndpointNames, export_candidate, install
 from serving.server import TritonServer, process_group
 
 STUB = "triton_python_backend_stub"
@@ -50,7 +52,7 @@ def stub_rss_mb(pgid: int) -> list[float]:
     return sorted(sizes)
 
 
-def swap_under_load(server: TritonServer, endpoint: RankingEndpoint, clients: int, export):
+def swap_under_load(server: TritonServer, endpoint: EndpointNames, clients: int, export):
     """Export, then load every endpoint at once while ``clients`` threads send requests."""
     stop = threading.Event()
     answered, failures = [], []
@@ -116,12 +118,18 @@ def main() -> None:
     shutil.rmtree(repo, ignore_errors=True)
 
     def export() -> int:
-        return export_ranking(features, ranking, repo, settings.serving, retrieval, interactions)
+        # A gate's export and a publish's install: what one pipeline run does to the repository.
+        target = settings.paths.registry_dir / "bundles" / args.run
+        seen = pd.read_parquet(interactions)
+        exported = export_candidate(
+            args.run, features, ranking, retrieval, seen, settings.serving, target
+        )
+        return install(exported, repo, settings.serving)
 
     started = time.monotonic()
     export()
     result = {"label": args.label, "first_export_s": round(time.monotonic() - started, 2)}
-    endpoint = RankingEndpoint(settings.serving.model_prefix)
+    endpoint = EndpointNames(settings.serving.model_prefix)
     server = TritonServer.from_settings(settings, models=endpoint.all_models)
     started = time.monotonic()
     with server:

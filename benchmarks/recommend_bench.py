@@ -69,6 +69,7 @@ from recflow.vocabulary import ITEM_ID, LABEL, RANKING, RECOMMEND, USER_ID  # no
 from recflow_client import RecflowClient  # noqa: E402
 from release.export import version_dirs  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
+from serving.repository import published_stages  # noqa: E402
 from serving.runtime import RecommendStage  # noqa: E402
 from serving.server import TritonServer, discover_models  # noqa: E402
 from tasks.checksums import MIRROR_CHECKSUMS  # noqa: E402
@@ -372,7 +373,7 @@ def served_numbers(
     """The numbers of ``record`` as ``version`` of the model repository ``repo``, served by
     Triton over gRPC on the test rows, and whether recommend's lists equal in-process ones."""
     ranking = RankingModel.load(record.models[RANKING])
-    dirs = version_dirs(repo, settings.serving, version, True)
+    dirs = version_dirs(repo, settings.serving, version, published_stages(True))
     out: dict = {
         "candidate": record.id,
         "version": version,

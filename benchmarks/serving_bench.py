@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from recflow.config import load_settings
-from serving.repository import RankingEndpoint
+from serving.repository import EndpointNames
 from serving.runtime import RankingPipeline, RecommendStage
 from serving.server import TritonServer
 
@@ -138,7 +138,7 @@ def main() -> None:
     cudart = (
         setup(settings.paths.cache_dir) if args.setup else settings.paths.cache_dir / CUDART_DIR
     )
-    endpoint = RankingEndpoint(settings.serving.model_prefix)
+    endpoint = EndpointNames(settings.serving.model_prefix)
     repo = settings.paths.triton_repo
     ranking, recommend = endpoint.model("ranking"), endpoint.model("recommend")
     version = max(int(p.name) for p in (repo / recommend).iterdir() if p.name.isdigit())

@@ -187,7 +187,9 @@ def main() -> None:
         raw = with_official_split(
             raw, args.movielens / ARCHIVE, args.split, settings.paths.raw_dir / args.split
         )
-    features = build_features_task.fn(raw, settings)
+    features = build_features_task.fn(
+        raw, settings.features, settings.validation, settings.compute, settings.paths.features_dir
+    )
     if args.split != "config":
         n_test = int(pd.read_parquet(raw.interactions, columns=["timestamp"])["timestamp"].sum())
         if features.n_valid != n_test:

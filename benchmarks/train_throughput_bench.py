@@ -124,7 +124,9 @@ def ml100k_features(home: Path, movielens: Path) -> Path:
     archive = movielens / train_bench.ARCHIVE
     settings, raw = train_bench.fetch_movielens(archive, home, train_bench.OFFICIAL_SPLIT_SETTINGS)
     raw = train_bench.with_official_split(raw, archive, "u1", settings.paths.raw_dir / "u1")
-    features = train_bench.build_features_task.fn(raw, settings)
+    features = train_bench.build_features_task.fn(
+        raw, settings.features, settings.validation, settings.compute, settings.paths.features_dir
+    )
     path = home / "features-u1.json"
     path.write_text(features.model_dump_json())
     return path

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import console, error, print_scores, settings_of
+from cli.common import JsonOpt, console, error, print_rows, print_scores, settings_of
 from cli.config import config_app
 from cli.data import EXIT_INVALID_DATA, data_app
 from cli.models import EXIT_TRIAL_FAILED, models_app
@@ -98,6 +98,28 @@ def run(
 ) -> None:
     """Run the pipeline once: download, features, train, gate, publish."""
     _run_pipeline(settings_of(ctx), force)
+
+
+@app.command()
+def tune(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Search hyperparameters (the ``tuning`` settings): an Optuna study stored in the home,
+    resumed by a second call, one Prefect task per trial; prints every trial of the study."""
+    from flows.tune import trials_table
+    from flows.tune import tune as tune_flow
+    from recflow.locks import LockTimeout
+    from tasks.custom import CustomSourceError
+    from tasks.data_checks import DataValidationError
+
+    try:
+        result = tune_flow(settings_of(ctx))
+    except (DataValidationError, CustomSourceError) as failure:
+        error(str(failure))
+        raise typer.Exit(EXIT_INVALID_DATA) from failure
+    except LockTimeout as busy:
+        error(f"another search of this study is running: {busy}")
+        raise typer.Exit(1) from busy
+    best = "no trial completed" if result.best is None else f"best trial {result.best.number}"
+    print_rows(f"Study {result.study} by {result.metric}: {best}", trials_table(result), as_json)
 
 
 @app.command()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.table import Table
 
-from cli.common import console, settings_of
+from cli.common import JsonOpt, print_rows, settings_of
 from recflow.config import flat_settings, setting_sources
 
 config_app = typer.Typer(
@@ -16,11 +15,14 @@ config_app = typer.Typer(
 
 
 @config_app.command("show")
-def show(ctx: typer.Context) -> None:
+def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every setting's effective value and its source: default, yaml, env or --set."""
     settings = settings_of(ctx)
     sources = setting_sources(settings, ctx.find_root().meta["overrides"])
-    table = Table("setting", "value", "source")
-    for name, value in flat_settings(settings.model_dump(mode="json")).items():
-        table.add_row(name, json.dumps(value), sources[name])
-    console.print(table)
+    rows = [
+        {"setting": name, "value": value, "source": sources[name]}
+        for name, value in flat_settings(settings.model_dump(mode="json")).items()
+    ]
+    if not as_json:  # the table shows each value as YAML and --set take it (JSON)
+        rows = [{**row, "value": json.dumps(row["value"])} for row in rows]
+    print_rows(None, rows, as_json)

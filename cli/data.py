@@ -10,9 +10,8 @@ from typing import Annotated
 
 import typer
 from rich.filesize import decimal
-from rich.table import Table
 
-from cli.common import console, error, settings_of
+from cli.common import JsonOpt, console, error, print_rows, settings_of
 from recflow.artifacts import MANIFEST
 
 # Data the source checks or the validation stage refuse stops a run before training: the
@@ -90,25 +89,34 @@ def import_tables(
 
 
 @data_app.command("list")
-def list_variants(ctx: typer.Context) -> None:
+def list_variants(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """The variants, their archive sizes, and whether the archive and tables are on disk."""
     from tasks.synthetic import dataset_name
     from tasks.variants import SYNTHETIC, VARIANTS
 
     settings = settings_of(ctx)
     paths = settings.paths
-    table = Table("variant", "archive", "verified by", "archive cached", "tables")
-    for v in VARIANTS.values():
-        table.add_row(
-            v.name,
-            decimal(v.size) if v.size else "varies",
-            "sha256" if v.sha256 else "md5" if v.md5 else "published md5",
-            _yes((paths.cache_dir / v.filename).is_file()),
-            _yes((paths.raw_dir / v.name / MANIFEST).is_file()),
-        )
+    rows = [
+        {
+            "variant": v.name,
+            "archive": decimal(v.size) if v.size else "varies",
+            "verified by": "sha256" if v.sha256 else "md5" if v.md5 else "published md5",
+            "archive cached": _yes((paths.cache_dir / v.filename).is_file()),
+            "tables": _yes((paths.raw_dir / v.name / MANIFEST).is_file()),
+        }
+        for v in VARIANTS.values()
+    ]
     generated = paths.raw_dir / dataset_name(settings.data.synthetic) / MANIFEST
-    table.add_row(SYNTHETIC, "generated", "config hash", "-", _yes(generated.is_file()))
-    console.print(table)
+    rows.append(
+        {
+            "variant": SYNTHETIC,
+            "archive": "generated",
+            "verified by": "config hash",
+            "archive cached": "-",
+            "tables": _yes(generated.is_file()),
+        }
+    )
+    print_rows(None, rows, as_json)
 
 
 def _yes(flag: bool) -> str:

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cli.common import console, error, settings_of
+from cli.common import JsonOpt, console, error, print_rows, settings_of
 from recflow.registry import (
     CandidateRecord,
     Event,
@@ -23,8 +23,8 @@ from recflow.registry import (
 
 # cli.app's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
 EXIT_TRIAL_FAILED = 4
-# The metric `models list` shows for each candidate.
-HEADLINE_METRICS = ("ranking.auc", "retrieval.recall@10")
+# The metrics `models list` shows for each candidate.
+HEADLINE_METRICS = ("ranking.auc", "retrieval.recall@10", "recommend.recall@10")
 TIME = "%Y-%m-%d %H:%M:%S"
 
 models_app = typer.Typer(
@@ -61,36 +61,29 @@ def _metric(metrics: dict[str, float], name: str) -> str:
 
 
 @models_app.command("list")
-def list_candidates(ctx: typer.Context) -> None:
+def list_candidates(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every candidate, oldest first; the one Triton serves is marked."""
     registry = _registry(ctx)
     state = registry.state()
-    table = Table(title=f"Candidates in {registry.root}")
-    for column in (
-        "id",
-        "created",
-        "ranker",
-        "decision",
-        "trial",
-        *HEADLINE_METRICS,
-        "compared with",
-        "serving",
-    ):
-        table.add_column(column)
+    rows = []
     for record in registry.records():
-        trial = "" if record.trial is None else ("passed" if record.trial.passed else "FAILED")
-        serving = f"version {state.version}" if record.id == state.serving else ""
-        table.add_row(
-            record.id,
-            record.created.strftime(TIME),
-            record.ranking_architecture,
-            record.status,
-            trial,
-            *(_metric(record.evaluation.metrics, name) for name in HEADLINE_METRICS),
-            record.decision.compared_with or "",
-            serving,
+        trial = None if record.trial is None else ("passed" if record.trial.passed else "FAILED")
+        metrics = record.evaluation.metrics
+        rows.append(
+            {
+                "id": record.id,
+                "created": record.created.strftime(TIME),
+                "ranker": record.ranking_architecture,
+                "decision": record.status,
+                "trial": trial,
+                **{name: metrics.get(name) for name in HEADLINE_METRICS},
+                "compared with": record.decision.compared_with,
+                "serving": f"version {state.version}" if record.id == state.serving else None,
+            }
         )
-    console.print(table)
+    columns = ("id", "created", "ranker", "decision", "trial", *HEADLINE_METRICS)
+    columns += ("compared with", "serving")
+    print_rows(f"Candidates in {registry.root}", rows, as_json, columns)
 
 
 @models_app.command()
@@ -113,7 +106,9 @@ def promote_command(ctx: typer.Context, candidate_id: CandidateArg, reason: Reas
     settings = settings_of(ctx)
     from release.publish import promote
 
-    _report(lambda: promote(Registry.from_settings(settings), candidate_id, settings, reason))
+    _report(
+        lambda: promote(Registry.from_settings(settings), candidate_id, settings.release, reason)
+    )
 
 
 @models_app.command("rollback")
@@ -131,7 +126,7 @@ def rollback_command(
     settings = settings_of(ctx)
     from release.publish import rollback
 
-    _report(lambda: rollback(Registry.from_settings(settings), settings, reason, to))
+    _report(lambda: rollback(Registry.from_settings(settings), settings.release, reason, to))
 
 
 def _load(registry: Registry, candidate_id: str) -> CandidateRecord:

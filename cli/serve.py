@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, error, print_scores, settings_of
+from cli.common import JsonOpt, console, error, print_scores, settings_of
 
 # The exporter writes the candidate items next to the model repository: one row per item,
 # column item_id (int64, or the dataset's strings). `recommend` ranks all of them.
@@ -123,6 +123,7 @@ def score(
     ctx: typer.Context,
     user: Annotated[str, typer.Option(help=USER_HELP)],
     items: Annotated[str, typer.Option(help="Comma-separated item ids, e.g. 1,2,3")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Score items for a user with the ranking model, in the order given."""
     from recflow_client import RecflowClient, TritonRequestError
@@ -131,7 +132,7 @@ def score(
     settings = settings_of(ctx)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
         scores = client.score(user, item_ids)
-    print_scores(f"user {user}", list(zip(item_ids, scores.tolist(), strict=True)))
+    print_scores(f"user {user}", list(zip(item_ids, scores.tolist(), strict=True)), as_json)
 
 
 def recommend(
@@ -149,6 +150,7 @@ def recommend(
     exclude: Annotated[
         str, typer.Option(help="Comma-separated item ids to leave out, e.g. already seen")
     ] = "",
+    as_json: JsonOpt = False,
 ) -> None:
     """Top-k items for a user: retrieval then ranking on the server, or ranking of --catalog."""
     from recflow_client import RecflowClient, TritonRequestError
@@ -163,13 +165,14 @@ def recommend(
         candidates = None if catalog is None else read_catalog(catalog)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
         top = client.recommend(user, k, candidates=candidates, exclude=excluded)
-    print_scores(f"top {k} for user {user}", top)
+    print_scores(f"top {k} for user {user}", top, as_json)
 
 
 def similar(
     ctx: typer.Context,
     item: Annotated[str, typer.Option(help=ITEM_HELP)],
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many items")] = 10,
+    as_json: JsonOpt = False,
 ) -> None:
     """The items closest to an item in the retrieval model's embedding space."""
     from recflow_client import RecflowClient, TritonRequestError
@@ -177,4 +180,4 @@ def similar(
     settings = settings_of(ctx)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
         top = client.similar(item, k)
-    print_scores(f"top {k} similar to item {item}", top)
+    print_scores(f"top {k} similar to item {item}", top, as_json)

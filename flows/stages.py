@@ -28,12 +28,13 @@ from recflow.artifacts import (
     RawDataset,
     ValidationReport,
 )
-from recflow.config import Settings, load_settings
+from recflow.config import RankingConfig, Settings, load_settings
+from recflow.registry import Registry
 from recflow.vocabulary import RANKING, RETRIEVAL
 from release.gate import GateFailed, gate_task
 from release.publish import publish_task
 from release.trial import TrialServingFailed, trial_task
-from serving.repository import RankingEndpoint
+from serving.repository import EndpointNames
 from tasks.data_checks import DataValidationError
 from tasks.download import fetch_dataset_task
 from tasks.features import build_features_task, fingerprint
@@ -133,12 +134,15 @@ def build_features(
         refresh_cache=force or not (settings.paths.features_dir / key / MANIFEST).is_file(),
         timeout_seconds=settings.orchestration.features_timeout_s,
     )
-    state = build(raw, settings, rebuild=force, return_state=True)
+    sections = (settings.features, settings.validation, settings.compute)
+    state = build(raw, *sections, settings.paths.features_dir, rebuild=force, return_state=True)
     features: FeatureSet = state.result()
     reused = state.name == "Cached" or made_before(features, started)
     reporting.report_features(features, reused, settings.paths.runs_dir / run_id)
     try:
-        report = validate_features_task(features, settings, raw)
+        report = validate_features_task(
+            features, settings.paths.features_dir, settings.validation, raw
+        )
     except DataValidationError:
         # The report on disk lists every anomaly, warnings included; the error only blockers.
         reporting.report_validation(
@@ -158,6 +162,12 @@ def build_features(
     return features
 
 
+def ranker_dir_name(cfg: RankingConfig, ranking: RankingConfig) -> str:
+    """A run's champion (``ranking.architecture``) trains into ``ranking/``, each challenger
+    into ``ranking-<architecture>/`` (docs/layout.md)."""
+    return RANKING if cfg.architecture == ranking.architecture else f"{RANKING}-{cfg.architecture}"
+
+
 @flow(name="train-models", flow_run_name=run_name("train-models-{settings.data.variant}"))
 def train_models(
     settings: Settings | None = None, features: FeatureSet | None = None, run_id: str | None = None
@@ -170,14 +180,21 @@ def train_models(
     features = features or build_features(settings, run_id=run_id)
     started = time.time()
     timeout = {"timeout_seconds": settings.orchestration.train_timeout_s}
+    run_dir = settings.paths.models_dir / run_id
     rankers = [
-        train_ranking_task.with_options(**timeout)(features, settings, run_id, cfg)
+        train_ranking_task.with_options(**timeout)(
+            features, cfg, run_dir / ranker_dir_name(cfg, settings.ranking)
+        )
         for cfg in settings.ranking.contenders
     ]
-    retrieval = train_retrieval_task.with_options(**timeout)(features, settings, run_id)
+    retrieval = train_retrieval_task.with_options(**timeout)(
+        features, settings.retrieval, run_dir / RETRIEVAL
+    )
     contenders = [
         choose_ordering_task.with_options(**timeout)(
-            Candidate(features, ranking, retrieval), settings
+            Candidate(features, ranking, retrieval, run_id),
+            settings.ordering,
+            settings.serving.retrieval_candidates,
         )
         for ranking in rankers
     ]
@@ -219,26 +236,28 @@ def evaluate_and_publish(
     run_dir = settings.paths.runs_dir / run_id
     started = time.time()
     try:
-        record, records = gate_task(run_id, raw, contenders, settings)
+        record, records, exported = gate_task(raw, contenders, settings)
     except GateFailed as failed:
         reporting.report_evaluation(run_id, failed.record.evaluation, failed.decision, run_dir)
         reporting.report_contest(failed.records, run_dir)
         raise
     reporting.report_evaluation(record.id, record.evaluation, record.decision, run_dir)
     reporting.report_contest(records, run_dir)
+    registry = Registry.from_settings(settings)
     if settings.trial.enabled:
         try:
-            reporting.report_trial(record.id, trial_task(record.id, settings))
+            record = trial_task(registry, record, exported, settings.release)
         except TrialServingFailed as failed:
             reporting.report_trial(record.id, failed.result)
             raise
+        reporting.report_trial(record.id, record.trial)
     publish = publish_task.with_options(timeout_seconds=settings.orchestration.publish_timeout_s)
-    event = publish(record.id, settings, f"pipeline run {run_id}")
+    event = publish(registry, record, exported, settings.release, f"pipeline run {run_id}")
     published = Published(
         candidate=record.id,
         version=event.version,
         repository=settings.paths.triton_repo,
-        models=list(RankingEndpoint(settings.serving.model_prefix).all_models),
+        models=[EndpointNames(settings.serving.model_prefix).model(s) for s in exported.stages],
         metrics=record.evaluation.metrics,
         baseline_metrics=record.evaluation.baseline_metrics,
     )

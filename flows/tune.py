@@ -1,8 +1,10 @@
 """Hyperparameter search: an Optuna study over the space declared in ``tuning``, a Prefect task
 per trial.
 
-The flow asks the study (flows/study.py, stored in ``<home>/tuning/<study>/``) for a trial,
-trains it in the ``tuning-trial`` task, and tells the study the result, one trial at a time.
+The flow builds (or reuses) the features with the pipeline's own validated ``build-features``
+stage, asks the study (flows/study.py, stored in ``<home>/tuning/<study>/``) for a trial,
+trains it in the ``tuning-trial`` task with the pipeline's trainer (tasks/train.py ``TRAINERS``),
+and tells the study the result, one trial at a time.
 Each trial trains one model (``tuning.model``: ranking or retrieval) with the configured section
 overridden by the trial's point (any of its fields, the architecture's own ones too), reports
 each epoch's validation metric to the study, and is stopped there when the pruner finds it
@@ -31,6 +33,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.stages import as_settings, build_features
 from flows.study import (
     TuningRecord,
     check_identity,
@@ -46,16 +49,11 @@ from flows.study import (
     trial_section,
 )
 from models.ranking import MONITOR as RANKING_MONITOR
-from models.ranking import train_ranker
-from models.retrieval import train_retriever
-from models.training import EpochHook
-from recflow.artifacts import FeatureSet, TrainedModel
-from recflow.config import Settings, load_settings
+from recflow.artifacts import FeatureSet
+from recflow.config import Settings
 from recflow.locks import exclusive_lock
 from recflow.vocabulary import RANKING
-from tasks.download import fetch_dataset_task
-from tasks.features import build_features_task
-from tasks.train import item_catalogue
+from tasks.train import TRAINERS
 
 log = logging.getLogger(__name__)
 
@@ -87,30 +85,6 @@ def monitored_metric(settings: Settings) -> str:
     return RANKING_MONITOR if settings.tuning.model == RANKING else settings.retrieval.monitor
 
 
-def train_trial_model(
-    settings: Settings, features: FeatureSet, cfg: BaseModel, out_dir: Path, on_epoch: EpochHook
-) -> TrainedModel:
-    """Train ``tuning.model`` with the trial's section ``cfg`` into ``out_dir``."""
-    if settings.tuning.model == RANKING:
-        return train_ranker(
-            features.train_dir,
-            features.valid_dir,
-            cfg,
-            out_dir,
-            features.fingerprint,
-            on_epoch=on_epoch,
-        )
-    return train_retriever(
-        features.train_dir,
-        features.valid_dir,
-        item_catalogue(features),
-        cfg,
-        out_dir,
-        features.fingerprint,
-        on_epoch=on_epoch,
-    )
-
-
 def run_tuning_trial(
     tuning_trial: optuna.Trial, features: FeatureSet, settings: Settings
 ) -> TuningOutcome:
@@ -130,7 +104,7 @@ def run_tuning_trial(
             raise optuna.TrialPruned(f"{metric} {metrics[metric]:.4f} after epoch {epoch}")
 
     try:
-        trained = train_trial_model(settings, features, cfg, out_dir, report)
+        trained = TRAINERS[model](features, cfg, out_dir, report)
     except optuna.TrialPruned as pruned:
         log.info("tuning trial %d pruned: %s", tuning_trial.number, pruned)
         epoch, metrics = seen[-1]
@@ -211,10 +185,10 @@ def run_trial(
 # process must not interleave (and on few cores they would only compete for them).
 @flow(name="recflow-tune", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def tune(settings: Settings | None = None) -> TuningResult:
-    settings = settings or load_settings()
+    settings = as_settings(settings)
     cfg = settings.tuning
-    raw = fetch_dataset_task(settings.data, settings.paths)
-    features = build_features_task(raw, settings)
+    # The pipeline's own stage: fetched, cached on its fingerprint and validated alike.
+    features = build_features(settings)
     metric = monitored_metric(settings)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the flow logs each trial itself
     # timeout 0: a second search of the same study fails at once rather than waiting for it.

@@ -3,7 +3,7 @@
 ``recommend`` retrieves each user's ``n_candidates`` best unseen items with the two-tower model
 and orders them by ``models.ordering.final_scores``. This module rebuilds exactly those lists for
 the validation users, in encoded ids: every catalogue item a user did not interact with in
-training is a candidate, the retrieval model's top ``n_candidates`` are kept, the DLRM scores
+training is a candidate, the retrieval model's top ``n_candidates`` are kept, the ranker scores
 each of them from the user's and the item's feature columns, and every ranker weight of the grid
 is scored by recall/ndcg/mrr@k of the composed top k (models/metrics.py), the user's validation
 positives relevant. The best weight is the policy; every weight's value is kept with it.

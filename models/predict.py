@@ -3,7 +3,7 @@
 How a pandas frame of workflow outputs becomes a Keras model's prediction, in-process: to
 choose recommend's ordering on validation (models/composed.py), to embed the catalogue and the
 users (models/retrieval.py, serving/export.py) and, at export, to check that the ONNX ranker
-Triton runs scores like the trained DLRM (``serving.export.check_equivalence``).
+Triton runs scores like the trained ranker (``serving.export.check_equivalence``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What DLRM and two-tower training share: column selection, loaders, the fit loop.
+"""What ranker and retrieval training share: column selection, loaders, the fit loop.
 
 Early stopping runs our own metric code (models/metrics.py) on the validation split after
 every epoch, so the epoch that is kept is chosen by the same numbers the gate reads.

@@ -80,7 +80,7 @@ class RawDataset(Artifact):
     ``items.parquet``: item_id int64 and the columns ``items`` declares
     ``users.parquet`` (only where the dataset has users): user_id int64 and ``users``' columns
     ``user_ids.parquet``, ``item_ids.parquet`` (only with ``external_ids``): each int64 id next
-    to the source's own string id (``external_id``), see tasks/external_ids.py
+    to the source's own string id (``external_id``), see recflow/external_ids.py
     """
 
     # Bump when the tables' layout changes: a dataset of another layout is made again.
@@ -288,7 +288,7 @@ class FeatureSet(Artifact):
 
 class OrderingPolicy(BaseModel):
     """What ``recommend`` ranks its candidates by (models/ordering.py); recorded in the ranking
-    model's manifest and exported into each served version's ``ranking.json``."""
+    model's manifest and exported into each served version's ``version.json``."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -298,6 +298,25 @@ class OrderingPolicy(BaseModel):
     # The validation metric of every weight that was tried (weight as a string -> value), so the
     # record shows how close the alternatives were; empty if nothing was measured.
     validation: dict[str, float] = {}
+
+
+class VersionConfig(BaseModel):
+    """What every endpoint of an exported version reads when it loads (``version.json`` in each
+    version directory): written by serving/repository.py, read by serving/runtime.py."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # The largest k a request may ask for.
+    max_k: int
+    # How many items recommend retrieves before the ranker orders them.
+    retrieval_candidates: int
+    # A version exported before the policy existed ranked by the ranker alone, the default.
+    ordering: OrderingPolicy = OrderingPolicy()
+    # Whether requests and answers carry the dataset's string ids.
+    external_ids: bool = False
+    # The registry id the version was exported as (assigned by the gate): the served model
+    # config names it for apps; None in versions exported before it was recorded.
+    candidate: str | None = None
 
 
 class RankingModel(TrainedModel):
@@ -341,17 +360,33 @@ class RetrievalModel(TrainedModel):
 
 class Candidate(NamedTuple):
     """What one training run hands to the release stage: the features and the models fit on
-    them. The registry loads the same from a record to export an older candidate again, where
-    the retrieval model may be absent (``None``: ranking alone is served)."""
+    them, and the run that trained them (assigned once by the pipeline, carried from there;
+    the gate names the candidate from it). The registry loads the same from a record to export
+    an older candidate again, where the retrieval model may be absent (``None``: ranking alone
+    is served)."""
 
     features: FeatureSet
     ranking: RankingModel
     retrieval: RetrievalModel | None
+    run_id: str
 
-    @property
-    def run_id(self) -> str:
-        """The training run (``models/<run_id>/``): the candidate's id in the registry."""
-        return self.ranking.path.parent.name
+
+class ExportedCandidate(Artifact):
+    """One candidate's endpoints, exported once by the gate (serving/repository.py
+    ``export_candidate``) into ``<registry>/bundles/<candidate>/``: a version directory per
+    endpoint (``<path>/<stage>/``) and the catalogue. Trial serving and every publish install
+    these very files as a version of a repository; nothing exports the candidate again."""
+
+    # The registry id, written into every version's version.json: what the served model config
+    # names for apps (``recflow_candidate_v<N>``).
+    candidate: str
+    # The endpoints' stages, in publish order: ranking first.
+    stages: tuple[str, ...]
+    external_ids: bool
+    export_seconds: float
+
+    def version_dir(self, stage: str) -> Path:
+        return self.path / stage
 
 
 # --- release ------------------------------------------------------------------------------

@@ -687,6 +687,18 @@ class ScheduleConfig(_Section):
     timezone: str = "UTC"
 
 
+class ReleaseConfig(BaseModel):
+    """What trial serving, publish, promote and rollback read (``Settings.release``): how a
+    candidate is tried (``trial``) and served (``serving``), and where (``paths``: the live
+    repository, scratch space, logs). They get these three sections, not the whole settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trial: TrialConfig
+    serving: ServingConfig
+    paths: PathsConfig
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECFLOW_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -706,6 +718,10 @@ class Settings(BaseSettings):
     serving: ServingConfig = ServingConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
     schedule: ScheduleConfig = ScheduleConfig()
+
+    @property
+    def release(self) -> ReleaseConfig:
+        return ReleaseConfig(trial=self.trial, serving=self.serving, paths=self.paths)
 
     @field_validator("paths", mode="after")
     @classmethod

@@ -11,12 +11,16 @@ Layout under ``paths.registry_dir`` (docs/registry.md)::
     candidates/<id>/schema.pbtxt    the feature schema the model was trained on
     candidates/<id>/seen.parquet    raw user_id, item_id pairs the serving endpoints treat as
                                     already seen (every interaction of the candidate's dataset)
+    bundles/<id>/                   the candidate's endpoints, exported once by the gate
+                                    (recflow.artifacts.ExportedCandidate): what trial serving
+                                    and every publish, promote and rollback install
 
 A candidate directory is created atomically; ``record.json`` and ``state.json`` are replaced
 atomically, under the publish lock, record first: ``state.json`` is the commit point.
 
 A record keeps pointers to its FeatureSet and model directories (:meth:`Registry.candidate`
-loads them), so the release stage can republish an older candidate by exporting it again.
+loads them): a candidate registered before exports were kept is exported from them once, on
+its first promote or rollback.
 Importing this module stays cheap (no TensorFlow): the CLI lists and shows records with it.
 """
 
@@ -34,7 +38,14 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
+from recflow.artifacts import (
+    MANIFEST,
+    Candidate,
+    ExportedCandidate,
+    FeatureSet,
+    RankingModel,
+    RetrievalModel,
+)
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import Settings
 from recflow.locks import exclusive_lock, publish_lock_file
@@ -299,6 +310,15 @@ class Registry:
         """Parquet of raw ``user_id``, ``item_id`` pairs: the items each user has already seen."""
         return self.path(candidate_id) / SEEN
 
+    def exported_dir(self, candidate_id: str) -> Path:
+        """Where the candidate's endpoints are exported once (``ExportedCandidate``)."""
+        return self.root / "bundles" / check_id(candidate_id)
+
+    def exported(self, candidate_id: str) -> ExportedCandidate | None:
+        """The candidate's export, or None for a record from before exports were kept."""
+        directory = self.exported_dir(candidate_id)
+        return ExportedCandidate.load(directory) if (directory / MANIFEST).is_file() else None
+
     def candidate(self, record: CandidateRecord) -> Candidate:
         """The feature set and models ``record`` points at, loaded to be exported again."""
         for path in (record.features, *record.models.values()):
@@ -309,6 +329,7 @@ class Registry:
             FeatureSet.load(record.features),
             RankingModel.load(record.models[RANKING]),
             None if retrieval is None else RetrievalModel.load(retrieval),
+            record.lineage.run_id,
         )
 
     def record_trial(self, candidate_id: str, result: TrialResult) -> CandidateRecord:

@@ -4,21 +4,22 @@
 the same features and retrieval model) and the blessed model (the one Triton serves, from the
 registry) on the **same** rows: the run's split in raw ids, as its feature build kept it
 (``FeatureSet.held_out_dir``). Each model sees those raw rows through its own
-serving artifacts (its lookup tables, its fitted workflow, its models), exported into a scratch
-repository and run in-process by the endpoints' own code, so the numbers are what Triton would
-compute: ranking AUC and log loss on the held-out pairs, retrieval recall/ndcg/mrr@k over the
-whole catalogue with each user's training items excluded, and the same top-k metrics of the
-lists the recommend endpoint returns (retrieve, then the run's final ordering). ``judge``
-applies ``GateConfig``'s bounds and returns one check per bound; ``choose`` picks the best
-blessed candidate by ``gate.prefer``; ``register_candidate`` files each one's lineage, decision
-and contest in the registry (recflow/registry.py, docs/registry.md). Trial serving and
-publishing of the chosen one follow in release/trial.py and release/publish.py.
+serving artifacts (its lookup tables, its fitted workflow, its models), exported once into the
+registry (``bundles/<id>/``, under the id the gate assigns here) and run in-process by the
+endpoints' own code, so the numbers are what Triton computes: trial serving and publish
+install that same export. The metrics: ranking AUC and log loss on the held-out pairs,
+retrieval recall/ndcg/mrr@k over the whole catalogue with each user's training items
+excluded, and the same top-k metrics of the lists the recommend endpoint returns (retrieve,
+then the run's final ordering). ``judge`` applies ``GateConfig``'s bounds and returns one
+check per bound; ``choose`` picks the best blessed candidate by ``gate.prefer``;
+``register_candidate`` files each one's lineage, decision and contest in the registry
+(recflow/registry.py, docs/registry.md). Trial serving and publishing of the chosen one's
+export follow in release/trial.py and release/publish.py.
 """
 
 from __future__ import annotations
 
 import hashlib
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -30,8 +31,8 @@ from prefect import task
 from models.baselines import popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.metrics import binary_metrics, top_k_metrics
-from recflow.artifacts import Candidate, FeatureSet, RawDataset
-from recflow.config import GateConfig, MetricBounds, Settings
+from recflow.artifacts import Candidate, ExportedCandidate, FeatureSet, RawDataset
+from recflow.config import FeaturesConfig, GateConfig, MetricBounds, Settings
 from recflow.registry import (
     CandidateRecord,
     Contest,
@@ -55,8 +56,8 @@ from recflow.vocabulary import (
     SCORE_OUTPUT,
     USER_ID,
 )
-from release.export import version_dirs
-from serving.repository import export_ranking
+from release.export import exported_candidate
+from serving.repository import export_candidate
 from serving.runtime import RankingPipeline, RecommendStage, RetrievalStage
 from tasks.features import fingerprint
 
@@ -118,14 +119,6 @@ def held_out(features: FeatureSet) -> HeldOut:
     return HeldOut(labelled(train), labelled(valid))
 
 
-def export_scratch(candidate: Candidate, seen: Path, settings: Settings, scratch: Path):
-    """Export a candidate into ``scratch`` as Triton would serve it; the version directory of
-    each endpoint, by stage (``ranking``, ``retrieval``, ...)."""
-    features, ranking, retrieval = candidate
-    version = export_ranking(features, ranking, scratch, settings.serving, retrieval, seen)
-    return version_dirs(scratch, settings.serving, version, retrieval is not None)
-
-
 def ranking_scores(version_dir: Path, pairs: pd.DataFrame) -> np.ndarray:
     """Scores of raw pairs by the ranking endpoint's own stages, run in-process."""
     stages = RankingPipeline(version_dir)
@@ -170,15 +163,15 @@ def retrieval_metrics(
 
 
 def recommend_metrics(
-    version_dir: Path, task: RetrievalTask, ks: tuple[int, ...]
+    version_dir: Path, task: RetrievalTask, seen: pd.DataFrame, ks: tuple[int, ...]
 ) -> dict[str, float]:
     """recall/ndcg/mrr@k of the lists the recommend endpoint's own stage returns, in-process.
 
-    The stage leaves out the items of the version's ``seen.parquet``, which the gate exports
-    as the training rows: the same items ``task`` excludes. An item outside ``task``'s
-    catalogue can never be relevant.
+    The stage leaves out ``seen``, the training rows, instead of the version's ``seen.parquet``
+    (every interaction, held-out ones included: what serving leaves out): the same items
+    ``task`` excludes. An item outside ``task``'s catalogue can never be relevant.
     """
-    stage = RecommendStage(version_dir)
+    stage = RecommendStage(version_dir, seen)
     users = np.asarray(task.users, dtype=np.int64)
     # Batches of users, as the endpoint serves a request: bounded [users, catalogue] scores.
     lists = np.concatenate(
@@ -192,9 +185,14 @@ def recommend_metrics(
 
 
 def evaluate_candidates(
-    contenders: Sequence[Candidate], settings: Settings, registry: Registry
+    contenders: Sequence[Candidate],
+    exports: Sequence[ExportedCandidate],
+    blessed: ExportedCandidate | None,
+    ks: tuple[int, ...],
+    sample_rows: int,
 ) -> list[Evaluated]:
-    """Each contender's and the blessed models' metrics on the contenders' held-out rows.
+    """Each contender's and the blessed model's metrics on the contenders' held-out rows,
+    scored from their exports (what trial serving and publish install).
 
     The contenders are one run's: the same features and retrieval model, rankers of different
     architectures (``ranking.challengers``), so they are judged on the same rows against the
@@ -202,14 +200,14 @@ def evaluate_candidates(
     ranking endpoint's scores. Retrieval: top-k metrics of the retrieval endpoint over the whole
     catalogue, training items excluded. Recommend: the same metrics of the recommend endpoint's
     lists. Baselines (per-item mean, most popular unseen) are scored on the same rows by the
-    same code.
+    same code. Top-k metrics are taken at each of ``ks``; ``sample_rows`` held-out pairs (and
+    one cold pair) are kept with their scores for trial serving.
     """
     first = contenders[0]
     if any(c.features.path != first.features.path for c in contenders) or any(
         c.retrieval != first.retrieval for c in contenders
     ):
         raise ValueError("contenders must share their features and retrieval model (one run's)")
-    blessed = registry.serving()
     split = held_out(first.features)
     if first.features.feedback == "implicit":
         # The training split's sampled negatives are no interaction: nothing a user has seen.
@@ -217,7 +215,6 @@ def evaluate_candidates(
     rows = split.valid
     cold = pd.DataFrame({USER_ID: [COLD_ID], ITEM_ID: [COLD_ID]})
     pairs = pd.concat([rows[[USER_ID, ITEM_ID]], cold], ignore_index=True)
-    ks = settings.retrieval.top_k
     catalogue = pd.read_parquet(first.retrieval.item_embeddings, columns=[RAW_ITEM_ID])
     task = retrieval_task(split, catalogue[RAW_ITEM_ID].to_numpy(np.int64))
     positives = split.train.loc[split.train[LABEL] == 1, ITEM_ID].to_numpy()
@@ -227,43 +224,39 @@ def evaluate_candidates(
     )
     # Most popular unseen is the baseline of both lists: retrieval's and recommend's.
     baseline_metrics = _prefixed(RETRIEVAL, baseline) | _prefixed(RECOMMEND, baseline)
-    picked = rows.sample(min(settings.trial.rows, len(rows)), random_state=0).index
-    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="gate-", dir=settings.paths.cache_dir) as scratch:
-        # Seen items are the training rows: what evaluation excludes from each user's top k.
-        seen = Path(scratch) / "train_pairs.parquet"
-        split.train[[USER_ID, ITEM_ID]].to_parquet(seen, index=False)
+    picked = rows.sample(min(sample_rows, len(rows)), random_state=0).index
+    # Seen items are the training rows: what evaluation excludes from each user's top k.
+    seen = split.train[[USER_ID, ITEM_ID]]
 
-        def served_metrics(candidate: Candidate, name: str) -> tuple[dict, np.ndarray]:
-            """The endpoints' metrics of one exported candidate, and its scores of ``pairs``."""
-            exported = export_scratch(candidate, seen, settings, Path(scratch) / name)
-            scores = ranking_scores(exported[RANKING], pairs)
-            metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
-            if RETRIEVAL in exported:
-                metrics |= _prefixed(
-                    RETRIEVAL, retrieval_metrics(exported[RETRIEVAL], task, ks)
-                ) | _prefixed(RECOMMEND, recommend_metrics(exported[RECOMMEND], task, ks))
-            return metrics, scores
+    def served_metrics(exported: ExportedCandidate) -> tuple[dict, np.ndarray]:
+        """The endpoints' metrics of one exported candidate, and its scores of ``pairs``."""
+        scores = ranking_scores(exported.version_dir(RANKING), pairs)
+        metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
+        if RETRIEVAL in exported.stages:
+            metrics |= _prefixed(
+                RETRIEVAL, retrieval_metrics(exported.version_dir(RETRIEVAL), task, ks)
+            ) | _prefixed(
+                RECOMMEND, recommend_metrics(exported.version_dir(RECOMMEND), task, seen, ks)
+            )
+        return metrics, scores
 
-        blessed_metrics = {}
-        if blessed is not None:
-            blessed_metrics, _ = served_metrics(registry.candidate(blessed), "blessed")
-        evaluated = []
-        for index, candidate in enumerate(contenders):
-            metrics, scores = served_metrics(candidate, f"contender-{index}")
-            evaluation = Evaluation(
-                rows=len(rows),
-                metrics=metrics,
-                # Training computed the per-item-mean baseline on this same validation split.
-                baseline_metrics=baseline_metrics
-                | _prefixed(RANKING, candidate.ranking.baseline_metrics),
-                compared_with=None if blessed is None else blessed.id,
-                blessed_metrics=blessed_metrics,
-            )
-            sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(
-                **{SCORE_OUTPUT: scores[[*picked, -1]]}
-            )
-            evaluated.append(Evaluated(evaluation, sample.reset_index(drop=True)))
+    blessed_metrics = {} if blessed is None else served_metrics(blessed)[0]
+    evaluated = []
+    for candidate, exported in zip(contenders, exports, strict=True):
+        metrics, scores = served_metrics(exported)
+        evaluation = Evaluation(
+            rows=len(rows),
+            metrics=metrics,
+            # Training computed the per-item-mean baseline on this same validation split.
+            baseline_metrics=baseline_metrics
+            | _prefixed(RANKING, candidate.ranking.baseline_metrics),
+            compared_with=None if blessed is None else blessed.candidate,
+            blessed_metrics=blessed_metrics,
+        )
+        sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(
+            **{SCORE_OUTPUT: scores[[*picked, -1]]}
+        )
+        evaluated.append(Evaluated(evaluation, sample.reset_index(drop=True)))
     return evaluated
 
 
@@ -348,12 +341,17 @@ class Judged(NamedTuple):
 
     chosen: CandidateRecord
     records: tuple[CandidateRecord, ...]
+    # The chosen one's export: what trial serving and publish install.
+    exported: ExportedCandidate
 
 
-def contender_ids(run_id: str, contenders: Sequence[Candidate]) -> list[str]:
-    """Registry ids: the champion is filed as the run id, a challenger as
-    ``<run id>-<architecture>``."""
-    return [run_id, *(f"{run_id}-{c.ranking.architecture}" for c in contenders[1:])]
+def contender_ids(contenders: Sequence[Candidate]) -> list[str]:
+    """Registry ids, assigned here once and carried from here on (written into each export):
+    the champion is filed as its training run's id, a challenger as ``<run id>-<architecture>``."""
+    return [
+        contenders[0].run_id,
+        *(f"{c.run_id}-{c.ranking.architecture}" for c in contenders[1:]),
+    ]
 
 
 def choose(
@@ -380,34 +378,35 @@ def register_candidate(
     evaluated: Evaluated,
     decision: GateDecision,
     contest: Contest,
-    settings: Settings,
+    features_cfg: FeaturesConfig,
+    gate_cfg: GateConfig,
 ) -> CandidateRecord:
     """File the candidate with its lineage, decision and contest; returns the record.
 
     What its endpoints treat as ``seen`` is every interaction of its dataset, kept with the
     record so a later rollback serves the same answers.
     """
-    features, ranking, retrieval = candidate
+    features, ranking, retrieval, run_id = candidate
     record = CandidateRecord(
         id=record_id,
         created=now(),
         features=features.path,
         models={RANKING: ranking.path, RETRIEVAL: retrieval.path},
         lineage=Lineage(
-            run_id=candidate.run_id,
+            run_id=run_id,
             variant=raw.variant,
             data_checksum=raw.checksum,
             features_fingerprint=features.fingerprint,
             workflow_sha256=tree_sha256(features.workflow_dir),
             schema_sha256=hashlib.sha256(features.schema_file.read_bytes()).hexdigest(),
-            features_config=settings.features.model_dump(mode="json"),
+            features_config=features_cfg.model_dump(mode="json"),
             params={RANKING: ranking.params, RETRIEVAL: retrieval.params},
             code_version=code_version(),
         ),
         evaluation=evaluated.evaluation,
         training_metrics=_prefixed(RANKING, ranking.metrics)
         | _prefixed(RETRIEVAL, retrieval.metrics),
-        gate=settings.gate.model_dump(mode="json"),
+        gate=gate_cfg.model_dump(mode="json"),
         decision=decision,
         contest=contest,
     )
@@ -415,11 +414,15 @@ def register_candidate(
     return record
 
 
-def gate(
-    run_id: str, raw: RawDataset, contenders: Sequence[Candidate], settings: Settings
-) -> Judged:
-    """Evaluate and judge a run's contenders (champion first), register every one, and choose
-    the best blessed (:func:`choose`); raises :class:`GateFailed` if none is blessed.
+def gate(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -> Judged:
+    """Export each of a run's contenders (champion first) once, evaluate and judge them,
+    register every one, and choose the best blessed (:func:`choose`); raises
+    :class:`GateFailed` if none is blessed.
+
+    The one release step given the whole ``Settings``: it reads six sections (the features and
+    validation ones to check the features against ``raw`` and record them in the lineage, the
+    gate's bounds, serving's for the export, retrieval's ``top_k``, trial's sample size) and
+    opens the registry, and hands each function below only its part.
 
     ``raw`` must be the dataset their features were built from, with these settings: the
     records' lineage and the served endpoints' seen items come from it.
@@ -431,29 +434,45 @@ def gate(
             f"({raw.checksum[:12]}) with these settings"
         )
     registry = Registry.from_settings(settings)
-    evaluated = evaluate_candidates(contenders, settings, registry)
+    ids = contender_ids(contenders)
+    # What the served endpoints treat as seen: every interaction of the dataset.
+    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
+    exports = [
+        export_candidate(
+            id_,
+            candidate.features,
+            candidate.ranking,
+            candidate.retrieval,
+            seen,
+            settings.serving,
+            registry.exported_dir(id_),
+        )
+        for id_, candidate in zip(ids, contenders, strict=True)
+    ]
+    serving = registry.serving()
+    blessed = None if serving is None else exported_candidate(registry, serving, settings.serving)
+    evaluated = evaluate_candidates(
+        contenders, exports, blessed, settings.retrieval.top_k, settings.trial.rows
+    )
     decisions = [judge(each.evaluation, settings.gate) for each in evaluated]
     chosen = choose([each.evaluation for each in evaluated], decisions, settings.gate)
-    ids = contender_ids(run_id, contenders)
     contest = Contest(
         contenders=tuple(ids),
         prefer=settings.gate.prefer,
         chosen=None if chosen is None else ids[chosen],
     )
-    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
+    sections = (settings.features, settings.gate)
     records = tuple(
-        register_candidate(registry, id_, raw, seen, candidate, each, decision, contest, settings)
+        register_candidate(registry, id_, raw, seen, candidate, each, decision, contest, *sections)
         for id_, candidate, each, decision in zip(
             ids, contenders, evaluated, decisions, strict=True
         )
     )
     if chosen is None:
         raise GateFailed(*records)
-    return Judged(records[chosen], records)
+    return Judged(records[chosen], records, exports[chosen])
 
 
-@task(name="gate", task_run_name="gate-{run_id}")
-def gate_task(
-    run_id: str, raw: RawDataset, contenders: Sequence[Candidate], settings: Settings
-) -> Judged:
-    return gate(run_id, raw, contenders, settings)
+@task(name="gate", task_run_name="gate-{contenders[0].run_id}")
+def gate_task(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -> Judged:
+    return gate(raw, contenders, settings)

@@ -1,8 +1,9 @@
 """Publishing: the only code that changes what Triton serves.
 
 ``publish`` serves a freshly gated candidate, ``promote`` any blessed one (after trial serving
-it), ``rollback`` the one that served before. Each exports the candidate as a new version of
-the live repository under the registry's publish lock, then records the event and the new
+it), ``rollback`` the one that served before. Each installs the candidate's export (the gate's,
+``bundles/<id>/`` in the registry) as a new version of the live repository under the
+registry's publish lock, then records the event and the new
 registry state (``state.json`` last: the commit point, recflow/registry.py).
 """
 
@@ -12,7 +13,8 @@ from typing import Literal
 
 from prefect import task
 
-from recflow.config import Settings
+from recflow.artifacts import ExportedCandidate
+from recflow.config import ReleaseConfig
 from recflow.registry import (
     BLESSED,
     CandidateRecord,
@@ -23,35 +25,46 @@ from recflow.registry import (
     check_id,
     now,
 )
-from release.export import export_candidate
+from release.export import exported_candidate
 from release.trial import infra_validate
+from serving.repository import install
 
 
-def publish(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
-    """Publish a freshly gated candidate: blessed, trial-served, judged against what serves now."""
+def publish(
+    registry: Registry,
+    record: CandidateRecord,
+    candidate: ExportedCandidate,
+    cfg: ReleaseConfig,
+    reason: str,
+) -> Event:
+    """Publish a freshly gated candidate's export: blessed, trial-served, judged against what
+    serves now."""
     with registry.locked():
-        record, state = registry.load(candidate_id), registry.state()
-        _require_publishable(record, settings)
+        record, state = registry.load(record.id), registry.state()
+        _require_publishable(record, cfg)
         if state.serving != record.decision.compared_with:
             raise RegistryError(
-                f"candidate {candidate_id} was judged against {record.decision.compared_with}, "
+                f"candidate {record.id} was judged against {record.decision.compared_with}, "
                 f"but {state.serving} serves now: gate it again, or promote it with a reason"
             )
-        return _republish(registry, record, state, settings, "publish", reason)
+        return _republish(registry, record, candidate, state, cfg, "publish", reason)
 
 
-def promote(registry: Registry, candidate_id: str, settings: Settings, reason: str) -> Event:
+def promote(registry: Registry, candidate_id: str, cfg: ReleaseConfig, reason: str) -> Event:
     """Publish any blessed candidate, after trial serving it (unless trial serving is off)."""
-    _require_blessed(registry.load(candidate_id))  # before paying for a server start
-    if settings.trial.enabled:
-        infra_validate(registry, candidate_id, settings)
+    record = registry.load(candidate_id)
+    _require_blessed(record)  # before paying for a server start
+    candidate = exported_candidate(registry, record, cfg.serving)
+    if cfg.trial.enabled:
+        infra_validate(registry, record, candidate, cfg)
     with registry.locked():
         record = registry.load(candidate_id)
-        _require_publishable(record, settings)
-        return _republish(registry, record, registry.state(), settings, "promote", reason)
+        _require_publishable(record, cfg)
+        state = registry.state()
+        return _republish(registry, record, candidate, state, cfg, "promote", reason)
 
 
-def rollback(registry: Registry, settings: Settings, reason: str, to: str | None = None) -> Event:
+def rollback(registry: Registry, cfg: ReleaseConfig, reason: str, to: str | None = None) -> Event:
     """Serve again the candidate that served before the current one (or ``to``, which must have
     served before). No trial serving: it served these very artifacts already."""
     with registry.locked():
@@ -66,7 +79,9 @@ def rollback(registry: Registry, settings: Settings, reason: str, to: str | None
             to = earlier[-1]
         elif check_id(to) not in served:
             raise RegistryError(f"candidate {to} never served; promote it instead")
-        return _republish(registry, registry.load(to), state, settings, "rollback", reason)
+        record = registry.load(to)
+        candidate = exported_candidate(registry, record, cfg.serving)
+        return _republish(registry, record, candidate, state, cfg, "rollback", reason)
 
 
 def _require_blessed(record: CandidateRecord) -> None:
@@ -74,27 +89,28 @@ def _require_blessed(record: CandidateRecord) -> None:
         raise RegistryError(f"candidate {record.id} is {record.status}: only blessed ones serve")
 
 
-def _require_publishable(record: CandidateRecord, settings: Settings) -> None:
+def _require_publishable(record: CandidateRecord, cfg: ReleaseConfig) -> None:
     """Blessed, and not failed trial serving; passed it, unless trial serving is off."""
     _require_blessed(record)
     trial = record.trial
     if trial is not None and not trial.passed:
         raise RegistryError(f"candidate {record.id} failed trial serving: {trial.message}")
-    if settings.trial.enabled and trial is None:
+    if cfg.trial.enabled and trial is None:
         raise RegistryError(f"candidate {record.id} has not been through trial serving")
 
 
 def _republish(
     registry: Registry,
     record: CandidateRecord,
+    candidate: ExportedCandidate,
     state: RegistryState,
-    settings: Settings,
+    cfg: ReleaseConfig,
     action: Literal["publish", "promote", "rollback"],
     reason: str,
 ) -> Event:
-    # The caller holds the lock. The export is a new version, which Triton serves once its
+    # The caller holds the lock. The export becomes a new version, which Triton serves once its
     # directory is renamed into place; the record and then the state follow it.
-    version = export_candidate(registry, record, settings.paths.triton_repo, settings.serving)
+    version = install(candidate, cfg.paths.triton_repo, cfg.serving)
     event = Event(
         at=now(),
         action=action,
@@ -110,6 +126,12 @@ def _republish(
     return event
 
 
-@task(name="publish", task_run_name="publish-{candidate_id}")
-def publish_task(candidate_id: str, settings: Settings, reason: str) -> Event:
-    return publish(Registry.from_settings(settings), candidate_id, settings, reason)
+@task(name="publish", task_run_name="publish-{record.id}")
+def publish_task(
+    registry: Registry,
+    record: CandidateRecord,
+    candidate: ExportedCandidate,
+    cfg: ReleaseConfig,
+    reason: str,
+) -> Event:
+    return publish(registry, record, candidate, cfg, reason)

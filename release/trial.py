@@ -1,7 +1,8 @@
 """Trial serving, after TFX's InfraValidator: prove a candidate loads and answers in real Triton.
 
-The candidate is exported into a scratch repository (never the live one) and served by the
-bundled ``tritonserver`` on free loopback ports. After a few warm-up requests it scores the
+The candidate's export (the gate's, ``recflow.artifacts.ExportedCandidate``) is installed into a
+scratch repository (never the live one) and served by the bundled ``tritonserver`` on free
+loopback ports. After a few warm-up requests it scores the
 held-out pairs the gate sampled (``trial_sample.parquet`` in the registry, one cold pair
 included), and every served score must equal the in-process score the gate computed for that
 pair within ``trial.atol``. The retrieval, recommend and similar endpoints answer top-k requests
@@ -24,8 +25,8 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from recflow.artifacts import FeatureSet
-from recflow.config import Settings
+from recflow.artifacts import ExportedCandidate, FeatureSet
+from recflow.config import ReleaseConfig
 from recflow.external_ids import EXTERNAL_ID
 from recflow.progress import run_each
 from recflow.registry import CandidateRecord, Registry, TrialResult, now
@@ -41,8 +42,8 @@ from recflow.vocabulary import (
     USER_INPUT,
 )
 from recflow_client import RecflowClient, TritonRequestError
-from release.export import export_candidate, version_dirs
-from serving.repository import CONTRACTS, RankingEndpoint
+from release.export import version_dirs
+from serving.repository import CONTRACTS, EndpointNames, install
 from serving.runtime import load_stage
 from serving.server import TritonServer, TritonServerError
 
@@ -63,38 +64,31 @@ class TrialServingFailed(RuntimeError):
 
 
 def trial_serve(
-    registry: Registry, record: CandidateRecord, sample: pd.DataFrame, settings: Settings
+    record: CandidateRecord, candidate: ExportedCandidate, sample: pd.DataFrame, cfg: ReleaseConfig
 ) -> TrialResult:
-    """Serve ``record`` in a scratch Triton and compare its answers for ``sample`` (``user_id``,
-    ``item_id``, ``score``) with the in-process scores."""
-    endpoint = RankingEndpoint(settings.serving.model_prefix)
+    """Serve the candidate's export in a scratch Triton and compare its answers for ``sample``
+    (``user_id``, ``item_id``, ``score``) with the in-process scores."""
+    endpoint = EndpointNames(cfg.serving.model_prefix)
     sample = _as_requested(sample, FeatureSet.load(record.features))
-    log_file = settings.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
-    settings.paths.cache_dir.mkdir(parents=True, exist_ok=True)
+    log_file = cfg.paths.logs_dir / f"trial-{record.id}-tritonserver.log"
+    cfg.paths.cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="trial-", dir=settings.paths.cache_dir) as scratch:
+    with tempfile.TemporaryDirectory(prefix="trial-", dir=cfg.paths.cache_dir) as scratch:
         repo = Path(scratch)
-        try:
-            version = export_candidate(registry, record, repo, settings.serving)
-            exported = version_dirs(repo, settings.serving, version, RETRIEVAL in record.models)
-        except Exception as error:  # noqa: BLE001 - a model that cannot be exported cannot serve
-            # Loading the SavedModels and converting the ranker to ONNX happen here, not in
-            # Triton: a model that cannot load fails now, as does an ONNX export that scores
-            # unlike Keras (serving.export.ExportMismatch).
-            message = f"export failed: {type(error).__name__}: {error}"
-            return TrialResult(passed=False, at=now(), message=message[:2000])
+        version = install(candidate, repo, cfg.serving)
+        exported = version_dirs(repo, cfg.serving, version, candidate.stages)
         models = [endpoint.model(stage) for stage in exported]
         # No model at start: they are loaded one by one below, so the bar can follow them.
         server = TritonServer(
             repo,
-            settings.serving.model_copy(update=FREE_PORTS),
+            cfg.serving.model_copy(update=FREE_PORTS),
             log_file=log_file,
-            backend_cache_dir=settings.paths.cache_dir,
+            backend_cache_dir=cfg.paths.cache_dir,
         )
         # The trial checks answers, not latency: on a busy machine the first requests may take
         # longer than a serving deadline.
         patient = server.config.model_copy(
-            update={"request_timeout_s": settings.serving.startup_timeout_s}
+            update={"request_timeout_s": cfg.serving.startup_timeout_s}
         )
         try:
             with server, RecflowClient.from_config(patient) as client:
@@ -105,8 +99,8 @@ def trial_serve(
                 log.info(
                     "trial serving %s: %s up in %.0f s", record.id, ", ".join(models), startup_s
                 )
-                served = _served_scores(client, sample, settings.trial.warmup_requests)
-                disagreement = _ranked_disagreement(client, endpoint, exported, sample, settings)
+                served = _served_scores(client, sample, cfg.trial.warmup_requests)
+                disagreement = _ranked_disagreement(client, endpoint, exported, sample, cfg)
         except (TritonServerError, TimeoutError, TritonRequestError) as error:
             return TrialResult(passed=False, at=now(), log_file=log_file, message=str(error))
     expected = sample[SCORE_OUTPUT].to_numpy(np.float32)
@@ -120,7 +114,7 @@ def trial_serve(
         )
     diff = np.abs(served - expected)
     worst = int(diff.argmax())
-    if diff[worst] > settings.trial.atol:
+    if diff[worst] > cfg.trial.atol:
         message = (
             f"user {sample[USER_INPUT].iloc[worst]} item {sample[ITEM_INPUT].iloc[worst]}: "
             f"served {served[worst]:.6f}, in-process {expected[worst]:.6f}"
@@ -128,10 +122,10 @@ def trial_serve(
     else:
         others = [endpoint.model(stage) for stage in exported if stage != RANKING]
         message = disagreement or (
-            f"{len(sample)} served scores equal the in-process ones within {settings.trial.atol}"
+            f"{len(sample)} served scores equal the in-process ones within {cfg.trial.atol}"
             f", and {', '.join(others) or 'no other endpoint'} answered as in-process"
         )
-    passed = bool(diff[worst] <= settings.trial.atol) and disagreement is None
+    passed = bool(diff[worst] <= cfg.trial.atol) and disagreement is None
     return TrialResult(passed=passed, max_abs_diff=float(diff[worst]), message=message, **result)
 
 
@@ -157,14 +151,14 @@ def _id_array(values) -> np.ndarray:
 
 def _ranked_disagreement(
     client: RecflowClient,
-    endpoint: RankingEndpoint,
+    endpoint: EndpointNames,
     exported: dict[str, Path],  # version directories by stage
     sample: pd.DataFrame,
-    settings: Settings,
+    cfg: ReleaseConfig,
 ) -> str | None:
     """Ask each top-k endpoint about a few sampled users (items, for ``similar``) and compare
     with the same version directory run in-process; the first disagreement, or None."""
-    n, k = settings.trial.ranked_rows, settings.trial.ranked_k
+    n, k = cfg.trial.ranked_rows, cfg.trial.ranked_k
     # The sample's last pair is the cold one: cold users must be served too, cold items not
     # (``similar`` rejects an item without an embedding).
     users = [*sample[USER_INPUT].iloc[:-1].drop_duplicates()[: n - 1], sample[USER_INPUT].iloc[-1]]
@@ -184,7 +178,7 @@ def _ranked_disagreement(
             served_ids, expected_ids = served[ITEM_IDS_OUTPUT], expected[ITEM_IDS_OUTPUT]
             same_ids = np.array_equal(served_ids, expected_ids)
             if not same_ids or not np.allclose(
-                served[SCORES_OUTPUT], expected[SCORES_OUTPUT], atol=settings.trial.atol, rtol=0
+                served[SCORES_OUTPUT], expected[SCORES_OUTPUT], atol=cfg.trial.atol, rtol=0
             ):
                 return (
                     f"{name} for {key} {value}: served {served_ids.ravel()[:5].tolist()}..., "
@@ -209,16 +203,20 @@ def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> 
     return np.concatenate(scores)
 
 
-def infra_validate(registry: Registry, candidate_id: str, settings: Settings) -> TrialResult:
-    """Trial-serve a registered candidate, record the outcome, and raise if it failed."""
-    record = registry.load(candidate_id)
-    result = trial_serve(registry, record, registry.trial_sample(candidate_id), settings)
-    registry.record_trial(candidate_id, result)
+def infra_validate(
+    registry: Registry, record: CandidateRecord, candidate: ExportedCandidate, cfg: ReleaseConfig
+) -> CandidateRecord:
+    """Trial-serve a registered candidate's export, record the outcome, and raise if it failed;
+    returns the record with its trial."""
+    result = trial_serve(record, candidate, registry.trial_sample(record.id), cfg)
+    record = registry.record_trial(record.id, result)
     if not result.passed:
-        raise TrialServingFailed(candidate_id, result)
-    return result
+        raise TrialServingFailed(record.id, result)
+    return record
 
 
-@task(name="trial-serving", task_run_name="trial-serving-{candidate_id}")
-def trial_task(candidate_id: str, settings: Settings) -> TrialResult:
-    return infra_validate(Registry.from_settings(settings), candidate_id, settings)
+@task(name="trial-serving", task_run_name="trial-serving-{record.id}")
+def trial_task(
+    registry: Registry, record: CandidateRecord, candidate: ExportedCandidate, cfg: ReleaseConfig
+) -> CandidateRecord:
+    return infra_validate(registry, record, candidate, cfg)

@@ -3,7 +3,7 @@
 Every endpoint is one Python-backend model that loads in the bundled CPU server, and each of
 its version directories holds all the files that version needs (serving/runtime.py runs them):
 
-* ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (feature rows + DLRM as ONNX);
+* ``<prefix>_ranking``: ``user_id``, ``item_id`` -> ``score`` (feature rows + the ranker as ONNX);
 * ``<prefix>_retrieval``: ``user_id``, ``k`` [, ``exclude_seen``] -> ``item_ids``, ``scores``;
 * ``<prefix>_recommend``: ``user_id``, ``k`` -> ``item_ids``, ``scores`` (retrieve, then order
   by the ranking model's ``ordering`` policy, models/ordering.py);
@@ -17,16 +17,24 @@ What they hold is computed by serving/export.py.
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from recflow.artifacts import FeatureSet, RankingModel
-from recflow.atomic import atomic_dir, write_text_atomic
+from recflow.artifacts import (
+    ExportedCandidate,
+    FeatureSet,
+    OrderingPolicy,
+    RankingModel,
+    RetrievalModel,
+    VersionConfig,
+)
+from recflow.atomic import atomic_dir, atomic_file, write_text_atomic
 from recflow.config import ServingConfig
 from recflow.external_ids import EXTERNAL_ID
 from recflow.vocabulary import (
@@ -46,6 +54,8 @@ from recflow.vocabulary import (
 )
 from serving import runtime
 from serving.export import ServingFeatures, write_queries, write_ranker, write_rows
+
+log = logging.getLogger(__name__)
 
 TRITON_MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 CATALOG = "catalog.parquet"
@@ -105,7 +115,7 @@ def published_stages(with_retrieval: bool) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class RankingEndpoint:
+class EndpointNames:
     """Names of recflow's Triton models for one ``model_prefix``."""
 
     prefix: str
@@ -158,7 +168,7 @@ def python_model_config(
     )
 
 
-def next_version(repo: Path, endpoint: RankingEndpoint) -> int:
+def next_version(repo: Path, endpoint: EndpointNames) -> int:
     versions = [
         int(child.name)
         for model in endpoint.all_models
@@ -169,42 +179,74 @@ def next_version(repo: Path, endpoint: RankingEndpoint) -> int:
     return max(versions, default=0) + 1
 
 
-def export_ranking(
+def export_candidate(
+    candidate: str,
     features: FeatureSet,
     ranking: RankingModel,
-    repo: Path,
+    retrieval: RetrievalModel | None,
+    seen: pd.DataFrame,
     cfg: ServingConfig,
-    retrieval=None,
-    interactions: Path | None = None,
-) -> int:
-    """Write a new version of every endpoint into ``repo``; return its number.
+    target: Path,
+) -> ExportedCandidate:
+    """Export a candidate's endpoints once into ``target`` (atomically, replacing an older
+    export of the same candidate); :func:`install` makes it a version of a repository.
 
-    Without ``retrieval`` (a ``models.retrieval.RetrievalModel``) only ``ranking`` is written.
-    ``interactions`` (parquet with ``user_id``, ``item_id``) are the items each user has seen,
-    which retrieval may exclude and recommend always excludes; the retrieval model's training
-    split is the natural choice. Raises ``serving.export.ExportMismatch`` (and publishes
-    nothing) when the ONNX ranking model does not score the held-out rows like Keras.
-
-    The set is published as one: every endpoint's version is built in its staging directory
-    first, and only then are they renamed into place, one after the other.
+    Without ``retrieval`` only ``ranking`` is written. ``seen`` (``user_id``, ``item_id``)
+    holds the items each user has seen, which retrieval may exclude and recommend
+    always excludes. Raises ``serving.export.ExportMismatch`` (and writes nothing) when the
+    ONNX ranking model does not score the held-out rows like Keras.
     """
-    endpoint = RankingEndpoint(cfg.model_prefix)
-    version = next_version(repo, endpoint)
+    started = time.perf_counter()
     stages = published_stages(retrieval is not None)
+    with atomic_dir(target, replace=True) as staging:
+        directories = {stage: staging / stage for stage in stages}
+        for directory in directories.values():
+            directory.mkdir()
+        _write_versions(directories, staging, candidate, features, ranking, retrieval, seen, cfg)
+        _write_catalog(features, staging / CATALOG)
+        exported = ExportedCandidate(
+            path=target,
+            candidate=candidate,
+            stages=stages,
+            external_ids=features.external_ids,
+            export_seconds=time.perf_counter() - started,
+        )
+        exported.save_manifest(staging)
+    # The release path counts these lines: one per contender and run (docs/registry.md).
+    log.info(
+        "exported candidate %s once: %s in %.1f s",
+        candidate,
+        ", ".join(stages),
+        exported.export_seconds,
+    )
+    return exported
+
+
+def install(exported: ExportedCandidate, repo: Path, cfg: ServingConfig) -> int:
+    """Copy an exported candidate into ``repo`` as version N+1 of each of its endpoints; return
+    N+1.
+
+    The set is published as one: every endpoint's version is copied into its staging
+    directory first, and only then are they renamed into place, ranking first.
+    """
+    names = EndpointNames(cfg.model_prefix)
+    version = next_version(repo, names)
     with contextlib.ExitStack() as renames:
         # Exits run last-in first-out: entering in reverse renames ranking first.
-        staging = {
-            stage: renames.enter_context(atomic_dir(repo / endpoint.model(stage) / str(version)))
-            for stage in reversed(stages)
-        }
-        _write_versions(staging, features, ranking, retrieval, interactions, cfg)
-    for stage in stages:
-        _write_config(repo / endpoint.model(stage), stage, cfg, features.external_ids)
-    _write_catalog(features, repo)
+        for stage in reversed(exported.stages):
+            staging = renames.enter_context(atomic_dir(repo / names.model(stage) / str(version)))
+            # File by file rather than copytree, which gathers every failure into one
+            # shutil.Error without an errno: a full disk must say ENOSPC.
+            for file in exported.version_dir(stage).iterdir():
+                shutil.copy2(file, staging / file.name)
+    for stage in exported.stages:
+        _write_config(repo / names.model(stage), stage, cfg, exported.external_ids)
+    with atomic_file(repo / CATALOG) as catalog:
+        catalog.write((exported.path / CATALOG).read_bytes())
     return version
 
 
-# The files each endpoint's version directory holds besides model.py and ranking.json.
+# The files each endpoint's version directory holds besides model.py and version.json.
 STAGE_FILES = {
     RANKING: (runtime.USER_ROWS, runtime.ITEM_ROWS, runtime.RANKER),
     RETRIEVAL: (runtime.QUERIES, runtime.SEEN, runtime.ITEM_EMBEDDINGS),
@@ -220,18 +262,28 @@ STAGE_FILES = {
 }
 
 
-def _write_versions(staging: dict[str, Path], features, ranking, retrieval, interactions, cfg):
-    """Compute each file once, in a scratch directory inside a staging directory (removed with
-    it if the export fails or is killed), then copy it into every version that needs it."""
-    settings = {
-        "max_k": cfg.max_k,
-        "retrieval_candidates": cfg.retrieval_candidates,
+def _write_versions(
+    staging: dict[str, Path],
+    work_root: Path,
+    candidate: str,
+    features: FeatureSet,
+    ranking: RankingModel,
+    retrieval: RetrievalModel | None,
+    seen: pd.DataFrame,
+    cfg: ServingConfig,
+) -> None:
+    """Compute each file once, in a scratch directory inside the export's staging directory
+    (removed with it if the export fails or is killed), then copy it into every version
+    directory that needs it."""
+    config = VersionConfig(
+        max_k=cfg.max_k,
+        retrieval_candidates=cfg.retrieval_candidates,
         # The final ordering recommend applies, as measured on validation at training time.
-        runtime.ORDERING: {"ranker_weight": ranking.ordering.ranker_weight},
-        runtime.EXTERNAL_IDS: features.external_ids,
-        runtime.CANDIDATE: ranking.path.parent.name,  # the training run: the candidate's id
-    }
-    work = next(iter(staging.values())) / ".export"
+        ordering=OrderingPolicy(ranker_weight=ranking.ordering.ranker_weight),
+        external_ids=features.external_ids,
+        candidate=candidate,
+    ).model_dump_json()
+    work = work_root / ".export"
     work.mkdir()
     try:
         serving = ServingFeatures(features)
@@ -240,12 +292,12 @@ def _write_versions(staging: dict[str, Path], features, ranking, retrieval, inte
         if retrieval is not None:
             known_users = serving.known[USER_ID]
             write_queries(retrieval, known_users, user_rows, work / runtime.QUERIES)
-            seen = pd.read_parquet(interactions, columns=[USER_ID, ITEM_ID])
-            seen.drop_duplicates().to_parquet(work / runtime.SEEN, index=False)
+            pairs = seen[[USER_ID, ITEM_ID]].drop_duplicates()
+            pairs.to_parquet(work / runtime.SEEN, index=False)
             shutil.copy(retrieval.item_embeddings, work / runtime.ITEM_EMBEDDINGS)
         for stage, directory in staging.items():
             shutil.copy(TRITON_MODEL_SOURCE, directory / "model.py")
-            (directory / runtime.RANKING_CONFIG).write_text(json.dumps(settings))
+            (directory / runtime.VERSION_CONFIG).write_text(config)
             for name in STAGE_FILES[stage]:
                 shutil.copy(work / name, directory / name)
             if features.external_ids and stage != RANKING:  # they answer with item ids
@@ -269,17 +321,19 @@ def _write_config(model_dir: Path, stage: str, cfg: ServingConfig, external_ids:
 def version_candidates(model_dir: Path) -> dict[int, str]:
     """The candidate each version directory of ``model_dir`` serves (versions exported before
     the candidate was recorded have none)."""
-    candidates = {}
-    for version in model_dir.iterdir():
-        settings = version / runtime.RANKING_CONFIG
-        if version.name.isdigit() and settings.is_file():
-            candidate = json.loads(settings.read_text()).get(runtime.CANDIDATE)
-            if candidate:
-                candidates[int(version.name)] = candidate
-    return candidates
+    configs = {
+        int(version.name): runtime.version_config(version)
+        for version in model_dir.iterdir()
+        if version.name.isdigit()
+        and any(
+            (version / name).is_file()
+            for name in (runtime.VERSION_CONFIG, runtime.EARLIER_VERSION_CONFIG)
+        )
+    }
+    return {version: c.candidate for version, c in configs.items() if c.candidate}
 
 
-def _write_catalog(features: FeatureSet, repo: Path) -> None:
+def _write_catalog(features: FeatureSet, target: Path) -> None:
     """Item ids the CLI and clients may rank (``catalog.parquet``, column ``item_id``): the
     dataset's own, strings where they are strings."""
     items = pd.read_parquet(features.lookup_dir / "items.parquet", columns=[ITEM_ID])
@@ -288,6 +342,4 @@ def _write_catalog(features: FeatureSet, repo: Path) -> None:
         items = pd.DataFrame(
             {ITEM_ID: names.set_index(ITEM_ID)[EXTERNAL_ID].reindex(items[ITEM_ID])}
         )
-    staging = repo / f".{CATALOG}.tmp"
-    items.to_parquet(staging, index=False)
-    staging.replace(repo / CATALOG)
+    items.to_parquet(target, index=False)

@@ -7,7 +7,7 @@ a Triton ensemble). Everything a request needs was computed when the version was
 TensorFlow, Merlin, NVTabular, Prefect or Dask:
 
 * ``ranking`` (:class:`RankingPipeline`): ``user_id``/``item_id`` -> the encoded feature rows
-  of those ids (:class:`FeatureRows`) -> the DLRM as ONNX (:class:`OnnxModel`).
+  of those ids (:class:`FeatureRows`) -> the ranker as ONNX (:class:`OnnxModel`).
 * ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> the user's precomputed query
   embedding -> exact top-k over the item embeddings, optionally without the user's seen items.
 * ``recommend`` (:class:`RecommendStage`): for all users of a request at once, retrieval of
@@ -24,17 +24,17 @@ strings (Triton ``TYPE_STRING``), answers name the items by theirs.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from models.metrics import top_k
 from models.ordering import final_order
-from recflow.artifacts import OrderingPolicy, names_file
+from recflow.artifacts import VersionConfig, names_file
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
@@ -59,23 +59,31 @@ QUERIES = "queries.npz"
 RANKER = "ranking.onnx"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
 SEEN = "seen.parquet"
-RANKING_CONFIG = "ranking.json"
+# recflow.artifacts.VersionConfig; versions exported before it was named so have ranking.json.
+VERSION_CONFIG, EARLIER_VERSION_CONFIG = "version.json", "ranking.json"
 # Only where the dataset's ids are strings: each item's int64 id next to its string.
 ITEM_NAMES = names_file(ITEM_ID)
 # Keys of the .npz files: the known raw ids; the query embeddings (QUERIES only). Every other
 # array of a rows file is one model tensor, one row per id plus the unknown ids' row last.
 IDS, VECTORS = "ids", "vectors"
-# Keys of ranking.json: recommend's recflow.artifacts.OrderingPolicy; whether requests and
-# answers carry string ids.
-ORDERING, EXTERNAL_IDS = "ordering", "external_ids"
-# ... and the candidate (training run) the version was exported from (serving/repository.py
-# names it in the model config, for apps).
-CANDIDATE = "candidate"
 # A list column reaches the model as Merlin's ``__values``/``__offsets`` pair; the rows files
 # keep it padded (``__values``, [rows, width]) with its lengths (``__lengths``, [rows, 1]).
 VALUES, OFFSETS, LENGTHS = "__values", "__offsets", "__lengths"
 # Imported by no stub; the Triton test reads the list each stub logs (triton_model.py).
 HEAVY_MODULES = ("tensorflow", "merlin", "nvtabular", "prefect", "dask")
+
+
+class Stage(Protocol):
+    """What an endpoint runs for a request, as the Triton stub (serving/triton_model.py) drives
+    it: every class of :data:`STAGES`, and :class:`ExternalIdStage` around one."""
+
+    # Whether the stub may answer several requests of one batch with one call: a stage whose
+    # requests each carry their own k (top-k endpoints) may not.
+    merge_requests: bool
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def warm_up(self) -> None: ...
 
 
 class BadRequest(ValueError):
@@ -167,12 +175,17 @@ class OnnxModel:
         return self.session.run(None, feed)[0].astype(np.float32)
 
 
-def _settings(version_dir: Path) -> dict:
-    return json.loads((version_dir / RANKING_CONFIG).read_text())
+def version_config(version_dir: Path) -> VersionConfig:
+    config = version_dir / VERSION_CONFIG
+    if not config.is_file():
+        config = version_dir / EARLIER_VERSION_CONFIG
+    return VersionConfig.model_validate_json(config.read_text())
 
 
 class RankingPipeline:
-    """The ``ranking`` endpoint: feature rows of the pairs -> the DLRM."""
+    """The ``ranking`` endpoint: feature rows of the pairs -> the ranker (ONNX)."""
+
+    merge_requests = True
 
     def __init__(self, version_dir: Path):
         version_dir = require_trusted(version_dir)
@@ -219,15 +232,20 @@ class RetrievalStage:
 
     merge_requests = False
 
-    def __init__(self, version_dir: Path):
+    def __init__(self, version_dir: Path, seen: pd.DataFrame | None = None):
+        """``seen`` (``user_id``, ``item_id``) replaces the version's ``seen.parquet``: the gate
+        scores a version in-process with only the training split's pairs as seen, since it
+        judges the held-out ones."""
         version_dir = require_trusted(version_dir)
         self.known_users, queries = _load_npz(version_dir / QUERIES)
         self.queries = queries[VECTORS]
         self.item_ids, self.vectors = item_embeddings(version_dir)
-        seen = pd.read_parquet(version_dir / SEEN).sort_values(USER_ID, kind="stable")
+        if seen is None:
+            seen = pd.read_parquet(version_dir / SEEN)
+        seen = seen.sort_values(USER_ID, kind="stable")
         self._seen = pd.Index(self.item_ids).get_indexer(seen[ITEM_ID].to_numpy(np.int64))
         self._seen_users = seen[USER_ID].to_numpy(np.int64)
-        self.config = _settings(version_dir)
+        self.config = version_config(version_dir)
 
     def seen_mask(self, user_ids: np.ndarray) -> np.ndarray:
         """[users, items]: True where the user interacted with the item in the exported data."""
@@ -253,7 +271,7 @@ class RetrievalStage:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
-        k = _request_k(inputs, len(users), self.config["max_k"])
+        k = _request_k(inputs, len(users), self.config.max_k)
         exclude = bool(inputs.get(EXCLUDE_SEEN_INPUT, np.zeros(1, bool)).any())
         return _ranked(*self.top_k(users, k, exclude))
 
@@ -270,17 +288,15 @@ class RecommendStage:
 
     merge_requests = False
 
-    def __init__(self, version_dir: Path):
-        self.retrieval = RetrievalStage(version_dir)
+    def __init__(self, version_dir: Path, seen: pd.DataFrame | None = None):
+        self.retrieval = RetrievalStage(version_dir, seen)
         self.ranking = RankingPipeline(version_dir)
-        # A version exported before the policy existed has none: it ranked by the ranker alone,
-        # which is the default policy, so a repository upgraded in place serves as before.
-        self.ordering = OrderingPolicy.model_validate(self.retrieval.config.get(ORDERING, {}))
+        self.ordering = self.retrieval.config.ordering
 
     def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ids and final scores [users, k], best first; padding: -1 and -inf."""
         k = min(k, len(self.retrieval.item_ids))
-        n = max(k, self.retrieval.config["retrieval_candidates"])
+        n = max(k, self.retrieval.config.retrieval_candidates)
         candidates, retrieval_scores = self.retrieval.top_k(user_ids, n, exclude_seen=True)
         found = candidates >= 0
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
@@ -292,7 +308,7 @@ class RecommendStage:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
-        k = _request_k(inputs, len(users), self.retrieval.config["max_k"])
+        k = _request_k(inputs, len(users), self.retrieval.config.max_k)
         return _ranked(*self.recommend(users, k))
 
     def warm_up(self) -> None:
@@ -308,11 +324,11 @@ class SimilarStage:
         version_dir = require_trusted(version_dir)
         self.item_ids, self.vectors = item_embeddings(version_dir)
         self._positions = pd.Index(self.item_ids)
-        self.config = _settings(version_dir)
+        self.config = version_config(version_dir)
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         items = inputs[ITEM_ID].reshape(-1).astype(np.int64)
-        k = _request_k(inputs, len(items), self.config["max_k"])
+        k = _request_k(inputs, len(items), self.config.max_k)
         rows = self._positions.get_indexer(items)
         if (rows < 0).any():
             raise BadRequest(f"unknown item ids {items[rows < 0].tolist()}: no embedding")
@@ -339,9 +355,9 @@ class ExternalIdStage:
     become the int64 ids the tables hold, and answered item ids their strings again, with
     ``b""`` for the -1 padding. An id string no table knows is served as a cold id."""
 
-    def __init__(self, stage, version_dir: Path):
+    def __init__(self, stage: Stage, version_dir: Path):
         self.stage = stage
-        self.merge_requests = getattr(stage, "merge_requests", True)
+        self.merge_requests = stage.merge_requests
         names = version_dir / ITEM_NAMES
         self.item_names = None
         if names.is_file():  # ranking answers scores only, and needs no names
@@ -367,9 +383,9 @@ class ExternalIdStage:
         self.stage.warm_up()
 
 
-def load_stage(stage: str, version_dir: Path):
+def load_stage(stage: str, version_dir: Path) -> Stage:
     """The endpoint ``stage`` of a version directory, as Triton serves it."""
     served = STAGES[stage](version_dir)
-    if _settings(version_dir).get(EXTERNAL_IDS, False):
+    if version_config(version_dir).external_ids:
         return ExternalIdStage(served, version_dir)
     return served

@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 
 from recflow.atomic import atomic_dir
-from recflow.config import ServingConfig, Settings
+from recflow.config import PathsConfig, ServingConfig, Settings
 from recflow_client import RecflowClient
 
 STUB_NAME = "triton_python_backend_stub"
@@ -83,9 +83,9 @@ def discover_models(repository: Path) -> list[str]:
     )
 
 
-def default_log_file(settings: Settings) -> Path:
+def default_log_file(paths: PathsConfig) -> Path:
     """Where ``recflow serve`` writes the server's output (stdout and stderr, stubs included)."""
-    return settings.paths.logs_dir / "tritonserver.log"
+    return paths.logs_dir / "tritonserver.log"
 
 
 def _pytriton_root() -> Path:
@@ -196,7 +196,7 @@ class TritonServer:
         return cls(
             repository,
             settings.serving,
-            log_file=default_log_file(settings),
+            log_file=default_log_file(settings.paths),
             backend_cache_dir=settings.paths.cache_dir,
             models=discover_models(repository) if models is None else models,
         )

@@ -29,7 +29,7 @@ class TritonPythonModel:
         self.outputs = [spec["name"] for spec in config["output"]]
         # Stages that score rows independently take the dynamic batcher's requests as one
         # batch; stages whose rows share per-request arguments (k) run request by request.
-        self.merge = getattr(self.stage, "merge_requests", True)
+        self.merge = self.stage.merge_requests
         # One line per loaded version in the server log: load time, and the proof that the
         # stub stays light (tests/integration/test_serving.py reads it).
         print(

@@ -29,7 +29,7 @@ from prefect import task
 from recflow.artifacts import HELD_OUT, ColumnStats, FeatureSet, Profile, RawDataset
 from recflow.atomic import atomic_dir
 from recflow.compute import dataset_cpu_flag, open_cluster
-from recflow.config import FeaturesConfig, Settings, ValidationConfig
+from recflow.config import ComputeConfig, FeaturesConfig, ValidationConfig
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
     IN_VALIDATION,
@@ -697,13 +697,21 @@ def cardinalities(workflow: nvt.Workflow) -> dict[str, int]:
 
 
 @task(name="build-features", task_run_name="build-features-{raw.variant}")
-def build_features_task(raw: RawDataset, settings: Settings, rebuild: bool = False) -> FeatureSet:
-    with open_cluster(settings.compute) as (_client, device):
+def build_features_task(
+    raw: RawDataset,
+    cfg: FeaturesConfig,
+    validation: ValidationConfig,
+    compute: ComputeConfig,
+    features_dir: Path,
+    rebuild: bool = False,
+) -> FeatureSet:
+    """``build_features`` on a Dask cluster of ``compute`` (GPUs where there are, else CPUs)."""
+    with open_cluster(compute) as (_client, device):
         return build_features(
             raw,
-            settings.features,
-            settings.paths.features_dir,
+            cfg,
+            features_dir,
             cpu=dataset_cpu_flag(device),
-            validation=settings.validation,
+            validation=validation,
             rebuild=rebuild,
         )

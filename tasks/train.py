@@ -3,14 +3,17 @@ feature set, then choose each ranker's ``recommend`` ordering."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from prefect import task
 
 from models.composed import choose_ordering
 from models.ranking import train_ranker
 from models.retrieval import train_retriever
+from models.training import EpochHook
 from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
-from recflow.config import RankingConfig, Settings
+from recflow.config import OrderingConfig, RankingConfig, RetrievalConfig
 from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL
 from tasks.features import load_workflow, side_workflow
 
@@ -29,24 +32,26 @@ def item_catalogue(features: FeatureSet) -> pd.DataFrame:
 
 
 def train_ranking(
-    features: FeatureSet, settings: Settings, run_id: str, cfg: RankingConfig | None = None
+    features: FeatureSet, cfg: RankingConfig, model_dir: Path, on_epoch: EpochHook | None = None
 ) -> RankingModel:
-    """Train one of ``settings.ranking.contenders`` (default the champion) into
-    ``models/<run_id>/ranking/``, a challenger into ``models/<run_id>/ranking-<architecture>/``."""
-    cfg = cfg or settings.ranking.contenders[0]
-    champion = cfg.architecture == settings.ranking.architecture
-    name = RANKING if champion else f"{RANKING}-{cfg.architecture}"
+    """Train a ranker of ``cfg.architecture`` into ``model_dir``; ``on_epoch`` sees each
+    epoch's validation metrics (the tuning flow prunes through it)."""
     return train_ranker(
         features.train_dir,
         features.valid_dir,
         cfg,
-        settings.paths.models_dir / run_id / name,
+        model_dir,
         features.fingerprint,
+        on_epoch=on_epoch,
     )
 
 
-def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
-    cfg = settings.retrieval
+def train_retrieval(
+    features: FeatureSet,
+    cfg: RetrievalConfig,
+    model_dir: Path,
+    on_epoch: EpochHook | None = None,
+) -> RetrievalModel:
     if features.feedback == "implicit":
         # Its "rated" pairs include the sampled negatives, which nobody picked: the towers learn
         # from the interactions, and in implicit feedback those are the positives.
@@ -56,44 +61,54 @@ def train_retrieval(features: FeatureSet, settings: Settings, run_id: str) -> Re
         features.valid_dir,
         item_catalogue(features),
         cfg,
-        settings.paths.models_dir / run_id / RETRIEVAL,
+        model_dir,
         features.fingerprint,
+        on_epoch=on_epoch,
     )
 
 
-def choose_recommend_ordering(candidate: Candidate, settings: Settings) -> Candidate:
-    """The candidate with ``recommend``'s ordering measured on validation and recorded in its
-    ranking model's manifest (the policy the export serves)."""
-    features, ranking, retrieval = candidate
+# What the pipeline trains and the tuning flow searches, by model kind (``tuning.model``).
+TRAINERS = {RANKING: train_ranking, RETRIEVAL: train_retrieval}
+
+
+def choose_recommend_ordering(
+    candidate: Candidate, cfg: OrderingConfig, retrieval_candidates: int
+) -> Candidate:
+    """The candidate with ``recommend``'s ordering measured on validation (over the
+    ``retrieval_candidates`` the endpoint ranks) and recorded in its ranking model's manifest
+    (the policy the export serves)."""
+    features, ranking, retrieval, run_id = candidate
     policy = choose_ordering(
         features.train_dir,
         features.valid_dir,
         item_catalogue(features),
         ranking,
         retrieval,
-        settings.serving.retrieval_candidates,
-        settings.ordering,
+        retrieval_candidates,
+        cfg,
     )
     ranking = ranking.model_copy(update={"ordering": policy})
     ranking.save_manifest()
-    return Candidate(features, ranking, retrieval)
+    return Candidate(features, ranking, retrieval, run_id)
 
 
-@task(name="train-ranking", task_run_name="train-{cfg.architecture}-{run_id}")
-def train_ranking_task(
-    features: FeatureSet, settings: Settings, run_id: str, cfg: RankingConfig
-) -> RankingModel:
-    return train_ranking(features, settings, run_id, cfg)
+@task(name="train-ranking", task_run_name="train-{cfg.architecture}-{model_dir.parent.name}")
+def train_ranking_task(features: FeatureSet, cfg: RankingConfig, model_dir: Path) -> RankingModel:
+    return train_ranking(features, cfg, model_dir)
 
 
-@task(name="train-retrieval", task_run_name="train-{settings.retrieval.architecture}-{run_id}")
-def train_retrieval_task(features: FeatureSet, settings: Settings, run_id: str) -> RetrievalModel:
-    return train_retrieval(features, settings, run_id)
+@task(name="train-retrieval", task_run_name="train-{cfg.architecture}-{model_dir.parent.name}")
+def train_retrieval_task(
+    features: FeatureSet, cfg: RetrievalConfig, model_dir: Path
+) -> RetrievalModel:
+    return train_retrieval(features, cfg, model_dir)
 
 
 @task(
     name="choose-ordering",
     task_run_name="choose-ordering-{candidate.ranking.architecture}-{candidate.run_id}",
 )
-def choose_ordering_task(candidate: Candidate, settings: Settings) -> Candidate:
-    return choose_recommend_ordering(candidate, settings)
+def choose_ordering_task(
+    candidate: Candidate, cfg: OrderingConfig, retrieval_candidates: int
+) -> Candidate:
+    return choose_recommend_ordering(candidate, cfg, retrieval_candidates)

@@ -21,7 +21,7 @@ from prefect import task
 
 from recflow.artifacts import FeatureSet, RawDataset, ValidationReport
 from recflow.atomic import write_text_atomic
-from recflow.config import Settings, ValidationConfig
+from recflow.config import ValidationConfig
 from tasks.data_checks import DataValidationError, compare, unseen_share
 from tasks.download import source_cleaning
 
@@ -94,9 +94,8 @@ def _now() -> str:
 
 @task(name="validate-features", task_run_name="validate-features-{features.fingerprint}")
 def validate_features_task(
-    features: FeatureSet, settings: Settings, raw: RawDataset
+    features: FeatureSet, features_dir: Path, cfg: ValidationConfig, raw: RawDataset
 ) -> ValidationReport:
-    """Validate ``features``, built from ``raw`` (whose normalisation counts join the report)."""
-    return validate_features(
-        features, settings.paths.features_dir, settings.validation, source_cleaning(raw.path)
-    )
+    """Validate ``features``, built from ``raw`` (whose normalisation counts join the report),
+    against the last accepted build in ``features_dir``."""
+    return validate_features(features, features_dir, cfg, source_cleaning(raw.path))

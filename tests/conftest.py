@@ -34,9 +34,9 @@ def published(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def endpoint(published):
-    from serving.repository import RankingEndpoint
+    from serving.repository import EndpointNames
 
-    return RankingEndpoint(published.settings.serving.model_prefix)
+    return EndpointNames(published.settings.serving.model_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,9 @@ def test_features_stage_runs_on_an_existing_scheduler(
         ]
     )
 
-    features = build_features_task.fn(raw, settings)
+    features = build_features_task.fn(
+        raw, settings.features, settings.validation, settings.compute, settings.paths.features_dir
+    )
 
     assert FeatureSet.load(features.path) == features
     assert features.n_train + features.n_valid == data.n_ratings

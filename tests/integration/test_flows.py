@@ -27,6 +27,7 @@ from recflow.artifacts import (
     MANIFEST,
     Anomaly,
     ColumnStats,
+    ExportedCandidate,
     FeatureSet,
     Profile,
     Published,
@@ -107,11 +108,13 @@ class FakeStages:
         raw.save_manifest()
         return raw
 
-    def features(self, raw: RawDataset, settings: Settings, rebuild: bool = False) -> FeatureSet:
+    def features(
+        self, raw: RawDataset, cfg, validation, compute, features_dir: Path, rebuild: bool = False
+    ) -> FeatureSet:
         self.calls["features"] += 1
         self.calls["features_rebuilt"] += rebuild
-        key = fingerprint(raw, settings.features, settings.validation)
-        out = settings.paths.features_dir / key
+        key = fingerprint(raw, cfg, validation)
+        out = features_dir / key
         (out / "train").mkdir(parents=True, exist_ok=True)
         schema = Schema(
             [
@@ -138,7 +141,7 @@ class FakeStages:
         return features
 
     def validate(
-        self, features: FeatureSet, settings: Settings, raw: RawDataset
+        self, features: FeatureSet, features_dir: Path, cfg, raw: RawDataset
     ) -> ValidationReport:
         report = ValidationReport(
             fingerprint=features.fingerprint,
@@ -153,22 +156,22 @@ class FakeStages:
             raise DataValidationError(blocking, str(features.path / REPORT))
         return report
 
-    def train(self, features: FeatureSet, settings: Settings, run_id: str, cfg) -> RankingModel:
+    def train(self, features: FeatureSet, cfg, model_dir: Path) -> RankingModel:
         self.calls["train"] += 1
         return saved_model(
             RankingModel,
             features,
-            settings.paths.models_dir / run_id / "ranking",
+            model_dir,
             metrics={"auc": self.auc},
             baseline_metrics={"auc": 0.55},
             history=[{"loss": 0.7, "auc": 0.6, "val_auc": self.auc}],
         )
 
-    def train_retrieval(self, features: FeatureSet, settings: Settings, run_id: str):
+    def train_retrieval(self, features: FeatureSet, cfg, model_dir: Path):
         return saved_model(
             RetrievalModel,
             features,
-            settings.paths.models_dir / run_id / "retrieval",
+            model_dir,
             metrics={"recall@10": 0.3},
             baseline_metrics={"recall@10": 0.2},
             history=[{"loss": 2.0, "recall@10": 0.3}],
@@ -176,10 +179,10 @@ class FakeStages:
             dim=4,
         )
 
-    def choose_ordering(self, candidate, settings):
+    def choose_ordering(self, candidate, cfg, retrieval_candidates):
         return candidate
 
-    def gate(self, run_id, raw, contenders, settings) -> Judged:
+    def gate(self, raw, contenders, settings) -> Judged:
         (candidate,) = contenders
         ranking = candidate.ranking
         evaluation = Evaluation(
@@ -188,16 +191,17 @@ class FakeStages:
             baseline_metrics={"ranking.auc": ranking.baseline_metrics["auc"]},
         )
         record = CandidateRecord.model_construct(
-            id=run_id, evaluation=evaluation, decision=judge(evaluation, settings.gate)
+            id=candidate.run_id, evaluation=evaluation, decision=judge(evaluation, settings.gate)
         )
         if not record.decision.blessed:
             raise GateFailed(record)
-        return Judged(record, (record,))
+        exported = ExportedCandidate.model_construct(candidate=record.id, stages=("ranking",))
+        return Judged(record, (record,), exported)
 
-    def publish(self, candidate_id: str, settings: Settings, reason: str) -> Event:
+    def publish(self, registry, record, candidate, cfg, reason: str) -> Event:
         self.calls["publish"] += 1
-        settings.paths.triton_repo.mkdir(parents=True, exist_ok=True)
-        return Event.model_construct(candidate=candidate_id, version=self.calls["publish"])
+        cfg.paths.triton_repo.mkdir(parents=True, exist_ok=True)
+        return Event.model_construct(candidate=record.id, version=self.calls["publish"])
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ One module-scoped story on small synthetic data, two trainings and three server 
    change bound against the re-scored blessed model, nothing published; the same models with
    recommend ordered by that ranker alone: NOT_BLESSED because the lists lose to most popular,
    even with the ranking bounds switched off;
-3. a blessed candidate whose model file is corrupted before trial serving: blocked;
+3. a blessed candidate whose exported model file is corrupted before trial serving: blocked;
 4. a blessed candidate published as v2, then `recflow models rollback`: the first model is
-   served again as v3, and a real Triton answers with its scores.
+   served again as v3, and a real Triton answers with its scores;
+5. a run whose challenger wins: published as v4 under the challenger's own registry id.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from recflow_client import RecflowClient
 from release.gate import GateFailed, gate
 from release.publish import publish
 from release.trial import TrialServingFailed, infra_validate
-from serving.repository import RankingEndpoint
-from serving.runtime import RecommendStage
+from serving.repository import EndpointNames
+from serving.runtime import RANKER, RecommendStage
 from serving.server import TritonServer
 from tasks.download import fetch_dataset
 from tasks.features import build_features
@@ -37,12 +38,13 @@ from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
 
-FIRST, WORSE, CORRUPT, SECOND, RANKER_ALONE = (
+FIRST, WORSE, CORRUPT, SECOND, RANKER_ALONE, WINNER = (
     "20250101T000000Z-111111",
     "20250102T000000Z-222222",
     "20250103T000000Z-333333",
     "20250104T000000Z-444444",
     "20250105T000000Z-555555",
+    "20250106T000000Z-666666",
 )
 SERVING = [
     "serving.grpc_port=0",
@@ -90,14 +92,21 @@ def data(home):
 def train(settings, features, run_id, retrieval_from: Candidate | None = None) -> Candidate:
     """Train a candidate; with ``retrieval_from``, only its ranking model, and reuse that
     candidate's retrieval model (this story is about the ranking model)."""
-    ranking = train_ranking(features, settings, run_id)
+    run_dir = settings.paths.models_dir / run_id
+    ranking = train_ranking(features, settings.ranking, run_dir / RANKING)
     if retrieval_from is None:
-        retrieval = train_retrieval(features, settings, run_id)
+        retrieval = train_retrieval(features, settings.retrieval, run_dir / RETRIEVAL)
     else:
-        copied = settings.paths.models_dir / run_id / RETRIEVAL
+        copied = run_dir / RETRIEVAL
         shutil.copytree(retrieval_from.retrieval.path, copied)
         retrieval = RetrievalModel.load(copied)
-    return choose_recommend_ordering(Candidate(features, ranking, retrieval), settings)
+    return ordered(Candidate(features, ranking, retrieval, run_id), settings)
+
+
+def ordered(candidate: Candidate, settings) -> Candidate:
+    return choose_recommend_ordering(
+        candidate, settings.ordering, settings.serving.retrieval_candidates
+    )
 
 
 def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
@@ -108,6 +117,7 @@ def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
         candidate.features,
         RankingModel.load(target / RANKING),
         RetrievalModel.load(target / RETRIEVAL),
+        run_id,
     )
 
 
@@ -115,7 +125,7 @@ def live_versions(settings) -> set[str]:
     repo = settings.paths.triton_repo
     return {
         child.name
-        for model in RankingEndpoint(settings.serving.model_prefix).all_models
+        for model in EndpointNames(settings.serving.model_prefix).all_models
         for child in (repo / model).iterdir()
         if child.is_dir()
     }
@@ -126,11 +136,11 @@ def first(home, data):
     settings = settings_for(home)
     raw, features = data
     candidate = train(settings, features, FIRST)
-    record = gate(FIRST, raw, [candidate], settings).chosen
+    judged = gate(raw, [candidate], settings)
     registry = Registry.from_settings(settings)
-    infra_validate(registry, FIRST, settings)
-    publish(registry, FIRST, settings, "first run")
-    return candidate, record
+    record = infra_validate(registry, judged.chosen, judged.exported, settings.release)
+    publish(registry, record, judged.exported, settings.release, "first run")
+    return candidate, judged.chosen
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +149,7 @@ def worse(home, data, first):
     raw, features = data
     candidate = train(settings, features, WORSE, retrieval_from=first[0])
     with pytest.raises(GateFailed) as failed:
-        gate(WORSE, raw, [candidate], settings)
+        gate(raw, [candidate], settings)
     return candidate, failed.value
 
 
@@ -181,7 +191,7 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     ordering = candidate.ranking.ordering
     assert set(ordering.validation) == {str(w) for w in settings_for(home).ordering.ranker_weights}
     assert ordering.validation[str(ordering.ranker_weight)] == max(ordering.validation.values())
-    endpoint = RankingEndpoint(settings_for(home).serving.model_prefix)
+    endpoint = EndpointNames(settings_for(home).serving.model_prefix)
     live = settings_for(home).paths.triton_repo / endpoint.model("recommend") / "1"
     assert RecommendStage(live).ordering.ranker_weight == ordering.ranker_weight
     lineage = stored.lineage
@@ -224,10 +234,10 @@ def test_recommend_that_loses_to_most_popular_is_not_blessed(home, data, worse):
     it was measured): the ranking bounds are off, only the lists can fail the gate."""
     settings = settings_for(home, *LOOSE_GATE, "ordering.ranker_weights=[1.0]")
     raw, _ = data
-    candidate = choose_recommend_ordering(copy_of(worse[0], settings, RANKER_ALONE), settings)
+    candidate = ordered(copy_of(worse[0], settings, RANKER_ALONE), settings)
     assert candidate.ranking.ordering.ranker_weight == 1.0
     with pytest.raises(GateFailed, match="recommend.recall@10"):
-        gate(RANKER_ALONE, raw, [candidate], settings)
+        gate(raw, [candidate], settings)
     registry = Registry.from_settings(settings)
     stored = registry.load(RANKER_ALONE)
     metrics = stored.evaluation.metrics
@@ -249,19 +259,19 @@ def test_candidate_that_cannot_load_is_blocked_by_trial_serving(home, data, wors
     settings = settings_for(home, *WORSE_ADMITTED)
     raw, features = data
     candidate = copy_of(worse[0], settings, CORRUPT)
-    assert gate(CORRUPT, raw, [candidate], settings).chosen.status == "BLESSED"
-    (candidate.ranking.model_dir / "saved_model.pb").write_bytes(b"not a SavedModel")
+    judged = gate(raw, [candidate], settings)
+    assert judged.chosen.status == "BLESSED"
+    # Trial serving loads the very files the gate exported and scored: damage one of them.
+    (judged.exported.version_dir(RANKING) / RANKER).write_bytes(b"not an ONNX model")
 
     registry = Registry.from_settings(settings)
-    # The SavedModel is loaded, and the ranker converted to ONNX, when the trial exports it.
-    with pytest.raises(TrialServingFailed, match="export failed"):
-        infra_validate(registry, CORRUPT, settings)
+    with pytest.raises(TrialServingFailed, match=CORRUPT):
+        infra_validate(registry, judged.chosen, judged.exported, settings.release)
     trial = registry.load(CORRUPT).trial
-    assert not trial.passed and trial.message.startswith("export failed")
-    assert "saved_model" in trial.message.lower()
-    assert trial.log_file is None  # no server was started for a model that cannot be exported
+    assert not trial.passed and trial.log_file is not None
     with pytest.raises(RegistryError, match="trial serving"):
-        publish(registry, CORRUPT, settings, "should not happen")
+        record = registry.load(CORRUPT)
+        publish(registry, record, judged.exported, settings.release, "should not happen")
     assert registry.state().serving == FIRST
     assert live_versions(settings) == {"1"}
 
@@ -270,9 +280,10 @@ def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data,
     settings = settings_for(home, *WORSE_ADMITTED, "trial.enabled=false")
     raw, features = data
     candidate = copy_of(worse[0], settings, SECOND)
-    gate(SECOND, raw, [candidate], settings)
+    judged = gate(raw, [candidate], settings)
     registry = Registry.from_settings(settings)
-    assert publish(registry, SECOND, settings, "looser gate").version == 2
+    published = publish(registry, judged.chosen, judged.exported, settings.release, "looser gate")
+    assert published.version == 2
 
     result = cli_for(settings)("rollback", "--reason", "AUC dropped")
     assert result.exit_code == 0, result.output
@@ -285,7 +296,7 @@ def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data,
     ]
     assert state.history[-1].reason == "AUC dropped" and state.history[-1].previous == SECOND
 
-    ranking_model = RankingEndpoint(settings.serving.model_prefix).model("ranking")
+    ranking_model = EndpointNames(settings.serving.model_prefix).model("ranking")
     expected = registry.trial_sample(FIRST)
     not_expected = registry.trial_sample(SECOND)["score"].to_numpy()
     with (
@@ -303,3 +314,32 @@ def test_rollback_restores_the_previous_version_and_triton_serves_it(home, data,
         )["score"].reshape(-1)
     np.testing.assert_allclose(served, expected["score"].to_numpy(), rtol=0, atol=1e-5)
     assert np.abs(served - not_expected).max() > 1e-3
+
+
+def test_a_winning_challenger_is_served_under_its_own_id(home, data, first, worse):
+    """One run, two contenders: the worse ranker as champion (NOT_BLESSED by the change bound)
+    and the first candidate's ranker as a challenger beside it. The challenger wins, and every
+    endpoint's config names its registry id ``<run>-<architecture>`` for the new version: the
+    id the gate assigned, not the run's directory name (which named the champion's record)."""
+    settings = settings_for(home, "trial.enabled=false")
+    raw, _ = data
+    champion = copy_of(worse[0], settings, WINNER)
+    architecture = first[0].ranking.architecture
+    challenger_dir = settings.paths.models_dir / WINNER / f"{RANKING}-{architecture}"
+    shutil.copytree(first[0].ranking.path, challenger_dir)
+    challenger = champion._replace(ranking=RankingModel.load(challenger_dir))
+    registry = Registry.from_settings(settings)
+    assert registry.state().serving == FIRST  # the rollback's
+    judged = gate(raw, [champion, challenger], settings)
+
+    winner = f"{WINNER}-{architecture}"
+    assert judged.chosen.id == judged.exported.candidate == winner
+    assert registry.load(WINNER).status == "NOT_BLESSED"
+    version = publish(
+        registry, judged.chosen, judged.exported, settings.release, "challenger"
+    ).version
+    parameter = f'key: "recflow_candidate_v{version}" value {{ string_value: "{winner}" }}'
+    repo = settings.paths.triton_repo
+    for model in EndpointNames(settings.serving.model_prefix).all_models:
+        assert parameter in (repo / model / "config.pbtxt").read_text(), model
+    assert registry.state().serving == winner

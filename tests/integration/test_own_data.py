@@ -18,7 +18,7 @@ from recflow.config import load_settings
 from recflow.registry import Registry
 from recflow.vocabulary import ITEM_IDS_OUTPUT, K_INPUT, RECOMMEND, USER_INPUT
 from recflow_client import HttpRecflowClient, RecflowClient
-from serving.repository import RankingEndpoint
+from serving.repository import EndpointNames
 from serving.runtime import load_stage
 from serving.server import TritonServer
 from tests.support.movielens_server import movielens_archive
@@ -82,7 +82,7 @@ def test_recommend_answers_in_the_datasets_own_ids_over_grpc_and_http(served):
 
     # The same version run in-process answers the same list; no item the user rated returns.
     repo = settings.paths.triton_repo
-    model = RankingEndpoint(settings.serving.model_prefix).model(RECOMMEND)
+    model = EndpointNames(settings.serving.model_prefix).model(RECOMMEND)
     version_dir = max(
         (repo / model).iterdir(), key=lambda d: int(d.name) if d.name.isdigit() else 0
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import sys
 
 import numpy as np
@@ -21,6 +22,7 @@ from recflow.registry import Registry
 from recflow.vocabulary import RANKING
 from recflow_client import RecflowClient, TritonRequestError
 from serving.export import ServingFeatures
+from serving.repository import EndpointNames
 from serving.server import TritonServer
 from tests.support.prefect_server import latest_artifact
 from tests.support.settings import small_settings
@@ -44,17 +46,30 @@ def pipeline_run(tmp_path_factory, prefect_harness):
     )
     # What the run draws on stderr (its progress bars): kept for the tests, and shown again.
     drawn = io.StringIO()
+    # The export log lines (serving.repository): how often each candidate was exported.
+    exports = Recorder()
+    logging.getLogger("serving.repository").addHandler(exports)
     try:
         with contextlib.redirect_stderr(drawn):
             result = pipeline(settings)
     finally:
+        logging.getLogger("serving.repository").removeHandler(exports)
         sys.stderr.write(drawn.getvalue())
-    return settings, result, drawn.getvalue()
+    return settings, result, drawn.getvalue(), exports.messages
+
+
+class Recorder(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
 def server(pipeline_run):
-    settings, _, _ = pipeline_run
+    settings, *_ = pipeline_run
     with TritonServer.from_settings(settings) as running:
         yield running
 
@@ -66,7 +81,7 @@ def client(server):
 
 
 def test_planted_signal_is_learned_by_both_models(pipeline_run):
-    _, result, _ = pipeline_run
+    _, result, *_ = pipeline_run
     # The gate's numbers: each model served from its export, on the held-out rows.
     assert result.metrics["ranking.auc"] >= 0.75
     assert result.metrics["ranking.auc"] > result.baseline_metrics["ranking.auc"]
@@ -76,7 +91,7 @@ def test_planted_signal_is_learned_by_both_models(pipeline_run):
 
 
 def test_the_best_blessed_contender_is_published_and_every_judgement_recorded(pipeline_run):
-    settings, result, _ = pipeline_run
+    settings, result, *_ = pipeline_run
     registry = Registry.from_settings(settings)
     contest = registry.load(result.candidate).contest
     assert contest.contenders == (result.run_id, *(f"{result.run_id}-{a}" for a in CHALLENGERS))
@@ -98,8 +113,21 @@ def test_the_best_blessed_contender_is_published_and_every_judgement_recorded(pi
     }
 
 
+def test_each_contender_is_exported_once_and_served_under_its_id(pipeline_run):
+    """The gate exports every contender once; trial serving and publish install that export,
+    whose every endpoint names the published candidate's registry id (#31)."""
+    settings, result, _, exports = pipeline_run
+    contenders = Registry.from_settings(settings).load(result.candidate).contest.contenders
+    exported = [message.split()[2] for message in exports if message.startswith("exported ")]
+    assert sorted(exported) == sorted(contenders)
+    repo = settings.paths.triton_repo
+    parameter = f'"recflow_candidate_v{result.version}" value {{ string_value: "{result.candidate}"'
+    for model in EndpointNames(settings.serving.model_prefix).all_models:
+        assert parameter in (repo / model / "config.pbtxt").read_text(), model
+
+
 def test_the_dashboard_shows_the_contenders_side_by_side(pipeline_run):
-    settings, result, _ = pipeline_run
+    settings, result, *_ = pipeline_run
     chosen = Registry.from_settings(settings).load(result.candidate).ranking_architecture
     artifact = latest_artifact(Keys.CONTEST)
     assert result.candidate in artifact["description"]
@@ -112,7 +140,7 @@ def test_the_dashboard_shows_the_contenders_side_by_side(pipeline_run):
 
 
 def test_trial_serving_drew_one_bar_over_its_model_loads(pipeline_run):
-    _, _, drawn = pipeline_run
+    _, _, drawn, _ = pipeline_run
     # stderr is no terminal here: rich printed the bar once, in its final state.
     bars = [
         line
@@ -124,7 +152,7 @@ def test_trial_serving_drew_one_bar_over_its_model_loads(pipeline_run):
 
 
 def test_served_scores_equal_in_process_scores(pipeline_run, client):
-    settings, result, _ = pipeline_run
+    settings, result, *_ = pipeline_run
     rows = pd.read_parquet(result.raw.interactions).sample(300, random_state=0)
     # Include ids the model never saw: they must be scored (as cold), not rejected.
     rows = pd.concat([rows, pd.DataFrame({"user_id": [10**9], "item_id": [10**9 + 1]})])
@@ -164,7 +192,7 @@ def test_bad_requests_get_triton_errors_and_server_keeps_serving(client):
 
 
 def test_recommend_over_grpc_returns_unseen_top_k(pipeline_run, client):
-    _, result, _ = pipeline_run
+    _, result, *_ = pipeline_run
     inter = pd.read_parquet(result.raw.interactions)
     user = int(inter["user_id"].iloc[0])
     seen = set(inter.loc[inter["user_id"] == user, "item_id"])

@@ -18,10 +18,10 @@ from models.predict import predict_frame
 from models.ranking import load_model
 from recflow_client import HttpRecflowClient, RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
-from serving.repository import RankingEndpoint
+from serving.repository import EndpointNames
 from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline
 from serving.server import TritonServer
-from tests.support.published import Published
+from tests.support.published import CANDIDATE, Published
 from tests.support.retrieval import ExactRetriever
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
@@ -35,12 +35,12 @@ def users(published: Published) -> np.ndarray:
     return inter["user_id"].drop_duplicates().sample(20, random_state=0).to_numpy(np.int64)
 
 
-def test_every_endpoint_is_served(server: TritonServer, endpoint: RankingEndpoint) -> None:
+def test_every_endpoint_is_served(server: TritonServer, endpoint: EndpointNames) -> None:
     assert all(server.is_model_ready(name) for name in endpoint.all_models)
 
 
 def test_each_served_config_names_the_candidate_of_its_versions(
-    server: TritonServer, endpoint: RankingEndpoint, published: Published
+    server: TritonServer, endpoint: EndpointNames, published: Published
 ) -> None:
     """What an app reads to log which model answered (README, "Calling it from an app")."""
     import tritonclient.grpc as grpcclient
@@ -51,12 +51,12 @@ def test_each_served_config_names_the_candidate_of_its_versions(
             version = published.newest_version_dir(name).name
             parameters = client.get_model_config(name).config.parameters
             candidate = parameters[f"recflow_candidate_v{version}"].string_value
-            assert candidate == published.ranking.path.parent.name, name
+            assert candidate == CANDIDATE, name
     finally:
         client.close()
 
 
-def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpoint) -> None:
+def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: EndpointNames) -> None:
     # Each stub logs the HEAVY_MODULES it has imported once its version is initialized.
     lines = [line for line in server.log_tail(10_000).splitlines() if "recflow stub" in line]
     for name in endpoint.all_models:
@@ -66,7 +66,7 @@ def test_stubs_import_nothing_heavy(server: TritonServer, endpoint: RankingEndpo
 
 
 def test_onnx_ranker_scores_like_keras_and_a_different_model_is_refused(
-    published: Published, endpoint: RankingEndpoint
+    published: Published, endpoint: EndpointNames
 ) -> None:
     onnx = published.newest_version_dir(endpoint.model("ranking")) / RANKER
     rows = held_out_rows(published.features)
@@ -80,7 +80,7 @@ def test_onnx_ranker_scores_like_keras_and_a_different_model_is_refused(
 
 
 def test_served_ranking_scores_equal_in_process_scores(
-    published: Published, client: RecflowClient, endpoint: RankingEndpoint
+    published: Published, client: RecflowClient, endpoint: EndpointNames
 ) -> None:
     rows = pd.read_parquet(published.raw.interactions).sample(200, random_state=1)
     users = np.append(rows["user_id"].to_numpy(np.int64), [COLD_USER, 1])
@@ -102,7 +102,7 @@ def test_served_ranking_scores_equal_in_process_scores(
 
 
 def test_retrieval_equals_exact_top_k_in_process(
-    published: Published, client: RecflowClient, endpoint: RankingEndpoint, users: np.ndarray
+    published: Published, client: RecflowClient, endpoint: EndpointNames, users: np.ndarray
 ) -> None:
     k = 15
     user_rows = ServingFeatures(published.features).transform(users, np.zeros_like(users))
@@ -148,7 +148,7 @@ def test_recommend_orders_unseen_candidates_by_the_exported_policy(
 
 
 def test_recommend_for_many_users_at_once_equals_one_at_a_time(
-    client: RecflowClient, endpoint: RankingEndpoint, users: np.ndarray
+    client: RecflowClient, endpoint: EndpointNames, users: np.ndarray
 ) -> None:
     rows = np.append(users, COLD_USER)
     batch = client.infer(
@@ -164,7 +164,7 @@ def test_recommend_for_many_users_at_once_equals_one_at_a_time(
 
 
 def test_a_user_with_no_unseen_candidates_gets_an_empty_list(
-    published: Published, client: RecflowClient, endpoint: RankingEndpoint
+    published: Published, client: RecflowClient, endpoint: EndpointNames
 ) -> None:
     stage = RankingPipeline(published.settings.paths.triton_repo / endpoint.model("ranking") / "1")
     none = np.empty(0, np.int64)
@@ -237,7 +237,7 @@ BAD_REQUESTS = {
 
 @pytest.mark.parametrize("case", list(BAD_REQUESTS), ids=list(BAD_REQUESTS))
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
-    client: RecflowClient, endpoint: RankingEndpoint, case: str
+    client: RecflowClient, endpoint: EndpointNames, case: str
 ) -> None:
     stage, inputs, message = BAD_REQUESTS[case]
     outputs = ["score"] if stage == "ranking" else ["item_ids", "scores"]
@@ -256,7 +256,7 @@ def test_k_beyond_the_catalog_returns_the_whole_catalog(
 
 
 def test_hot_swap_under_steady_requests_loses_none(
-    published: Published, server: TritonServer, endpoint: RankingEndpoint
+    published: Published, server: TritonServer, endpoint: EndpointNames
 ) -> None:
     stop = threading.Event()
     answered: list[int] = []

@@ -36,18 +36,20 @@ def settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def features(settings):
-    return build_features_task.fn(fetch_dataset(settings.data, settings.paths), settings)
+    raw = fetch_dataset(settings.data, settings.paths)
+    sections = (settings.features, settings.validation, settings.compute)
+    return build_features_task.fn(raw, *sections, settings.paths.features_dir)
 
 
 @pytest.fixture(scope="module")
 def ranking(features, settings):
-    return train_ranking(features, settings, "first")
+    return train_ranking(features, settings.ranking, settings.paths.models_dir / "first")
 
 
 @pytest.fixture(scope="module", params=["two_tower", "mf"])
 def retrieval(request, features, settings):
     cfg = settings.retrieval.model_copy(update={"architecture": request.param})
-    return train_retrieval(features, settings.model_copy(update={"retrieval": cfg}), request.param)
+    return train_retrieval(features, cfg, settings.paths.models_dir / f"retrieval-{request.param}")
 
 
 def test_the_default_ranker_learns_the_planted_signal_and_beats_the_item_mean(ranking):
@@ -61,16 +63,20 @@ def test_the_default_ranker_learns_the_planted_signal_and_beats_the_item_mean(ra
 
 def test_same_seed_and_data_give_the_same_metrics(features, settings):
     one_epoch = settings.ranking.model_copy(update={"epochs": 1})
-    short = settings.model_copy(update={"ranking": one_epoch})
-    first, second = (train_ranking(features, short, run_id) for run_id in ("once", "twice"))
+    first, second = (
+        train_ranking(features, one_epoch, settings.paths.models_dir / run_id / "ranking")
+        for run_id in ("once", "twice")
+    )
     assert second.metrics == pytest.approx(first.metrics, abs=1e-5)
     assert second.baseline_metrics == first.baseline_metrics
 
 
 def test_same_seed_and_data_give_the_same_two_tower_metrics(features, settings):
     one_epoch = settings.retrieval.model_copy(update={"epochs": 1})
-    short = settings.model_copy(update={"retrieval": one_epoch})
-    first, second = (train_retrieval(features, short, run_id) for run_id in ("once", "twice"))
+    first, second = (
+        train_retrieval(features, one_epoch, settings.paths.models_dir / run_id / "retrieval")
+        for run_id in ("once", "twice")
+    )
     assert second.metrics == pytest.approx(first.metrics, abs=1e-6)
 
 
@@ -126,7 +132,7 @@ def test_every_ranking_architecture_learns_and_exports_unchanged(
     """The same loop trains each, and its ONNX export scores held-out rows like Keras does
     (``write_ranker`` raises otherwise), reading only the columns the architecture takes."""
     cfg = settings.ranking.model_copy(update={"architecture": architecture, "epochs": 3})
-    model = train_ranking(features, settings.model_copy(update={"ranking": cfg}), architecture)
+    model = train_ranking(features, cfg, settings.paths.models_dir / f"ranking-{architecture}")
     assert model.architecture == architecture
     assert model.metrics["auc"] > model.baseline_metrics["auc"]
     schema = read_schema(features.train_dir)

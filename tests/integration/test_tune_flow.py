@@ -8,9 +8,10 @@ import pytest
 from optuna.trial import TrialState
 from prefect.client.orchestration import get_client
 
-import flows.tune
 from flows.study import JOURNAL, distributions, load_study
 from flows.tune import artifact_key, study_dir, tune
+from recflow.vocabulary import RANKING
+from tasks.train import TRAINERS
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
@@ -38,14 +39,14 @@ def settings(tmp_path_factory):
 def trained_points():
     """The learning rate of every model the flow trains, in order."""
     points = []
-    train = flows.tune.train_trial_model
+    train = TRAINERS[RANKING]  # the pipeline's own trainer: the tuning flow calls it
 
-    def counting(settings, features, cfg, out_dir, on_epoch):
+    def counting(features, cfg, out_dir, on_epoch):
         points.append(cfg.learning_rate)
-        return train(settings, features, cfg, out_dir, on_epoch)
+        return train(features, cfg, out_dir, on_epoch)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(flows.tune, "train_trial_model", counting)
+        patch.setitem(TRAINERS, RANKING, counting)
         yield points
 
 

@@ -29,27 +29,31 @@ from tests.support.processes import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-# Runs serving.repository.export_ranking, the publish step's public entry point, in a process
-# of its own, as a pipeline run does.
+# Exports a candidate and installs it as the next version, as a pipeline run's gate and publish
+# do, in a process of its own.
 EXPORT = """
 import sys
 from pathlib import Path
+import pandas as pd
 from models.ranking import RankingModel
 from models.retrieval import RetrievalModel
 from recflow.config import ServingConfig
-from serving.repository import export_ranking
+from serving.repository import export_candidate, install
 from tasks.features import FeatureSet
 
 features, ranking, retrieval, interactions, repo, config = sys.argv[1:]
+cfg = ServingConfig.model_validate_json(config)
 print("exporting", flush=True)
-version = export_ranking(
+exported = export_candidate(
+    "killed-half-way",
     FeatureSet.load(Path(features)),
     RankingModel.load(Path(ranking)),
-    Path(repo),
-    ServingConfig.model_validate_json(config),
     RetrievalModel.load(Path(retrieval)),
-    Path(interactions),
+    pd.read_parquet(interactions),
+    cfg,
+    Path(repo).parent / "bundles" / "killed-half-way",
 )
+version = install(exported, Path(repo), cfg)
 print("version", version, flush=True)
 """
 IMPORT_TIMEOUT_S = 300.0
@@ -173,25 +177,28 @@ def fill(home: Path, leave_bytes: int) -> None:
         ballast.write(bytes(max(0, stats.free - leave_bytes)))
 
 
-def test_full_disk_during_export_publishes_nothing(published, roomy_copy: Path, observe) -> None:
-    from serving.repository import export_ranking
+def test_full_disk_during_export_and_install_publishes_nothing(
+    published, roomy_copy: Path, tmp_path: Path, observe
+) -> None:
+    from serving.repository import install
 
-    repo = roomy_copy / "triton"
+    repo, bundles = roomy_copy / "triton", roomy_copy / "bundles"
+    exported = published.exported(tmp_path / "exported")  # made before the disk filled up
     fill(roomy_copy, 64 << 10)
     before = tree_state(repo)
-    with pytest.raises(OSError) as failure:
-        export_ranking(
-            published.features,
-            published.ranking,
-            repo,
-            published.settings.serving,
-            published.retrieval,
-            published.raw.interactions,
-        )
-    observe(error=str(failure.value)[:200], leftovers=leftovers(repo))
-    assert failure.value.errno == errno.ENOSPC
+    with pytest.raises(OSError) as export_failure:
+        published.exported(bundles / "full")
+    with pytest.raises(OSError) as install_failure:
+        install(exported, repo, published.settings.serving)
+    observe(
+        export_error=str(export_failure.value)[:200],
+        install_error=str(install_failure.value)[:200],
+        leftovers=leftovers(repo) + leftovers(bundles),
+    )
+    assert export_failure.value.errno == install_failure.value.errno == errno.ENOSPC
     assert tree_state(repo) == before
-    assert leftovers(repo) == []
+    assert not (bundles / "full").exists()
+    assert leftovers(repo) == leftovers(bundles) == []
 
 
 def test_full_disk_during_etl_keeps_the_previous_features(
@@ -222,13 +229,14 @@ def read_only_home(published, tmp_path: Path):
 
 
 def test_read_only_directories_during_etl_and_export(
-    published, read_only_home: Path, observe
+    published, read_only_home: Path, tmp_path: Path, observe
 ) -> None:
     from recflow.config import DataConfig, PathsConfig
-    from serving.repository import export_ranking
+    from serving.repository import install
     from tasks.download import fetch_dataset
     from tasks.features import build_features
 
+    exported = published.exported(tmp_path / "exported")
     before = tree_state(read_only_home)
     other_data = DataConfig(synthetic={"n_users": 50, "n_items": 20, "n_ratings": 500})
     errors = {}
@@ -239,14 +247,8 @@ def test_read_only_directories_during_etl_and_export(
             published.settings.features.model_copy(update={"seed": 7}),
             read_only_home / "features",
         ),
-        "export": lambda: export_ranking(
-            published.features,
-            published.ranking,
-            read_only_home / "triton",
-            published.settings.serving,
-            published.retrieval,
-            published.raw.interactions,
-        ),
+        "export": lambda: published.exported(read_only_home / "bundles" / "read-only"),
+        "install": lambda: install(exported, read_only_home / "triton", published.settings.serving),
     }.items():
         with pytest.raises(OSError) as failure:
             run()

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from recflow.artifacts import FeatureSet, OrderingPolicy, RankingModel, RawDataset, RetrievalModel
+from recflow.artifacts import (
+    ExportedCandidate,
+    FeatureSet,
+    OrderingPolicy,
+    RankingModel,
+    RawDataset,
+    RetrievalModel,
+)
 from recflow.compute import dataset_cpu_flag, open_cluster
 from recflow.config import Settings
-from serving.repository import export_ranking
+from serving.repository import export_candidate, install
 from tasks.download import fetch_dataset
 from tasks.features import build_features
 from tasks.train import train_ranking, train_retrieval
@@ -36,6 +43,10 @@ TINY = [
 ]
 
 
+# The candidate id the exports name (what the gate would assign).
+CANDIDATE = "20250101T000000Z-5e55ed"
+
+
 @dataclass
 class Published:
     settings: Settings
@@ -44,11 +55,23 @@ class Published:
     ranking: RankingModel
     retrieval: RetrievalModel
 
-    def export(self) -> int:
-        repo, cfg = self.settings.paths.triton_repo, self.settings.serving
-        return export_ranking(
-            self.features, self.ranking, repo, cfg, self.retrieval, self.raw.interactions
+    def exported(self, target: Path | None = None) -> ExportedCandidate:
+        """The candidate exported as a gate does (into the registry, or ``target``)."""
+        settings = self.settings
+        return export_candidate(
+            CANDIDATE,
+            self.features,
+            self.ranking,
+            self.retrieval,
+            pd.read_parquet(self.raw.interactions),
+            settings.serving,
+            target or settings.paths.registry_dir / "bundles" / CANDIDATE,
         )
+
+    def export(self) -> int:
+        """Export the candidate and install it as the repository's next version, as a gate and
+        publish would."""
+        return install(self.exported(), self.settings.paths.triton_repo, self.settings.serving)
 
     def newest_version_dir(self, model: str) -> Path:
         """The newest exported version of ``model``: earlier tests may have published more."""
@@ -68,10 +91,11 @@ def publish_small(home: Path) -> Published:
         features = build_features(
             raw, settings.features, settings.paths.features_dir, cpu=dataset_cpu_flag(device)
         )
-    ranking = train_ranking(features, settings, "run")
+    run_dir = settings.paths.models_dir / CANDIDATE
+    ranking = train_ranking(features, settings.ranking, run_dir / "ranking")
     # A blend, so that the served recommend lists depend on both models' scores.
     ranking = ranking.model_copy(update={"ordering": OrderingPolicy(ranker_weight=0.5)})
-    retrieval = train_retrieval(features, settings, "run")
+    retrieval = train_retrieval(features, settings.retrieval, run_dir / "retrieval")
     result = Published(settings, raw, features, ranking, retrieval)
     assert result.export() == 1
     return result

@@ -8,6 +8,9 @@ and a real Triton.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -47,15 +50,22 @@ def registry(settings) -> Registry:
 
 @pytest.fixture(autouse=True)
 def exports(monkeypatch) -> list[str]:
-    """Stand-in for exporting a candidate into the live repository: returns version N+1."""
-    exported: list[str] = []
+    """Stand-ins for a candidate's export (its id) and for installing it into the live
+    repository (version N+1)."""
+    installed: list[str] = []
 
-    def export(registry, record, repo, cfg):
-        exported.append(record.id)
-        return len(exported)
+    def install(candidate, repo, cfg):
+        installed.append(candidate)
+        return len(installed)
 
-    monkeypatch.setattr(release, "export_candidate", export)
-    return exported
+    monkeypatch.setattr(release, "exported_candidate", lambda registry, record, cfg: record.id)
+    monkeypatch.setattr(release, "install", install)
+    return installed
+
+
+def publish_gated(registry: Registry, candidate_id: str, settings: Settings, reason: str):
+    """Publish as the pipeline does, with the record and export the gate handed over."""
+    return publish(registry, registry.load(candidate_id), candidate_id, settings.release, reason)
 
 
 def record(candidate_id: str, blessed: bool = True, compared_with: str | None = None):
@@ -131,17 +141,17 @@ def test_records_are_stored_listed_and_loaded(registry, tmp_path):
 def test_publish_needs_a_blessing_a_trial_and_the_current_baseline(registry, settings, tmp_path):
     add(registry, tmp_path, record(A), record(B, blessed=False), record(C, compared_with=B))
     with pytest.raises(RegistryError, match="NOT_BLESSED"):
-        publish(registry, B, settings, "r")
+        publish_gated(registry, B, settings, "r")
     with pytest.raises(RegistryError, match="judged against"):
-        publish(registry, C, settings, "r")
+        publish_gated(registry, C, settings, "r")
     registry.record_trial(C, TrialResult(passed=False, at=reg.now(), message="no load"))
     with pytest.raises(RegistryError, match="failed trial serving: no load"):
-        publish(registry, C, settings, "r")
+        publish_gated(registry, C, settings, "r")
     trial_on = with_trial(settings)
     with pytest.raises(RegistryError, match="not been through trial serving"):
-        publish(registry, A, trial_on, "r")
+        publish_gated(registry, A, trial_on, "r")
     registry.record_trial(A, TrialResult(passed=True, at=reg.now()))
-    event = publish(registry, A, trial_on, "run A")
+    event = publish_gated(registry, A, trial_on, "run A")
     assert (event.candidate, event.version, event.previous, event.action) == (A, 1, None, "publish")
     state = registry.state()
     assert (state.serving, state.version) == (A, 1)
@@ -153,13 +163,13 @@ def test_publish_needs_a_blessing_a_trial_and_the_current_baseline(registry, set
 def test_rollback_and_promote_record_who_why_and_when(registry, settings, tmp_path, exports):
     add(registry, tmp_path, record(A), record(B, compared_with=A), record(C, blessed=False))
     with pytest.raises(RegistryError, match="nothing is serving"):
-        rollback(registry, settings, "r")
-    publish(registry, A, settings, "run A")
+        rollback(registry, settings.release, "r")
+    publish_gated(registry, A, settings, "run A")
     with pytest.raises(RegistryError, match="only candidate"):
-        rollback(registry, settings, "r")
-    publish(registry, B, settings, "run B")
+        rollback(registry, settings.release, "r")
+    publish_gated(registry, B, settings, "run B")
 
-    back = rollback(registry, settings, "B hurts CTR")
+    back = rollback(registry, settings.release, "B hurts CTR")
     assert (back.candidate, back.version, back.previous, back.reason) == (A, 3, B, "B hurts CTR")
     assert exports == [A, B, A]
     assert (registry.state().serving, registry.state().version) == (A, 3)
@@ -167,12 +177,12 @@ def test_rollback_and_promote_record_who_why_and_when(registry, settings, tmp_pa
     assert [e.candidate for e in registry.state().history] == [A, B, A]
 
     with pytest.raises(RegistryError, match="never served"):
-        rollback(registry, settings, "r", to=C)
+        rollback(registry, settings.release, "r", to=C)
     with pytest.raises(RegistryError, match="NOT_BLESSED"):
-        promote(registry, C, settings, "r")
-    again = promote(registry, B, settings, "fixed upstream")
+        promote(registry, C, settings.release, "r")
+    again = promote(registry, B, settings.release, "fixed upstream")
     assert (again.candidate, again.version, again.action, again.previous) == (B, 4, "promote", A)
-    assert rollback(registry, settings, "r", to=A).version == 5
+    assert rollback(registry, settings.release, "r", to=A).version == 5
     state = json.loads((registry.root / "state.json").read_text())
     assert state["serving"] == A and len(state["history"]) == 5
 
@@ -190,11 +200,17 @@ def cli(settings):
 
 def test_cli_lists_shows_promotes_and_rolls_back(cli, registry, settings, tmp_path):
     add(registry, tmp_path, record(A), record(B, compared_with=A), record(C, blessed=False))
-    publish(registry, A, settings, "run A")
+    publish_gated(registry, A, settings, "run A")
 
     listed = cli("list")
     assert listed.exit_code == 0, listed.output
     assert A in listed.output and "NOT_BLESSED" in listed.output and "version 1" in listed.output
+    # Every id whole, on one line, as a script reading the table piped would need it.
+    rows = [line for line in listed.output.splitlines() if B in line]
+    assert len(rows) == 1 and "NOT_BLESSED" not in rows[0]
+    as_json = json.loads(cli("list", "--json").output)
+    assert [row["id"] for row in as_json] == [A, B, C]
+    assert (as_json[0]["serving"], as_json[0]["ranking.auc"]) == ("version 1", 0.8)
 
     shown = cli("show", A)
     assert shown.exit_code == 0, shown.output
@@ -222,11 +238,28 @@ def test_cli_exit_code_when_trial_serving_blocks(registry, settings, tmp_path, m
     add(registry, tmp_path, record(A))
     failed = TrialResult(passed=False, at=reg.now(), message="model did not load")
 
-    def failing(registry, candidate_id, settings):
-        raise trial.TrialServingFailed(candidate_id, failed)
+    def failing(registry, record, candidate, cfg):
+        raise trial.TrialServingFailed(record.id, failed)
 
     monkeypatch.setattr(release, "infra_validate", failing)
     result = cli_for(with_trial(settings))("promote", A, "--reason", "go")
     assert result.exit_code == EXIT_TRIAL_FAILED
     assert "model did not load" in result.output
     assert registry.state().serving is None
+
+
+def test_a_piped_listing_keeps_every_id_whole(registry, settings, tmp_path):
+    """`recflow models list > file`: rich fitted tables into 80 columns when not writing to a
+    terminal, cutting every id to ``20250…``."""
+    add(registry, tmp_path, record(A), record(B, compared_with=A))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    recflow = Path(sys.executable).with_name("recflow")
+    done = subprocess.run(
+        [recflow, "--home", settings.paths.home, "models", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert A in done.stdout and B in done.stdout, done.stdout

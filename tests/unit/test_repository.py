@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 from merlin.schema import ColumnSchema, Schema, Tags
 
+from recflow.artifacts import VersionConfig
 from recflow.config import ServingConfig
 from serving.export import encode_frame
 from serving.repository import (
-    RankingEndpoint,
+    EndpointNames,
     _write_config,
     next_version,
     python_model_config,
@@ -93,7 +94,7 @@ def test_fewer_than_two_kept_versions_are_rejected():
 
 
 def test_next_version_counts_across_all_models(tmp_path):
-    endpoint = RankingEndpoint("recflow")
+    endpoint = EndpointNames("recflow")
     assert next_version(tmp_path, endpoint) == 1
     (tmp_path / endpoint.model("ranking") / "3").mkdir(parents=True)
     (tmp_path / endpoint.model("ranking") / ".4.staging-x").mkdir()  # not a version
@@ -111,11 +112,17 @@ def test_k_must_be_one_sane_value_per_request(k, message):
 
 def test_the_config_names_each_versions_candidate(tmp_path):
     model = tmp_path / "recflow_recommend"
-    for version, candidate in ((1, "20261201T030000Z-aaaaaa"), (2, "20261202T030000Z-bbbbbb")):
+    for version in (1, 2, 3):
         (model / str(version)).mkdir(parents=True)
-        (model / str(version) / "ranking.json").write_text(json.dumps({"candidate": candidate}))
-    (model / "3").mkdir()  # exported before versions recorded their candidate
-    (model / "3" / "ranking.json").write_text("{}")
+    # Version 1 as exported before the config file was renamed, 2 as exported now, 3 before
+    # versions recorded their candidate.
+    earlier = {"max_k": 100, "retrieval_candidates": 50, "ordering": {"ranker_weight": 1.0}}
+    (model / "1" / "ranking.json").write_text(
+        json.dumps({**earlier, "candidate": "20261201T030000Z-aaaaaa"})
+    )
+    config = VersionConfig(max_k=100, retrieval_candidates=50, candidate="20261202T030000Z-bbbbbb")
+    (model / "2" / "version.json").write_text(config.model_dump_json())
+    (model / "3" / "ranking.json").write_text(json.dumps(earlier))
     _write_config(model, "recommend", ServingConfig(), False)
     text = (model / "config.pbtxt").read_text()
     assert 'key: "recflow_candidate_v1" value { string_value: "20261201T030000Z-aaaaaa" }' in text
