@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,8 @@ _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".tsv", ".txt")
 # Offending values quoted in an error message.
 _SHOWN = 3
+# Characters of a declared column's name kept in its internal name (internal_name).
+_SLUG = 32
 
 
 class CustomSourceError(MalformedSource):
@@ -214,18 +218,21 @@ def _read_split(
 
 
 def read_side_table(table: str, files: list[SourceFile], source: SideTableSource) -> pd.DataFrame:
-    """The id and the declared columns: continuous ones as float32, lists as lists of strings."""
+    """The id and the declared columns under their internal names (``side_features``):
+    continuous ones as float32, lists as lists of strings."""
+    declared = side_features(table, source)
+    named = declared.source_names
     frames = []
     for file in files:
-        declared = side_features(source).columns
-        raw = read_table(file, source, list(dict.fromkeys([source.id, *declared])))
-        frame = raw.rename(columns={source.id: _id_column(table)})
-        for column in source.continuous:
-            frame[column] = _numbers(file.url, column, raw[column]).astype("float32")
-        for column in source.lists:
-            frame[column] = [
-                _as_list(value, source.csv.list_separator) for value in raw[column].to_numpy()
-            ]
+        raw = read_table(file, source, list(dict.fromkeys([source.id, *named.values()])))
+        frame = pd.DataFrame({_id_column(table): raw[source.id]})
+        for column in declared.categorical:
+            frame[column] = raw[named[column]]
+        for column in declared.continuous:
+            frame[column] = _numbers(file.url, named[column], raw[named[column]]).astype("float32")
+        for column in declared.lists:
+            separator = source.csv.list_separator
+            frame[column] = [_as_list(value, separator) for value in raw[named[column]].to_numpy()]
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     if frame.empty:
@@ -372,10 +379,11 @@ def build_custom(
         preserve_index=False,
     ).cast(schema)
     pq.write_table(table, out_dir / "interactions.parquet")
-    _write_side(items.sort_values(ITEM_ID, kind="stable"), source.items, out_dir / "items.parquet")
+    items = items.sort_values(ITEM_ID, kind="stable")
+    _write_side(items, side_features("items", source.items), out_dir / "items.parquet")
     if tables.users is not None:
         users = tables.users.sort_values(USER_ID, kind="stable")
-        _write_side(users, source.users, out_dir / "users.parquet")
+        _write_side(users, side_features("users", source.users), out_dir / "users.parquet")
     if external is not None:
         for side, names in external.items():
             names.to_parquet(out_dir / names_file(side), index=False)
@@ -393,18 +401,42 @@ def build_custom(
     return report, external is not None
 
 
-def _write_side(frame: pd.DataFrame, source: SideTableSource | None, path: Path) -> None:
-    lists = {column: pa.list_(pa.string()) for column in (source.lists if source else ())}
+def _write_side(frame: pd.DataFrame, declared: SideFeatures | None, path: Path) -> None:
+    lists = {column: pa.list_(pa.string()) for column in (declared.lists if declared else ())}
     schema = pa.Schema.from_pandas(frame, preserve_index=False)
     for column, kind in lists.items():
         schema = schema.set(schema.get_field_index(column), pa.field(column, kind))
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
 
 
-def side_features(source: SideTableSource | None) -> SideFeatures | None:
-    """What a side table declares, as the dataset records it."""
+def side_features(table: str, source: SideTableSource | None) -> SideFeatures | None:
+    """What a side table declares, as the dataset records it: each column under its
+    ``internal_name``, with the name the source gave it."""
     if source is None:
         return None
+    side = _id_column(table).removesuffix("_id")
+    declared = (*source.categorical, *source.continuous, *source.lists)
+    internal = tuple(internal_name(side, i, name) for i, name in enumerate(declared))
+    continuous_from = len(source.categorical)
+    lists_from = continuous_from + len(source.continuous)
     return SideFeatures(
-        categorical=source.categorical, continuous=source.continuous, lists=source.lists
+        categorical=internal[:continuous_from],
+        continuous=internal[continuous_from:lists_from],
+        lists=internal[lists_from:],
+        source_names=dict(zip(internal, declared, strict=True)),
     )
+
+
+def internal_name(side: str, position: int, declared: str) -> str:
+    """The name a declared side column is stored and encoded under: ``item_2_labels`` for the
+    items table's third declared column, ``labels``.
+
+    The position makes it unique (the same name twice, or two names alike once slugged); the
+    ``<side>_<digit>`` start keeps it apart from every name the stages (recflow/vocabulary.py)
+    and NVTabular (``labels``, ``order``, ...) use; the ASCII slug, cut to ``_SLUG``
+    characters, keeps it readable, a valid file name (Categorify writes one per column) and a
+    valid TensorFlow name.
+    """
+    ascii_name = unicodedata.normalize("NFKD", declared).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:_SLUG]
+    return "_".join(filter(None, (side, str(position), slug)))
