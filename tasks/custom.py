@@ -43,6 +43,8 @@ _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".tsv", ".txt")
 # Offending values quoted in an error message.
 _SHOWN = 3
+# The largest integer every float64 up to it holds exactly: float ids beyond it are not ids.
+_EXACT = 2**53
 # Characters of a declared column's name kept in its internal name (internal_name).
 _SLUG = 32
 
@@ -118,8 +120,12 @@ def _format(file: SourceFile, source: TableSource) -> str:
     raise CustomSourceError(f"{file.url}: cannot tell parquet from CSV; set the table's format")
 
 
-def read_table(file: SourceFile, source: TableSource, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of one file; raises if one is missing or the file does not parse."""
+def read_table(
+    file: SourceFile, source: TableSource, columns: list[str], ids: list[str]
+) -> pd.DataFrame:
+    """``columns`` of one file; raises if one is missing or the file does not parse. CSV
+    ``ids`` columns are read as text: Arrow would read an id beyond uint64 as a float, which
+    makes distinct ids one (``unify_ids`` parses the integers that fit)."""
     buffer = pa.BufferReader(file.data)
     try:
         if _format(file, source) == "parquet":
@@ -132,7 +138,12 @@ def read_table(file: SourceFile, source: TableSource, columns: list[str]) -> pd.
                 encoding=csv.encoding, autogenerate_column_names=not csv.header
             )
             parse = pacsv.ParseOptions(delimiter=csv.delimiter)
-            table = pacsv.read_csv(buffer, read_options=read, parse_options=parse)
+            # Arrow names header-less columns f0, f1, ...
+            text = {column if csv.header else f"f{column}": pa.string() for column in ids}
+            convert = pacsv.ConvertOptions(column_types=text)
+            table = pacsv.read_csv(
+                buffer, read_options=read, parse_options=parse, convert_options=convert
+            )
             if not csv.header:  # Arrow names them f0, f1, ...: the config says 0, 1, ...
                 table = table.rename_columns([str(i) for i in range(table.num_columns)])
             _require_columns(file, table.column_names, columns)
@@ -190,7 +201,7 @@ def read_interactions(files: list[SourceFile], source: InteractionsSource) -> pd
     mapped = [source.user, source.item, *filter(None, [source.timestamp, value])]
     frames = []
     for file in files:
-        raw = read_table(file, source, list(dict.fromkeys(mapped)))
+        raw = read_table(file, source, list(dict.fromkeys(mapped)), [source.user, source.item])
         frame = pd.DataFrame({USER_ID: raw[source.user], ITEM_ID: raw[source.item]})
         if value is None:  # implicit feedback: each row is a positive
             frame[RATING] = 1.0
@@ -224,7 +235,8 @@ def read_side_table(table: str, files: list[SourceFile], source: SideTableSource
     named = declared.source_names
     frames = []
     for file in files:
-        raw = read_table(file, source, list(dict.fromkeys([source.id, *named.values()])))
+        wanted = list(dict.fromkeys([source.id, *named.values()]))
+        raw = read_table(file, source, wanted, [source.id])
         frame = pd.DataFrame({_id_column(table): raw[source.id]})
         for column in declared.categorical:
             frame[column] = raw[named[column]]
@@ -272,8 +284,10 @@ def _as_int_ids(ids: pd.Series) -> pd.Series | None:
         if parsed.isna().any():
             return None
         ids = parsed
-    if (ids.astype("float64") % 1 != 0).any():
+    if pd.api.types.is_float_dtype(ids) and ((ids % 1 != 0).any() or (ids.abs() > _EXACT).any()):
         return None
+    if pd.api.types.is_unsigned_integer_dtype(ids) and (ids > np.iinfo(np.int64).max).any():
+        return None  # beyond int64: as strings, never wrapped round to negative ids
     return ids.astype("int64")
 
 
