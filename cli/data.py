@@ -84,6 +84,13 @@ def import_tables(
         f"{dataset.n_users:,} users, {dataset.n_items:,} items, {ids} -> {dataset.path}\n"
         f"source sha256 {dataset.checksum}"
     )
+    # The features carry internal names (docs/data.md); messages and pictures use yours.
+    for table, declared in (("items", dataset.items_features), ("users", dataset.users_features)):
+        if declared is not None and declared.source_names:
+            stored = ", ".join(
+                f"{name!r} as {column}" for column, name in declared.source_names.items()
+            )
+            console.print(f"{table} features: {stored}")
     for rule, rows in source_cleaning(dataset.path).items():
         console.print(f"dropped {rows:,} rows: {rule}")
 

@@ -60,6 +60,11 @@ class SideFeatures(BaseModel):
     categorical: tuple[str, ...] = ()  # one vocabulary each (NVTabular Categorify)
     continuous: tuple[str, ...] = ()  # float32, normalised
     lists: tuple[str, ...] = ()  # multi-hot: a list of categories per row
+    # Your own data's columns are renamed on import (tasks/custom.py, internal_name): a column
+    # is the user's to name, and a name such as ``labels`` or ``item_id`` would meet the ones
+    # NVTabular and the stages use. Each internal name -> the name the source declared it as,
+    # for every message and picture; empty where the tables keep their names (MovieLens).
+    source_names: dict[str, str] = {}
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -84,7 +89,8 @@ class RawDataset(Artifact):
     """
 
     # Bump when the tables' layout changes: a dataset of another layout is made again.
-    LAYOUT: ClassVar[int] = 2
+    # 3: your own data's side columns under internal names (SideFeatures.source_names).
+    LAYOUT: ClassVar[int] = 3
 
     variant: str
     # sha256 of the source archive, of the generator config (synthetic data), or of every input
@@ -108,6 +114,12 @@ class RawDataset(Artifact):
     @property
     def has_users(self) -> bool:
         return self.users_features is not None
+
+    @property
+    def source_names(self) -> dict[str, str]:
+        """Each renamed side column's internal name -> the name the source gave it."""
+        users = self.users_features.source_names if self.users_features else {}
+        return self.items_features.source_names | users
 
     @property
     def interactions(self) -> Path:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,10 @@ _PARQUET = (".parquet", ".pq")
 _CSV = (".csv", ".tsv", ".txt")
 # Offending values quoted in an error message.
 _SHOWN = 3
+# The largest integer every float64 up to it holds exactly: float ids beyond it are not ids.
+_EXACT = 2**53
+# Characters of a declared column's name kept in its internal name (internal_name).
+_SLUG = 32
 
 
 class CustomSourceError(MalformedSource):
@@ -114,8 +120,12 @@ def _format(file: SourceFile, source: TableSource) -> str:
     raise CustomSourceError(f"{file.url}: cannot tell parquet from CSV; set the table's format")
 
 
-def read_table(file: SourceFile, source: TableSource, columns: list[str]) -> pd.DataFrame:
-    """``columns`` of one file; raises if one is missing or the file does not parse."""
+def read_table(
+    file: SourceFile, source: TableSource, columns: list[str], ids: list[str]
+) -> pd.DataFrame:
+    """``columns`` of one file; raises if one is missing or the file does not parse. CSV
+    ``ids`` columns are read as text: Arrow would read an id beyond uint64 as a float, which
+    makes distinct ids one (``unify_ids`` parses the integers that fit)."""
     buffer = pa.BufferReader(file.data)
     try:
         if _format(file, source) == "parquet":
@@ -128,7 +138,12 @@ def read_table(file: SourceFile, source: TableSource, columns: list[str]) -> pd.
                 encoding=csv.encoding, autogenerate_column_names=not csv.header
             )
             parse = pacsv.ParseOptions(delimiter=csv.delimiter)
-            table = pacsv.read_csv(buffer, read_options=read, parse_options=parse)
+            # Arrow names header-less columns f0, f1, ...
+            text = {column if csv.header else f"f{column}": pa.string() for column in ids}
+            convert = pacsv.ConvertOptions(column_types=text)
+            table = pacsv.read_csv(
+                buffer, read_options=read, parse_options=parse, convert_options=convert
+            )
             if not csv.header:  # Arrow names them f0, f1, ...: the config says 0, 1, ...
                 table = table.rename_columns([str(i) for i in range(table.num_columns)])
             _require_columns(file, table.column_names, columns)
@@ -186,7 +201,7 @@ def read_interactions(files: list[SourceFile], source: InteractionsSource) -> pd
     mapped = [source.user, source.item, *filter(None, [source.timestamp, value])]
     frames = []
     for file in files:
-        raw = read_table(file, source, list(dict.fromkeys(mapped)))
+        raw = read_table(file, source, list(dict.fromkeys(mapped)), [source.user, source.item])
         frame = pd.DataFrame({USER_ID: raw[source.user], ITEM_ID: raw[source.item]})
         if value is None:  # implicit feedback: each row is a positive
             frame[RATING] = 1.0
@@ -214,18 +229,22 @@ def _read_split(
 
 
 def read_side_table(table: str, files: list[SourceFile], source: SideTableSource) -> pd.DataFrame:
-    """The id and the declared columns: continuous ones as float32, lists as lists of strings."""
+    """The id and the declared columns under their internal names (``side_features``):
+    continuous ones as float32, lists as lists of strings."""
+    declared = side_features(table, source)
+    named = declared.source_names
     frames = []
     for file in files:
-        declared = side_features(source).columns
-        raw = read_table(file, source, list(dict.fromkeys([source.id, *declared])))
-        frame = raw.rename(columns={source.id: _id_column(table)})
-        for column in source.continuous:
-            frame[column] = _numbers(file.url, column, raw[column]).astype("float32")
-        for column in source.lists:
-            frame[column] = [
-                _as_list(value, source.csv.list_separator) for value in raw[column].to_numpy()
-            ]
+        wanted = list(dict.fromkeys([source.id, *named.values()]))
+        raw = read_table(file, source, wanted, [source.id])
+        frame = pd.DataFrame({_id_column(table): raw[source.id]})
+        for column in declared.categorical:
+            frame[column] = raw[named[column]]
+        for column in declared.continuous:
+            frame[column] = _numbers(file.url, named[column], raw[named[column]]).astype("float32")
+        for column in declared.lists:
+            separator = source.csv.list_separator
+            frame[column] = [_as_list(value, separator) for value in raw[named[column]].to_numpy()]
         frames.append(frame)
     frame = pd.concat(frames, ignore_index=True)
     if frame.empty:
@@ -265,8 +284,10 @@ def _as_int_ids(ids: pd.Series) -> pd.Series | None:
         if parsed.isna().any():
             return None
         ids = parsed
-    if (ids.astype("float64") % 1 != 0).any():
+    if pd.api.types.is_float_dtype(ids) and ((ids % 1 != 0).any() or (ids.abs() > _EXACT).any()):
         return None
+    if pd.api.types.is_unsigned_integer_dtype(ids) and (ids > np.iinfo(np.int64).max).any():
+        return None  # beyond int64: as strings, never wrapped round to negative ids
     return ids.astype("int64")
 
 
@@ -372,10 +393,11 @@ def build_custom(
         preserve_index=False,
     ).cast(schema)
     pq.write_table(table, out_dir / "interactions.parquet")
-    _write_side(items.sort_values(ITEM_ID, kind="stable"), source.items, out_dir / "items.parquet")
+    items = items.sort_values(ITEM_ID, kind="stable")
+    _write_side(items, side_features("items", source.items), out_dir / "items.parquet")
     if tables.users is not None:
         users = tables.users.sort_values(USER_ID, kind="stable")
-        _write_side(users, source.users, out_dir / "users.parquet")
+        _write_side(users, side_features("users", source.users), out_dir / "users.parquet")
     if external is not None:
         for side, names in external.items():
             names.to_parquet(out_dir / names_file(side), index=False)
@@ -393,18 +415,42 @@ def build_custom(
     return report, external is not None
 
 
-def _write_side(frame: pd.DataFrame, source: SideTableSource | None, path: Path) -> None:
-    lists = {column: pa.list_(pa.string()) for column in (source.lists if source else ())}
+def _write_side(frame: pd.DataFrame, declared: SideFeatures | None, path: Path) -> None:
+    lists = {column: pa.list_(pa.string()) for column in (declared.lists if declared else ())}
     schema = pa.Schema.from_pandas(frame, preserve_index=False)
     for column, kind in lists.items():
         schema = schema.set(schema.get_field_index(column), pa.field(column, kind))
     pq.write_table(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
 
 
-def side_features(source: SideTableSource | None) -> SideFeatures | None:
-    """What a side table declares, as the dataset records it."""
+def side_features(table: str, source: SideTableSource | None) -> SideFeatures | None:
+    """What a side table declares, as the dataset records it: each column under its
+    ``internal_name``, with the name the source gave it."""
     if source is None:
         return None
+    side = _id_column(table).removesuffix("_id")
+    declared = (*source.categorical, *source.continuous, *source.lists)
+    internal = tuple(internal_name(side, i, name) for i, name in enumerate(declared))
+    continuous_from = len(source.categorical)
+    lists_from = continuous_from + len(source.continuous)
     return SideFeatures(
-        categorical=source.categorical, continuous=source.continuous, lists=source.lists
+        categorical=internal[:continuous_from],
+        continuous=internal[continuous_from:lists_from],
+        lists=internal[lists_from:],
+        source_names=dict(zip(internal, declared, strict=True)),
     )
+
+
+def internal_name(side: str, position: int, declared: str) -> str:
+    """The name a declared side column is stored and encoded under: ``item_2_labels`` for the
+    items table's third declared column, ``labels``.
+
+    The position makes it unique (the same name twice, or two names alike once slugged); the
+    ``<side>_<digit>`` start keeps it apart from every name the stages (recflow/vocabulary.py)
+    and NVTabular (``labels``, ``order``, ...) use; the ASCII slug, cut to ``_SLUG``
+    characters, keeps it readable, a valid file name (Categorify writes one per column) and a
+    valid TensorFlow name.
+    """
+    ascii_name = unicodedata.normalize("NFKD", declared).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")[:_SLUG]
+    return "_".join(filter(None, (side, str(position), slug)))

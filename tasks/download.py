@@ -179,8 +179,8 @@ def _custom_dataset(source: CustomSource, raw_dir: Path) -> RawDataset:
     def build(staging: Path) -> tuple[NormalizeReport, dict]:
         report, external = build_custom(source, files, staging)
         return report, {
-            "items_features": side_features(source.items) or SideFeatures(),
-            "users_features": side_features(source.users),
+            "items_features": side_features("items", source.items) or SideFeatures(),
+            "users_features": side_features("users", source.users),
             "feedback": mapping.feedback,
             "rating_scale": _scale(mapping),
             "positive_threshold": mapping.positive_threshold if mapping.rating else 1.0,

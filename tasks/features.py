@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -126,12 +127,13 @@ def input_dtypes(raw: RawDataset, split: str = "random") -> dict[str, dict[str, 
         schema = pq.read_schema(path)
         dtypes[table] = {field.name: arrow_dtype(field.type) for field in schema}
         for column, kind in required[table].items():
+            shown = raw.source_names.get(column, column)
             if column not in dtypes[table]:
-                raise input_error(table, column, "missing_column", f"a {kind} column", "none")
+                raise input_error(table, shown, "missing_column", f"a {kind} column", "none")
             found = dtypes[table][column]
             if kind in _KINDS and not found.startswith(_KINDS[kind]):
                 expected = "int64" if kind == "int" else f"a {kind} dtype"
-                raise input_error(table, column, "dtype", expected, found)
+                raise input_error(table, shown, "dtype", expected, found)
     if split == "predefined" and IN_VALIDATION not in dtypes["interactions"]:
         raise input_error(
             "interactions",
@@ -572,7 +574,8 @@ def build_features(
             external_ids=raw.external_ids,
         )
         tables[FEATURES_TABLE] = feature_statistics(staging / "train", workflow.output_schema)
-        _write_statistics(staging / "statistics", Profile(tables=tables, cleaning=cleaning), vocab)
+        profile = Profile(tables=in_source_names(tables, raw.source_names), cleaning=cleaning)
+        _write_statistics(staging / "statistics", profile, vocab)
         shutil.copy(staging / "train" / "schema.pbtxt", staging / "statistics" / "schema.pbtxt")
         features.save_manifest(staging)
     log.info(
@@ -673,6 +676,24 @@ def feature_statistics(split_dir: Path, schema: Schema) -> dict[str, ColumnStats
     for columns in filter(None, groups):
         stats |= profile_table(frame[columns], {name: dtypes[name] for name in columns})
     return {name: stats[name] for name in dtypes}
+
+
+def in_source_names(
+    tables: dict[str, dict[str, ColumnStats]], source_names: dict[str, str]
+) -> dict[str, dict[str, ColumnStats]]:
+    """Each table's statistics with a renamed column under the name the source gave it: the
+    profile is what validation reports (and ``validation.drift_exempt`` names) and the
+    pictures draw. A name two columns of one table would share (``region`` declared by both
+    side tables, in the features table) keeps the internal names apart."""
+    shown = {}
+    for table, columns in tables.items():
+        wanted = {column: source_names.get(column, column) for column in columns}
+        uses = Counter(wanted.values())
+        shown[table] = {
+            wanted[column] if uses[wanted[column]] == 1 else column: stats
+            for column, stats in columns.items()
+        }
+    return shown
 
 
 def _write_statistics(directory: Path, profile: Profile, vocab: dict[str, pd.Series]) -> None:

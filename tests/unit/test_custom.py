@@ -9,11 +9,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recflow.config import CustomSource, DataConfig, PathsConfig
+from recflow.config import (
+    CustomSource,
+    DataConfig,
+    FeaturesConfig,
+    PathsConfig,
+    SideTableSource,
+)
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from tasks.custom import CustomSourceError
 from tasks.download import fetch_dataset, source_cleaning
-from tasks.features import Negatives
+from tasks.features import Negatives, build_features
 
 pytestmark = pytest.mark.unit
 
@@ -71,7 +77,13 @@ def test_string_ids_are_hashed_and_named_back(tmp_path):
     dataset = fetch(tmp_path, source(tmp_path))
     assert dataset.external_ids and dataset.feedback == "rating"
     assert dataset.rating_scale == (1, 5) and dataset.positive_threshold == 4
-    assert dataset.items_features.columns == ("brand", "price", "tags")
+    # Stored under internal names (tasks/custom.py internal_name), each mapped to its own.
+    assert dataset.items_features.columns == ("item_0_brand", "item_1_price", "item_2_tags")
+    assert dataset.source_names == {
+        "item_0_brand": "brand",
+        "item_1_price": "price",
+        "item_2_tags": "tags",
+    }
     interactions = pd.read_parquet(dataset.interactions)
     # x9 is not in the items table: kept (unknown_side_ids: keep), as a cold item.
     assert len(interactions) == 5
@@ -83,7 +95,7 @@ def test_string_ids_are_hashed_and_named_back(tmp_path):
         == internal_ids(["x2"])[0]
     )
     items = pd.read_parquet(dataset.items).set_index("item_id")
-    assert list(items.loc[internal_ids(["x1"])[0], "tags"]) == ["red", "big"]
+    assert list(items.loc[internal_ids(["x1"])[0], "item_2_tags"]) == ["red", "big"]
 
 
 def test_integer_ids_in_csv_stay_integers_and_other_names_map(tmp_path):
@@ -107,6 +119,51 @@ def test_integer_ids_in_csv_stay_integers_and_other_names_map(tmp_path):
     assert interactions["rating"].tolist() == [1.0, 1.0, 1.0]
     # No items table: the catalogue is what was interacted with.
     assert pd.read_parquet(dataset.items)["item_id"].tolist() == [10, 11]
+
+
+def test_column_names_of_ours_or_nvtabulars_build_features_and_are_shown_as_declared(tmp_path):
+    # Issue #32: a list column named labels met Categorify's own "labels" column; item_count,
+    # rating, user_id and the same name in both tables met the stages' columns in the joins.
+    n_users, n_items = 12, 8
+    ratings = pd.DataFrame(
+        {
+            "who": [f"u{i % n_users}" for i in range(96)],
+            "what": [f"x{(i * 7) % n_items}" for i in range(96)],
+            "stars": [1 + i % 5 for i in range(96)],
+            "when": range(96),
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "sku": [f"x{i}" for i in range(n_items)],
+            "labels": [["red", "big"][: i % 3] for i in range(n_items)],
+            "item_count": [float(i) for i in range(n_items)],
+            "user_id": [f"maker {i % 3}" for i in range(n_items)],
+        }
+    )
+    users = pd.DataFrame({"uid": [f"u{i}" for i in range(n_users)], "labels": ["a", "b"] * 6})
+    users.to_parquet(tmp_path / "users.parquet", index=False)
+    custom = source(tmp_path, ratings=ratings, items=items).model_copy(
+        update={
+            "items": SideTableSource(
+                path=str(tmp_path / "items.parquet"),
+                id="sku",
+                categorical=("user_id",),
+                continuous=("item_count",),
+                lists=("labels",),
+            ),
+            "users": SideTableSource(
+                path=str(tmp_path / "users.parquet"), id="uid", categorical=("labels",)
+            ),
+        }
+    )
+    dataset = fetch(tmp_path, custom)
+    built = build_features(dataset, FeaturesConfig(), tmp_path / "features")
+    profile = built.profile().tables
+    assert set(profile["items"]) == {"item_id", "user_id", "item_count", "labels"}
+    assert set(profile["users"]) == {"user_id", "labels"}
+    # Both tables' labels are features; the features table keeps them apart.
+    assert {"item_2_labels", "user_0_labels"} <= set(profile["features"])
 
 
 def test_an_unchanged_source_is_reused_and_a_changed_one_is_a_new_dataset(tmp_path):
