@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -188,16 +189,34 @@ def _validation_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None
     elif cfg.split == "time":
         flag = df[TIMESTAMP] > cutoff
     elif cfg.split == "last_n":
-        from_end = df.groupby(USER_ID).cumcount(ascending=False)
-        size = df.groupby(USER_ID)[USER_ID].transform("size")
         # Users with no more than N interactions stay whole in training: none becomes cold.
-        flag = (from_end < cfg.valid_last_n) & (size > cfg.valid_last_n)
+        flag = each_users_latest(
+            df, lambda size: np.where(size > cfg.valid_last_n, cfg.valid_last_n, 0)
+        )
+    elif cfg.split == "last_fraction":
+        flag = latest_share(df, cfg.valid_fraction)
     else:
         keys = pd.util.hash_pandas_object(
             df[[USER_ID, ITEM_ID]], index=False, hash_key=f"{cfg.seed:016d}"
         )
         flag = pd.Series((keys.to_numpy() % 10_000) < cfg.valid_fraction * 10_000, index=df.index)
     return flag.to_numpy()
+
+
+def each_users_latest(
+    df: pd.DataFrame, held: Callable[[pd.Series], pd.Series | np.ndarray]
+) -> pd.Series:
+    """Whether each row of ``df`` (sorted by user, then time) is among its user's latest
+    ``held(size)`` rows, ``size`` being the user's number of rows (one per row)."""
+    users = df.groupby(USER_ID)
+    return users.cumcount(ascending=False) < held(users[USER_ID].transform("size"))
+
+
+def latest_share(df: pd.DataFrame, share: float) -> pd.Series:
+    """Whether each row of ``df`` (sorted by user, then time) is among its user's latest
+    ``share`` of rows: floor(share x rows) of them, so a user with fewer than 1/share rows
+    stays whole in training and none becomes cold."""
+    return each_users_latest(df, lambda size: np.floor(size * share))
 
 
 class Negatives:

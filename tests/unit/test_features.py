@@ -196,6 +196,23 @@ def test_last_n_holds_out_each_users_latest_and_keeps_short_histories():
             assert held_out.timestamp.min() >= train.timestamp.max()
 
 
+def test_last_fraction_holds_out_each_users_latest_share_and_keeps_short_histories():
+    # User 1: ten interactions, the latest two (20 %) held out, whatever their item ids; user 2:
+    # four, fewer than 1 / 0.2, so none held out (nobody becomes cold); user 3: five, one.
+    frame = pd.DataFrame(
+        {
+            "user_id": [1] * 10 + [2] * 4 + [3] * 5,
+            "item_id": [*range(20, 10, -1), 10, 11, 12, 13, 30, 31, 32, 33, 34],
+            "rating": [4.0] * 19,
+            "timestamp": [*range(100, 110), 1, 2, 3, 4, 50, 40, 30, 20, 10],
+        }
+    )
+    cfg = FeaturesConfig(split="last_fraction", valid_fraction=0.2)
+    flagged = _dedupe_and_flag(frame.sample(frac=1, random_state=0), cfg, None, None)
+    valid = flagged[flagged[SPLIT_FLAG]]
+    assert sorted(zip(valid.user_id, valid.item_id, strict=True)) == [(1, 11), (1, 12), (3, 30)]
+
+
 def test_time_split_uses_one_global_cutoff():
     flagged = _dedupe_and_flag(_history(), FeaturesConfig(split="time"), 150.0, None)
     assert flagged.loc[flagged[SPLIT_FLAG], "timestamp"].min() > 150
