@@ -250,6 +250,18 @@ class Negatives:
         return negatives.astype({RATING: "float32"})
 
 
+def split_for(cfg: FeaturesConfig, timestamp_quantiles: list[float]) -> FeaturesConfig:
+    """``cfg`` with the split the data allows: ``last_fraction`` (the default) on interactions
+    that all share one timestamp (a source without timestamps reads as 0) has no order to hold
+    each user's latest out by, and would hold out their highest item ids; it is ``random``."""
+    if cfg.split != "last_fraction" or timestamp_quantiles[0] < timestamp_quantiles[-1]:
+        return cfg
+    log.warning(
+        "every interaction has the same timestamp: features.split=random, not %s", cfg.split
+    )
+    return cfg.model_copy(update={"split": "random"})
+
+
 def clean_and_split(
     interactions: dd.DataFrame,
     cfg: FeaturesConfig,
@@ -558,6 +570,8 @@ def build_features(
         return FeatureSet.load(target)
 
     interactions, tables = profile_inputs(raw, cfg)
+    # The split made, which the feature set records: the configured one unless the data has none.
+    cfg = split_for(cfg, tables["interactions"][TIMESTAMP].quantiles)
     with atomic_dir(target, replace=rebuild) as staging:
         work = staging / "work"
         train, valid, cleaning = clean_and_split(

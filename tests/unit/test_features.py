@@ -25,6 +25,7 @@ from tasks.features import (
     read_interactions,
     side_feature_tables,
     side_workflow,
+    split_for,
     write_joined_splits,
 )
 from tasks.normalize import INTERACTIONS_SCHEMA
@@ -211,6 +212,15 @@ def test_last_fraction_holds_out_each_users_latest_share_and_keeps_short_histori
     flagged = _dedupe_and_flag(frame.sample(frac=1, random_state=0), cfg, None, None)
     valid = flagged[flagged[SPLIT_FLAG]]
     assert sorted(zip(valid.user_id, valid.item_id, strict=True)) == [(1, 11), (1, 12), (3, 30)]
+
+
+def test_the_default_split_is_each_users_latest_unless_the_data_has_no_time():
+    default = FeaturesConfig()
+    assert default.split == "last_fraction"
+    assert split_for(default, [100.0] * 50 + [200.0] * 51).split == "last_fraction"
+    # A source without timestamps reads as 0 everywhere: no order, so the random split.
+    assert split_for(default, [0.0] * 101).split == "random"
+    assert split_for(FeaturesConfig(split="time"), [0.0] * 101).split == "time"
 
 
 def test_time_split_uses_one_global_cutoff():
