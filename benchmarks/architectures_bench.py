@@ -7,7 +7,8 @@ Per fold ``uN``, with ``benchmarks/recommend_bench.py``'s protocol and helpers:
 
 1. **The pipeline sees only ``uN.base``** (an ml-100k archive whose ``u.data`` is ``uN.base``,
    no split files, from a mirror directory). The features stage makes its own validation split
-   inside it (20 % of the pairs by hash); early stopping, recommend's ordering and the gate read
+   inside it (``features.split``: 20 % of the pairs by hash up to #29, each user's latest 20 %
+   since); early stopping, recommend's ordering and the gate read
    that split only.
 2. **Rankers: one run, champion and challengers.** ``recflow run`` with
    ``ranking.challengers`` = every architecture but the default: each ranker trains on the same

@@ -10,8 +10,9 @@ For each fold ``uN``:
    are left out, every other member is copied as is. It is served from a mirror directory with
    its ``SHA256SUMS`` and run through ``recflow run`` (a subprocess, fresh home per fold) with
    the default settings plus ``--set`` overrides: the features stage makes its own validation
-   split inside the base rows (``features.split``, by default 20 % of the pairs by hash), which
-   early stopping and the choice of recommend's ordering read, then the gate and publish.
+   split inside the base rows (``features.split``: 20 % of the pairs by hash up to #29, each
+   user's latest 20 % since), which early stopping and the choice of recommend's ordering
+   read, then the gate and publish.
    With ``--tune``, the ``recflow-tune`` flow first searches the ranker on that same split
    (``--tune-space``, ``--tune-sampler``) and the run trains the best trial's values.
 2. **The numbers come from Triton.** The published repository is served by the bundled

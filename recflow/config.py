@@ -255,10 +255,14 @@ class ValidationConfig(_Section):
 
 class FeaturesConfig(_Section):
     rating_threshold: float = 4.0
+    # Default last_fraction: deployment predicts each user's next interactions (docs/features.md);
+    # data without timestamps falls back to random (tasks.features.split_for).
     # random: hashed (user, item) pairs; time: one global cutoff at the valid_fraction quantile
     # of timestamps; last_n: each user's last valid_last_n interactions (users with more);
-    # predefined: the dataset's own validation rows (data.custom.interactions.validation).
-    split: Literal["random", "time", "last_n", "predefined"] = "random"
+    # last_fraction: each user's latest valid_fraction of interactions by timestamp (users
+    # with fewer than 1/valid_fraction stay whole in training); predefined: the dataset's own
+    # validation rows (data.custom.interactions.validation).
+    split: Literal["random", "time", "last_n", "last_fraction", "predefined"] = "last_fraction"
     valid_fraction: float = Field(0.2, gt=0, lt=1)
     valid_last_n: PositiveInt = 1
     seed: int = 42

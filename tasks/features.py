@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import dask.dataframe as dd
@@ -190,16 +191,34 @@ def _validation_flag(df: pd.DataFrame, cfg: FeaturesConfig, cutoff: float | None
     elif cfg.split == "time":
         flag = df[TIMESTAMP] > cutoff
     elif cfg.split == "last_n":
-        from_end = df.groupby(USER_ID).cumcount(ascending=False)
-        size = df.groupby(USER_ID)[USER_ID].transform("size")
         # Users with no more than N interactions stay whole in training: none becomes cold.
-        flag = (from_end < cfg.valid_last_n) & (size > cfg.valid_last_n)
+        flag = each_users_latest(
+            df, lambda size: np.where(size > cfg.valid_last_n, cfg.valid_last_n, 0)
+        )
+    elif cfg.split == "last_fraction":
+        flag = latest_share(df, cfg.valid_fraction)
     else:
         keys = pd.util.hash_pandas_object(
             df[[USER_ID, ITEM_ID]], index=False, hash_key=f"{cfg.seed:016d}"
         )
         flag = pd.Series((keys.to_numpy() % 10_000) < cfg.valid_fraction * 10_000, index=df.index)
     return flag.to_numpy()
+
+
+def each_users_latest(
+    df: pd.DataFrame, held: Callable[[pd.Series], pd.Series | np.ndarray]
+) -> pd.Series:
+    """Whether each row of ``df`` (sorted by user, then time) is among its user's latest
+    ``held(size)`` rows, ``size`` being the user's number of rows (one per row)."""
+    users = df.groupby(USER_ID)
+    return users.cumcount(ascending=False) < held(users[USER_ID].transform("size"))
+
+
+def latest_share(df: pd.DataFrame, share: float) -> pd.Series:
+    """Whether each row of ``df`` (sorted by user, then time) is among its user's latest
+    ``share`` of rows: floor(share x rows) of them, so a user with fewer than 1/share rows
+    stays whole in training and none becomes cold."""
+    return each_users_latest(df, lambda size: np.floor(size * share))
 
 
 class Negatives:
@@ -231,6 +250,18 @@ class Negatives:
         pairs = pd.MultiIndex.from_frame(negatives[[USER_ID, ITEM_ID]])
         negatives = negatives[~pairs.isin(interacted) & ~pairs.duplicated()]
         return negatives.astype({RATING: "float32"})
+
+
+def split_for(cfg: FeaturesConfig, timestamp_quantiles: list[float]) -> FeaturesConfig:
+    """``cfg`` with the split the data allows: ``last_fraction`` (the default) on interactions
+    that all share one timestamp (a source without timestamps reads as 0) has no order to hold
+    each user's latest out by, and would hold out their highest item ids; it is ``random``."""
+    if cfg.split != "last_fraction" or timestamp_quantiles[0] < timestamp_quantiles[-1]:
+        return cfg
+    log.warning(
+        "every interaction has the same timestamp: features.split=random, not %s", cfg.split
+    )
+    return cfg.model_copy(update={"split": "random"})
 
 
 def clean_and_split(
@@ -541,6 +572,8 @@ def build_features(
         return FeatureSet.load(target)
 
     interactions, tables = profile_inputs(raw, cfg)
+    # The split made, which the feature set records: the configured one unless the data has none.
+    cfg = split_for(cfg, tables["interactions"][TIMESTAMP].quantiles)
     with atomic_dir(target, replace=rebuild) as staging:
         work = staging / "work"
         train, valid, cleaning = clean_and_split(

@@ -25,6 +25,7 @@ from tasks.features import (
     read_interactions,
     side_feature_tables,
     side_workflow,
+    split_for,
     write_joined_splits,
 )
 from tasks.normalize import INTERACTIONS_SCHEMA
@@ -194,6 +195,32 @@ def test_last_n_holds_out_each_users_latest_and_keeps_short_histories():
         assert len(train) >= 1, user
         if len(held_out):
             assert held_out.timestamp.min() >= train.timestamp.max()
+
+
+def test_last_fraction_holds_out_each_users_latest_share_and_keeps_short_histories():
+    # User 1: ten interactions, the latest two (20 %) held out, whatever their item ids; user 2:
+    # four, fewer than 1 / 0.2, so none held out (nobody becomes cold); user 3: five, one.
+    frame = pd.DataFrame(
+        {
+            "user_id": [1] * 10 + [2] * 4 + [3] * 5,
+            "item_id": [*range(20, 10, -1), 10, 11, 12, 13, 30, 31, 32, 33, 34],
+            "rating": [4.0] * 19,
+            "timestamp": [*range(100, 110), 1, 2, 3, 4, 50, 40, 30, 20, 10],
+        }
+    )
+    cfg = FeaturesConfig(split="last_fraction", valid_fraction=0.2)
+    flagged = _dedupe_and_flag(frame.sample(frac=1, random_state=0), cfg, None, None)
+    valid = flagged[flagged[SPLIT_FLAG]]
+    assert sorted(zip(valid.user_id, valid.item_id, strict=True)) == [(1, 11), (1, 12), (3, 30)]
+
+
+def test_the_default_split_is_each_users_latest_unless_the_data_has_no_time():
+    default = FeaturesConfig()
+    assert default.split == "last_fraction"
+    assert split_for(default, [100.0] * 50 + [200.0] * 51).split == "last_fraction"
+    # A source without timestamps reads as 0 everywhere: no order, so the random split.
+    assert split_for(default, [0.0] * 101).split == "random"
+    assert split_for(FeaturesConfig(split="time"), [0.0] * 101).split == "time"
 
 
 def test_time_split_uses_one_global_cutoff():
