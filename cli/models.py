@@ -20,6 +20,7 @@ from recflow.registry import (
     RegistryError,
     check_id,
 )
+from recflow.vocabulary import RECOMMEND, RETRIEVAL, MetricKey
 
 # cli.app's EXIT_NOT_BLESSED is 3; a candidate that trial serving blocked exits with 4.
 EXIT_TRIAL_FAILED = 4
@@ -176,15 +177,22 @@ def _print_record(record: CandidateRecord) -> None:
         "candidate",
         f"blessed {evaluation.compared_with or '-'}",
         "baseline",
+        *evaluation.baselines,
         "at training",
     ):
         metrics.add_column(column)
+    baselines = evaluation.baselines.values()
     for name in evaluation.metrics:
+        # The item-item baselines are lists: beside recommend's and retrieval's metrics.
+        key = MetricKey.parse(name)
+        lists = key.kind in (RECOMMEND, RETRIEVAL)
+        strong = [_metric(scored, key.name) if lists else "" for scored in baselines]
         metrics.add_row(
             name,
             _metric(evaluation.metrics, name),
             _metric(evaluation.blessed_metrics, name),
             _metric(evaluation.baseline_metrics, name),
+            *strong,
             _metric(record.training_metrics, name),
         )
     console.print(metrics)

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from recflow.artifacts import Profile, TrainedModel
 from recflow.atomic import atomic_file
 from recflow.registry import CandidateRecord, Evaluation, GateDecision
+from recflow.vocabulary import RECOMMEND, MetricKey
 
 TRAINING_CURVES = "training-curves.png"
 GATE = "gate.png"
@@ -56,6 +57,9 @@ def training_curves(
     return _save(figure, path)
 
 
+BAR_COLOURS = {"candidate": "tab:blue", "baseline": "tab:grey", "blessed": "tab:purple"}
+
+
 def gate_comparison(evaluation: Evaluation, decision: GateDecision, path: Path) -> Path | None:
     """One panel per gated metric: the candidate, its baseline and the blessed model on the
     same held-out rows, and each bound the gate checked as a line (green passed, red failed).
@@ -79,8 +83,11 @@ def gate_comparison(evaluation: Evaluation, decision: GateDecision, path: Path) 
         bars["baseline"] = evaluation.baseline_metrics.get(metric)
         if metric in evaluation.blessed_metrics:
             bars["blessed"] = evaluation.blessed_metrics[metric]
+        key = MetricKey.parse(metric)
+        if key.kind == RECOMMEND:  # the lists' strong baselines, fitted in the same run
+            bars |= {name: scored.get(key.name) for name, scored in evaluation.baselines.items()}
         shown = {name: value for name, value in bars.items() if value is not None}
-        colours = ["tab:blue", "tab:grey", "tab:purple"][: len(shown)]
+        colours = [BAR_COLOURS.get(name, "tab:olive") for name in shown]
         _labelled_bars(axes, list(shown), list(shown.values()), colours)
         checks = [check for check in decision.checks if check.metric == metric]
         for check in checks:

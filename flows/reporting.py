@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import pictures
 from recflow.artifacts import FeatureSet, Published, RawDataset, TrainedModel, ValidationReport
 from recflow.registry import CandidateRecord, Evaluation, GateDecision, TrialResult
-from recflow.vocabulary import RECOMMEND, RETRIEVAL
+from recflow.vocabulary import RECOMMEND, RETRIEVAL, MetricKey
 from tasks.statistics import FEATURES_TABLE
 
 Row = dict[str, Any]
@@ -163,20 +163,30 @@ def metrics_table(evaluation: Evaluation) -> list[Row]:
 
 def recommend_table(evaluation: Evaluation) -> list[Row]:
     """The lists apps get, one row per top-k metric: recommend next to retrieval alone, most
-    popular unseen and the blessed model's recommend, all on the same held-out users."""
+    popular unseen, the item-item baselines (EASE, item-kNN) and the blessed model's recommend,
+    all on the same held-out users."""
     blessed = f"blessed {evaluation.compared_with}" if evaluation.compared_with else "blessed"
-    prefix = f"{RECOMMEND}."
-    return [
-        {
-            "metric": name.removeprefix(prefix),
-            "recommend": _round(value),
-            "retrieval alone": _round(evaluation.metrics.get(f"{RETRIEVAL}.{name[len(prefix) :]}")),
-            "most popular unseen": _round(evaluation.baseline_metrics.get(name)),
-            f"{blessed} recommend": _round(evaluation.blessed_metrics.get(name)),
-        }
-        for name, value in evaluation.metrics.items()
-        if name.startswith(prefix)
-    ]
+    rows = []
+    for name, value in evaluation.metrics.items():
+        key = MetricKey.parse(name)
+        if key.kind != RECOMMEND:
+            continue
+        rows.append(
+            {
+                "metric": key.name,
+                "recommend": _round(value),
+                "retrieval alone": _round(
+                    evaluation.metrics.get(str(MetricKey(RETRIEVAL, key.name)))
+                ),
+                "most popular unseen": _round(evaluation.baseline_metrics.get(name)),
+                **{
+                    baseline: _round(scored.get(key.name))
+                    for baseline, scored in evaluation.baselines.items()
+                },
+                f"{blessed} recommend": _round(evaluation.blessed_metrics.get(name)),
+            }
+        )
+    return rows
 
 
 def contest_table(records: Sequence[CandidateRecord]) -> list[Row]:

@@ -145,6 +145,15 @@ class Evaluation(_Record):
     baseline_metrics: dict[str, float]
     compared_with: str | None = None
     blessed_metrics: dict[str, float] = {}
+    # The item-item baselines (EASE, item-kNN) fitted on the same training rows, their lists
+    # scored on the same held-out users: baseline -> top-k metric ("recall@10") -> value.
+    baselines: dict[str, dict[str, float]] = {}
+
+    def strongest(self, metric: str) -> tuple[str, float] | None:
+        """The item-item baseline with the best ``metric`` (a list metric, "recall@10"), and
+        its value; None when no baseline was fitted."""
+        scored = {name: values[metric] for name, values in self.baselines.items()}
+        return max(scored.items(), key=lambda pair: pair[1], default=None)
 
 
 class TrialResult(_Record):

@@ -1,9 +1,10 @@
-"""The names every stage agrees on: columns, served tensors, model kinds. Plain strings only.
+"""The names every stage agrees on: columns, served tensors, model kinds, metric keys.
 
 They are written once because each crosses a boundary: a column written by the feature stage
 is read by training, the gate and the export; a tensor name is in the Triton configs, the stubs
 and every client; a model kind names a directory, a registry key, a metric prefix and an
-endpoint. The serving stubs import this module, so it imports nothing but the contract below.
+endpoint. The serving stubs import this module, so it imports nothing but the contract below
+(and typing).
 
 "Trial" alone means trial serving (release/trial.py: the candidate served once by a scratch
 Triton before it is published). The hyperparameter search's trials are tuning trials
@@ -16,6 +17,10 @@ The served tensors' names are the wire contract every client needs, so they are 
 ``recflow_client.contract`` (clients/python, the app-side client that installs without recflow;
 it imports nothing either) and re-exported here.
 """
+
+from __future__ import annotations
+
+from typing import NamedTuple
 
 # Served tensors: requests carry raw ids; ranking answers a score per pair, the top-k
 # endpoints the best item ids with their scores.
@@ -61,3 +66,26 @@ RANKING, RETRIEVAL = "ranking", "retrieval"
 # The composed endpoint (retrieve, then order) and the item-to-item one. The endpoints and
 # their order are serving/repository.py's CONTRACTS.
 RECOMMEND, SIMILAR = "recommend", "similar"
+
+
+class MetricKey(NamedTuple):
+    """A held-out metric as the gate's records name it, ``<kind>.<metric>``: the model kind (or
+    endpoint) and its metric, e.g. ``recommend.recall@10``."""
+
+    kind: str
+    name: str
+
+    @classmethod
+    def parse(cls, key: str) -> MetricKey:
+        kind, dot, name = key.partition(".")
+        if not dot or not kind or not name:
+            raise ValueError(f"{key!r} is no metric key (<kind>.<metric>, e.g. ranking.auc)")
+        return cls(kind, name)
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.name}"
+
+
+def metric_keys(kind: str, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` of one model kind under their keys (``auc`` -> ``ranking.auc``)."""
+    return {str(MetricKey(kind, name)): value for name, value in metrics.items()}

@@ -20,6 +20,8 @@ export follow in release/trial.py and release/publish.py.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -28,7 +30,7 @@ import numpy as np
 import pandas as pd
 from prefect import task
 
-from models.baselines import popularity_scores
+from models.baselines import ItemItemKind, fit_tuned, popularity_scores, random_rows
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.metrics import binary_metrics, top_k_metrics
 from recflow.artifacts import Candidate, ExportedCandidate, FeatureSet, RawDataset
@@ -55,11 +57,15 @@ from recflow.vocabulary import (
     RETRIEVAL,
     SCORE_OUTPUT,
     USER_ID,
+    MetricKey,
+    metric_keys,
 )
 from release.export import exported_candidate
 from serving.repository import export_candidate
 from serving.runtime import RankingPipeline, RecommendStage, RetrievalStage
 from tasks.features import fingerprint
+
+log = logging.getLogger(__name__)
 
 # Rows per in-process scoring call: bounds memory on large validation splits.
 SCORE_CHUNK_ROWS = 65_536
@@ -190,6 +196,7 @@ def evaluate_candidates(
     blessed: ExportedCandidate | None,
     ks: tuple[int, ...],
     sample_rows: int,
+    baselines: Sequence[ItemItemKind] = (),
 ) -> list[Evaluated]:
     """Each contender's and the blessed model's metrics on the contenders' held-out rows,
     scored from their exports (what trial serving and publish install).
@@ -200,8 +207,10 @@ def evaluate_candidates(
     ranking endpoint's scores. Retrieval: top-k metrics of the retrieval endpoint over the whole
     catalogue, training items excluded. Recommend: the same metrics of the recommend endpoint's
     lists. Baselines (per-item mean, most popular unseen) are scored on the same rows by the
-    same code. Top-k metrics are taken at each of ``ks``; ``sample_rows`` held-out pairs (and
-    one cold pair) are kept with their scores for trial serving.
+    same code, and so are the lists of the item-item ``baselines`` (EASE, item-kNN), fitted on
+    the training rows alone (:func:`item_item_baselines`). Top-k metrics are taken at each of
+    ``ks``; ``sample_rows`` held-out pairs (and one cold pair) are kept with their scores for
+    trial serving.
     """
     first = contenders[0]
     if any(c.features.path != first.features.path for c in contenders) or any(
@@ -223,7 +232,8 @@ def evaluate_candidates(
         task, lambda users: np.tile(popular, (len(task.users[users]), 1)), ks
     )
     # Most popular unseen is the baseline of both lists: retrieval's and recommend's.
-    baseline_metrics = _prefixed(RETRIEVAL, baseline) | _prefixed(RECOMMEND, baseline)
+    baseline_metrics = metric_keys(RETRIEVAL, baseline) | metric_keys(RECOMMEND, baseline)
+    strong = item_item_baselines(split.train, task, ks, baselines)
     picked = rows.sample(min(sample_rows, len(rows)), random_state=0).index
     # Seen items are the training rows: what evaluation excludes from each user's top k.
     seen = split.train[[USER_ID, ITEM_ID]]
@@ -233,9 +243,9 @@ def evaluate_candidates(
         scores = ranking_scores(exported.version_dir(RANKING), pairs)
         metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
         if RETRIEVAL in exported.stages:
-            metrics |= _prefixed(
+            metrics |= metric_keys(
                 RETRIEVAL, retrieval_metrics(exported.version_dir(RETRIEVAL), task, ks)
-            ) | _prefixed(
+            ) | metric_keys(
                 RECOMMEND, recommend_metrics(exported.version_dir(RECOMMEND), task, seen, ks)
             )
         return metrics, scores
@@ -249,9 +259,10 @@ def evaluate_candidates(
             metrics=metrics,
             # Training computed the per-item-mean baseline on this same validation split.
             baseline_metrics=baseline_metrics
-            | _prefixed(RANKING, candidate.ranking.baseline_metrics),
+            | metric_keys(RANKING, candidate.ranking.baseline_metrics),
             compared_with=None if blessed is None else blessed.candidate,
             blessed_metrics=blessed_metrics,
+            baselines=strong,
         )
         sample = pairs.iloc[[*picked, len(pairs) - 1]].assign(
             **{SCORE_OUTPUT: scores[[*picked, -1]]}
@@ -260,12 +271,35 @@ def evaluate_candidates(
     return evaluated
 
 
+def item_item_baselines(
+    train: pd.DataFrame, task: RetrievalTask, ks: tuple[int, ...], kinds: Sequence[ItemItemKind]
+) -> dict[str, dict[str, float]]:
+    """Top-k metrics of each item-item baseline's lists for ``task``'s users, by the code that
+    scores the endpoints' lists. Each learns from every training pair and chooses its λ or k on
+    a seeded random 10% of the training rows (the held-out rows carry no timestamps here), then
+    refits on all of them: the held-out rows never reach the choice."""
+    relevant = train[LABEL].to_numpy() == 1
+    tuning = random_rows(len(train))
+    scored = {}
+    for kind in kinds:
+        started = time.perf_counter()
+        tuned = fit_tuned(kind, train, relevant, tuning, USER_ID, ITEM_ID)
+        scored[kind] = evaluate_retrieval(task, tuned.model.scorer(task), ks)
+        log.info(
+            "baseline %s (%s %g, %d items): recall@%d %.4f, fitted and scored in %.1f s",
+            kind,
+            "λ" if kind == "ease" else "k",
+            tuned.value,
+            len(tuned.model.items),
+            ks[0],
+            scored[kind][f"recall@{ks[0]}"],
+            time.perf_counter() - started,
+        )
+    return scored
+
+
 def _ranking_metrics(labels: pd.Series, scores: np.ndarray) -> dict[str, float]:
-    return _prefixed(RANKING, binary_metrics(labels.to_numpy(), scores))
-
-
-def _prefixed(kind: str, metrics: dict[str, float]) -> dict[str, float]:
-    return {f"{kind}.{name}": value for name, value in metrics.items()}
+    return metric_keys(RANKING, binary_metrics(labels.to_numpy(), scores))
 
 
 def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
@@ -277,9 +311,9 @@ def judge(evaluation: Evaluation, cfg: GateConfig) -> GateDecision:
             "references to its own metrics were checked"
         )
     for kind, table in cfg.tables.items():
-        has_kind = any(metric.startswith(f"{kind}.") for metric in evaluation.metrics)
+        has_kind = any(MetricKey.parse(metric).kind == kind for metric in evaluation.metrics)
         for name, bounds in table.items():
-            metric = f"{kind}.{name}"
+            metric = str(MetricKey(kind, name))
             if metric in evaluation.metrics:
                 checks += _metric_checks(metric, bounds, evaluation)
             elif bounds != MetricBounds(higher_is_better=bounds.higher_is_better):
@@ -333,6 +367,13 @@ def _metric_checks(metric: str, bounds: MetricBounds, evaluation: Evaluation) ->
     if baseline is not None and bounds.min_baseline_gain is not None:
         delta = better * bounds.min_baseline_gain
         checks.append(check("baseline", op, baseline + delta, f"{baseline:.4f} {delta:+.4f}"))
+    key = MetricKey.parse(metric)
+    strongest = evaluation.strongest(key.name) if key.kind == RECOMMEND else None
+    if strongest is not None and bounds.max_shortfall_to_strongest is not None:
+        baseline_name, baseline_value = strongest
+        share = bounds.max_shortfall_to_strongest
+        source = f"{baseline_name} {baseline_value:.4f} -{share:.0%}"
+        checks.append(check("strongest baseline", ">=", baseline_value * (1 - share), source))
     return checks
 
 
@@ -404,8 +445,8 @@ def register_candidate(
             code_version=code_version(),
         ),
         evaluation=evaluated.evaluation,
-        training_metrics=_prefixed(RANKING, ranking.metrics)
-        | _prefixed(RETRIEVAL, retrieval.metrics),
+        training_metrics=metric_keys(RANKING, ranking.metrics)
+        | metric_keys(RETRIEVAL, retrieval.metrics),
         gate=gate_cfg.model_dump(mode="json"),
         decision=decision,
         contest=contest,
@@ -452,7 +493,12 @@ def gate(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -
     serving = registry.serving()
     blessed = None if serving is None else exported_candidate(registry, serving, settings.serving)
     evaluated = evaluate_candidates(
-        contenders, exports, blessed, settings.retrieval.top_k, settings.trial.rows
+        contenders,
+        exports,
+        blessed,
+        settings.retrieval.top_k,
+        settings.trial.rows,
+        settings.gate.baselines,
     )
     decisions = [judge(each.evaluation, settings.gate) for each in evaluated]
     chosen = choose([each.evaluation for each in evaluated], decisions, settings.gate)

@@ -166,6 +166,7 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
         "absolute",
         "baseline",
         "reference",
+        "strongest baseline",
     }
     assert any("first candidate" in note for note in stored.decision.notes)
     # The reproduced held-out rows are the validation split training scored.
@@ -183,9 +184,16 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     recommend = {
         check.kind: check for check in stored.decision.checks if check.metric.startswith("recom")
     }
-    assert set(recommend) == {"baseline", "reference"}
+    assert set(recommend) == {"baseline", "reference", "strongest baseline"}
     assert all(check.passed for check in recommend.values())
     assert recommend["reference"].reference.startswith("retrieval.recall@10")
+    # The item-item baselines were fitted in the run and scored on the same users.
+    baselines = stored.evaluation.baselines
+    assert set(baselines) == {"ease", "item_knn"}
+    popular = stored.evaluation.baseline_metrics["recommend.recall@10"]
+    assert all(scored["recall@10"] > popular for scored in baselines.values())
+    strongest, value = stored.evaluation.strongest("recall@10")
+    assert recommend["strongest baseline"].reference.startswith(f"{strongest} {value:.4f}")
     # Its ordering was measured on validation for every weight of the grid and is what the
     # published version executes (trial serving checked that Triton's lists equal these).
     ordering = candidate.ranking.ordering
@@ -232,7 +240,12 @@ def test_worse_model_is_not_blessed_by_the_change_bound(home, first, worse):
 def test_recommend_that_loses_to_most_popular_is_not_blessed(home, data, worse):
     """The worse ranker's models, recommend ordered by that ranker alone (the ordering before
     it was measured): the ranking bounds are off, only the lists can fail the gate."""
-    settings = settings_for(home, *LOOSE_GATE, "ordering.ranker_weights=[1.0]")
+    settings = settings_for(
+        home,
+        *LOOSE_GATE,
+        "ordering.ranker_weights=[1.0]",
+        "gate.recommend.recall@10.max_shortfall_to_strongest=0",
+    )
     raw, _ = data
     candidate = ordered(copy_of(worse[0], settings, RANKER_ALONE), settings)
     assert candidate.ranking.ordering.ranker_weight == 1.0
@@ -243,11 +256,13 @@ def test_recommend_that_loses_to_most_popular_is_not_blessed(home, data, worse):
     metrics = stored.evaluation.metrics
     popular = stored.evaluation.baseline_metrics["recommend.recall@10"]
     assert metrics["recommend.recall@10"] < popular < metrics["retrieval.recall@10"]
-    # Only recommend's checks fail: against most popular, retrieval alone and the blessed one.
+    # Only recommend's checks fail: against most popular, retrieval alone, the blessed one and
+    # the strongest item-item baseline (asked here to be matched).
     assert {(c.metric, c.kind) for c in stored.decision.failed} == {
         ("recommend.recall@10", "baseline"),
         ("recommend.recall@10", "reference"),
         ("recommend.recall@10", "change"),
+        ("recommend.recall@10", "strongest baseline"),
     }
     # The blessed model's recommend was re-scored on the same rows, by its own ordering.
     assert stored.evaluation.blessed_metrics["recommend.recall@10"] > popular

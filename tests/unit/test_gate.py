@@ -226,3 +226,28 @@ def test_a_run_with_no_blessed_contender_names_each_ones_failures():
     assert failure.count("ranking.auc = 0.5000 >= 0.6000 (absolute): FAIL") == 2
     assert "candidate run-mf is NOT_BLESSED, nothing published" in failure
     assert str(GateFailed(records[0])).startswith("candidate run-dlrm is NOT_BLESSED")
+
+
+def test_recommend_that_trails_the_strongest_item_item_baseline_too_far_is_not_blessed():
+    """The bound reads the best of the run's item-item baselines on the same users: EASE here,
+    item-kNN is weaker and must not be the reference."""
+    bounds = {name: None for name in MetricBounds.model_fields if name != "higher_is_better"}
+    gate = GateConfig(
+        recommend={"recall@10": {**bounds, "max_shortfall_to_strongest": 0.05}},
+        ranking={name: bounds for name in GateConfig().ranking},
+        retrieval={name: bounds for name in GateConfig().retrieval},
+    )
+    strong = {"ease": {"recall@10": 0.30}, "item_knn": {"recall@10": 0.26}}
+
+    def judged(recall: float):
+        measured = evaluation({"recommend.recall@10": recall})
+        return judge(measured.model_copy(update={"baselines": strong}), gate)
+
+    assert judged(0.285).blessed  # 5% below EASE's 0.30: at the bound
+    failed = judged(0.28)
+    assert not failed.blessed
+    assert lines(failed) == [
+        "recommend.recall@10 = 0.2800 >= 0.2850 (strongest baseline: ease 0.3000 -5%): FAIL"
+    ]
+    # Without item-item baselines (gate.baselines: []) there is nothing to trail.
+    assert judge(evaluation({"recommend.recall@10": 0.01}), gate).blessed
