@@ -9,7 +9,7 @@ Shapes (README, "Run it on your data"):
 * ``parquet``: parquet files with string ids (``u1``, ``m296``), dates as ISO 8601 strings, an
   items table with genres as a list column and the release year as a continuous feature;
 * ``csv``: CSV files with the product's own column names (``customer``, ``product``,
-  ``stars``, ``ts``) and integer ids, genres as one ``|``-joined field;
+  ``stars``, ``ts``, ``labels``) and integer ids, genres as one ``|``-joined ``labels`` field;
 * ``implicit``: the ``parquet`` shape without the ratings: every row is an interaction.
 
 The archive is the GroupLens one (ml-latest-small or a variant with ``ratings.csv`` and
@@ -62,7 +62,8 @@ def write_example(archive: Path, out_dir: Path, shape: str, users: int | None = 
                 "timestamp": "ts",
             }
         )
-        items = pd.DataFrame({"product": movies["movieId"], "genres": genres, "year": year})
+        # A shop's export names its tag lists ``labels``: a name NVTabular uses too (#32).
+        items = pd.DataFrame({"product": movies["movieId"], "labels": genres, "year": year})
         interactions.to_csv(out_dir / "interactions.csv", index=False)
         items.to_csv(out_dir / "items.csv", index=False)
         source = {
@@ -79,7 +80,7 @@ def write_example(archive: Path, out_dir: Path, shape: str, users: int | None = 
                 "path": str(out_dir / "items.csv"),
                 "id": "product",
                 "continuous": ["year"],
-                "lists": ["genres"],
+                "lists": ["labels"],
             },
         }
     else:

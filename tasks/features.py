@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from collections import Counter
 from collections.abc import Callable
@@ -667,9 +668,15 @@ def fit_and_transform(
     ``staging/<split>``; raises ``DataValidationError`` for an empty split."""
     for name, files in joined.items():
         if not files:
-            raise input_error(
-                "interactions", "*", "empty", f"rows in the {name} split", f"0 ({cfg.split} split)"
-            )
+            found = f"0 ({cfg.split} split)"
+            if cfg.split == "last_fraction":
+                # floor(valid_fraction x n) rows of a user's n: none below 1 / valid_fraction.
+                fewest = math.ceil(1 / cfg.valid_fraction)
+                found += (
+                    f": no user has {fewest} or more interactions; a larger "
+                    "features.valid_fraction or features.split=random holds rows out"
+                )
+            raise input_error("interactions", "*", "empty", f"rows in the {name} split", found)
     # One partition per file: write_joined_splits sized them (features.partition_rows).
     datasets = {
         name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
