@@ -48,6 +48,15 @@ ROWS_PER_USER = 200
 SEED = 32
 POLL_S = 0.2
 FORMATS = ("csv", "parquet")
+# The shop export's interaction columns as data.custom maps them (custom_source_bench's too).
+SHOP_EVENTS = {
+    "user": "customer",
+    "item": "product",
+    "timestamp": "at",
+    "rating": "stars",
+    "rating_scale": (0.5, 5.0),
+    "positive_threshold": 4.0,
+}
 _EXPORT = pa.schema(
     [
         ("customer", pa.string()),
@@ -117,16 +126,7 @@ def declared(path: Path, fmt: str, n_rows: int) -> dict:
     """The export as data.custom declares it (CustomSource fields)."""
     return {
         "name": f"shop-{fmt}-{n_rows}",
-        "interactions": {
-            "path": str(path),
-            "user": "customer",
-            "item": "product",
-            "timestamp": "at",
-            "rating": "stars",
-            "rating_scale": (0.5, 5.0),
-            "positive_threshold": 4.0,
-            "csv": {"delimiter": ";"},
-        },
+        "interactions": {"path": str(path), **SHOP_EVENTS, "csv": {"delimiter": ";"}},
     }
 
 
