@@ -8,10 +8,10 @@ staging directory): a path that matches nothing, a mapped column that is missing
 cannot be parsed, a table without rows, an id listed twice in a side table, interactions whose
 ids a side table lacks (``unknown_side_ids: error``). String ids are kept at the edges
 (recflow/external_ids.py). The interaction log is read, checked and written a batch at a time
-(``build_custom``): the import's memory follows a batch and the distinct ids, not the log. The source's identity is the sha256
-of every input file with the mapping (``source_checksum``): the same files and mapping give the
-same dataset, reused; anything else is a new one, which validation compares with the last
-accepted build.
+(``build_custom``): the import's memory follows a batch and the distinct ids, not the log.
+The source's identity is the sha256 of every input file with the mapping
+(``source_checksum``): the same files and mapping give the same dataset, reused; anything else
+is a new one, which validation compares with the last accepted build.
 """
 
 from __future__ import annotations
@@ -299,14 +299,22 @@ def _unix_seconds(bad: BadValues, column: str, values: pd.Series, first_row: int
     if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
         return values.astype("float64").floordiv(1)
     if not pd.api.types.is_datetime64_any_dtype(values):
-        numeric = pd.to_numeric(values, errors="coerce")
-        if numeric.notna().sum() == values.notna().sum():
-            return numeric.floordiv(1)
+        if _may_be_numbers(values):
+            numeric = pd.to_numeric(values, errors="coerce")
+            if numeric.notna().sum() == values.notna().sum():
+                return numeric.floordiv(1)
         parsed = pd.to_datetime(values, errors="coerce", utc=True)
         bad.check(column, values, parsed, "unix seconds or dates", first_row)
         values = parsed
     seconds = values.dt.tz_localize(None) if values.dt.tz is not None else values
     return pd.Series(seconds.astype("int64") // 10**9, index=values.index).where(values.notna())
+
+
+def _may_be_numbers(values: pd.Series) -> bool:
+    """Whether the first value there is a number: parsing a column of dates as numbers, only to
+    find none, costs as much as parsing the dates."""
+    first = values.dropna()[:1]
+    return pd.to_numeric(first, errors="coerce").notna().all()
 
 
 def interaction_batches(file: SourceFile, source: InteractionsSource) -> Iterator[pd.DataFrame]:
@@ -417,7 +425,8 @@ class IdForms:
 
     def forms(self, ids: pd.Series) -> tuple[pd.Series | None, np.ndarray]:
         """``ids`` as int64 (None unless every one is an integer) and hashed."""
-        as_int = _as_int_ids(ids)
+        # One id that is not an integer makes them all strings: parsing more is wasted.
+        as_int = _as_int_ids(ids) if self.all_integers else None
         self.all_integers &= as_int is not None
         strings = ids.astype(str).to_numpy()
         distinct = pd.unique(strings)
