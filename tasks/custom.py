@@ -60,7 +60,9 @@ _SLUG = 32
 # What the import holds of an input file at a time: its memory does not grow with the log.
 _HASH_BLOCK_BYTES = 8 << 20
 _PARQUET_BATCH_ROWS = 1 << 18
-_CSV_BLOCK_BYTES = 16 << 20
+# A CSV block of 4 MiB is ~100,000 rows; at 16 MiB the import of a 20M-row CSV peaked at
+# 1.24 GiB, twice as much as at 1M rows (benchmarks/results/import.md).
+_CSV_BLOCK_BYTES = 4 << 20
 # CSV fields Arrow reads as missing in a typed column; the value columns are read as text (a
 # type guessed from a file's first block would refuse a later block), so they are applied here.
 _CSV_NULLS = frozenset(pacsv.ConvertOptions().null_values)
