@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.features_bench import dataset, parse_size, run_features  # noqa: E402
+from benchmarks.import_bench import SHOP_EVENTS  # noqa: E402
 from models.ranking import train_ranker  # noqa: E402
 from recflow.artifacts import FeatureSet  # noqa: E402
 from recflow.config import (  # noqa: E402
@@ -86,15 +87,7 @@ def write_export(raw, directory: Path) -> CustomSource:
     return CustomSource.model_validate(
         {
             "name": f"export-{raw.n_interactions}",
-            "interactions": {
-                "path": str(interactions),
-                "user": "customer",
-                "item": "product",
-                "timestamp": "at",
-                "rating": "stars",
-                "rating_scale": (0.5, 5.0),
-                "positive_threshold": 4.0,
-            },
+            "interactions": {"path": str(interactions), **SHOP_EVENTS},
             "items": {
                 "path": str(directory / "products.parquet"),
                 "id": "product",
