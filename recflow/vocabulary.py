@@ -23,15 +23,24 @@ from __future__ import annotations
 from typing import NamedTuple
 
 # Served tensors: requests carry raw ids; ranking answers a score per pair, the top-k
-# endpoints the best item ids with their scores.
+# endpoints the best item ids with their scores. Model kinds: the directories of a training run
+# (models/<run_id>/<kind>/), the keys of a registry record's models and metrics ("ranking.auc"),
+# and the endpoints' names (MODEL_NAME makes the Triton model's): RECOMMEND is the composed
+# endpoint (retrieve, then order), SIMILAR the item-to-item one; their tensors and order are
+# serving/repository.py's CONTRACTS.
 from recflow_client.contract import (
     EXCLUDE_SEEN_INPUT,
     ITEM_IDS_OUTPUT,
     ITEM_INPUT,
     K_INPUT,
+    MODEL_NAME,
     RANKED_OUTPUTS,
+    RANKING,
+    RECOMMEND,
+    RETRIEVAL,
     SCORE_OUTPUT,
     SCORES_OUTPUT,
+    SIMILAR,
     USER_INPUT,
 )
 
@@ -40,9 +49,14 @@ __all__ = [
     "ITEM_IDS_OUTPUT",
     "ITEM_INPUT",
     "K_INPUT",
+    "MODEL_NAME",
     "RANKED_OUTPUTS",
+    "RANKING",
+    "RECOMMEND",
+    "RETRIEVAL",
     "SCORE_OUTPUT",
     "SCORES_OUTPUT",
+    "SIMILAR",
     "USER_INPUT",
 ]
 
@@ -59,13 +73,6 @@ ITEM_COUNT, USER_COUNT = "item_count", "user_count"
 LABEL = "label"
 # item_embeddings.parquet: the raw id next to the item features' own encoded ``item_id``.
 RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
-
-# Model kinds: the directories of a training run (models/<run_id>/<kind>/), the keys of a
-# registry record's models and metrics ("ranking.auc"), and endpoint names.
-RANKING, RETRIEVAL = "ranking", "retrieval"
-# The composed endpoint (retrieve, then order) and the item-to-item one. The endpoints and
-# their order are serving/repository.py's CONTRACTS.
-RECOMMEND, SIMILAR = "recommend", "similar"
 
 
 class MetricKey(NamedTuple):

@@ -43,6 +43,7 @@ from recflow.vocabulary import (
     ITEM_IDS_OUTPUT,
     ITEM_INPUT,
     K_INPUT,
+    MODEL_NAME,
     RANKING,
     RECOMMEND,
     RETRIEVAL,
@@ -121,7 +122,7 @@ class EndpointNames:
     prefix: str
 
     def model(self, endpoint: str) -> str:
-        return f"{self.prefix}_{endpoint}"
+        return MODEL_NAME.format(prefix=self.prefix, endpoint=endpoint)
 
     @property
     def all_models(self) -> tuple[str, ...]:

@@ -43,8 +43,13 @@ from recflow_client.contract import (
     EXCLUDE_SEEN_INPUT,
     ITEM_INPUT,
     K_INPUT,
+    MODEL_NAME,
     RANKED_OUTPUTS,
+    RANKING,
+    RECOMMEND,
+    RETRIEVAL,
     SCORE_OUTPUT,
+    SIMILAR,
     USER_INPUT,
 )
 
@@ -330,21 +335,25 @@ class _ClientBase:
 
     # --- shared by both transports ---------------------------------------------------------
 
+    def model(self, endpoint: str) -> str:
+        """The Triton model serving ``endpoint`` (contract.RANKING, ...) under this prefix."""
+        return MODEL_NAME.format(prefix=self.model_prefix, endpoint=endpoint)
+
     @property
     def ranking_model(self) -> str:
-        return f"{self.model_prefix}_ranking"
+        return self.model(RANKING)
 
     @property
     def retrieval_model(self) -> str:
-        return f"{self.model_prefix}_retrieval"
+        return self.model(RETRIEVAL)
 
     @property
     def recommend_model(self) -> str:
-        return f"{self.model_prefix}_recommend"
+        return self.model(RECOMMEND)
 
     @property
     def similar_model(self) -> str:
-        return f"{self.model_prefix}_similar"
+        return self.model(SIMILAR)
 
     def _attempts(
         self, model: str | None, timeout_s: float | None = None, retry: bool = True

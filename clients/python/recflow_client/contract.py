@@ -13,6 +13,11 @@ SCORE_OUTPUT = "score"
 ITEM_IDS_OUTPUT, SCORES_OUTPUT = "item_ids", "scores"
 RANKED_OUTPUTS = (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
 
+# The endpoints a publish writes, each the Triton model MODEL_NAME names for a model prefix
+# (``recflow_recommend``): ranking; retrieval; recommend (retrieve, then order); similar.
+RANKING, RETRIEVAL, RECOMMEND, SIMILAR = "ranking", "retrieval", "recommend", "similar"
+MODEL_NAME = "{prefix}_{endpoint}"
+
 # A server published and started with recflow's default settings.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT = 8001, 8000
