@@ -78,7 +78,25 @@ MOVIELENS_USERS = SideFeatures(categorical=("gender", "age_bucket", "occupation"
 Feedback = Literal["rating", "label", "implicit"]
 
 
-class RawDataset(Artifact):
+class DatasetDeclaration(BaseModel):
+    """What a dataset's builder declares of its tables beyond their counts (tasks/download.py:
+    MovieLens, synthetic and your own data each return one); a ``RawDataset`` records it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items_features: SideFeatures = MOVIELENS_ITEMS
+    # None: no users table
+    users_features: SideFeatures | None = MOVIELENS_USERS
+    # What ``rating`` holds: a rating (positive from the feature stage's threshold unless
+    # ``positive_threshold`` says), a 0/1 label, or 1 for every row (implicit feedback).
+    feedback: Feedback = "rating"
+    rating_scale: tuple[float, float] | None = None  # None: validation.rating_min/max
+    positive_threshold: float | None = None  # None: features.rating_threshold
+    # True when the source's ids are strings: the int64 ids are their hashes.
+    external_ids: bool = False
+
+
+class RawDataset(Artifact, DatasetDeclaration):
     """The canonical tables of one dataset (docs/data.md), whatever its source.
 
     ``interactions.parquet``: user_id int64, item_id int64, rating float32, timestamp int64 (unix s)
@@ -100,16 +118,6 @@ class RawDataset(Artifact):
     n_users: int
     n_items: int
     layout: int = 1
-    items_features: SideFeatures = MOVIELENS_ITEMS
-    # None: no users table
-    users_features: SideFeatures | None = MOVIELENS_USERS
-    # What ``rating`` holds: a rating (positive from the feature stage's threshold unless
-    # ``positive_threshold`` says), a 0/1 label, or 1 for every row (implicit feedback).
-    feedback: Feedback = "rating"
-    rating_scale: tuple[float, float] | None = None  # None: validation.rating_min/max
-    positive_threshold: float | None = None  # None: features.rating_threshold
-    # True when the source's ids are strings: the int64 ids are their hashes.
-    external_ids: bool = False
 
     @property
     def has_users(self) -> bool:

@@ -22,7 +22,13 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from recflow.artifacts import MANIFEST, MOVIELENS_USERS, RawDataset, SideFeatures
+from recflow.artifacts import (
+    MANIFEST,
+    MOVIELENS_USERS,
+    DatasetDeclaration,
+    RawDataset,
+    SideFeatures,
+)
 from recflow.atomic import atomic_dir
 from recflow.config import (
     CustomSource,
@@ -130,7 +136,7 @@ def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
     if done := _reusable(out, variant.name, sha256):
         return done
 
-    def build(staging: Path) -> tuple[NormalizeReport, dict]:
+    def build(staging: Path) -> tuple[NormalizeReport, DatasetDeclaration]:
         extracted = staging / ".extracted"
         safe_extract(
             archive,
@@ -145,15 +151,15 @@ def fetch_dataset(data: DataConfig, paths: PathsConfig) -> RawDataset:
     return _publish(out, variant.name, sha256, build)
 
 
-def _movielens_declaration(report: NormalizeReport) -> dict:
-    return {"users_features": MOVIELENS_USERS if report.has_users else None}
+def _movielens_declaration(report: NormalizeReport) -> DatasetDeclaration:
+    return DatasetDeclaration(users_features=MOVIELENS_USERS if report.has_users else None)
 
 
 def _synthetic_dataset(config: SyntheticConfig, raw_dir: Path) -> RawDataset:
     checksum = synthetic.config_checksum(config)
     out = raw_dir / synthetic.dataset_name(config)
 
-    def build(staging: Path) -> tuple[NormalizeReport, dict]:
+    def build(staging: Path) -> tuple[NormalizeReport, DatasetDeclaration]:
         report = synthetic.generate(config, staging)
         return report, _movielens_declaration(report)
 
@@ -176,16 +182,16 @@ def _custom_dataset(source: CustomSource, raw_dir: Path) -> RawDataset:
     out = raw_dir / source.name
     mapping = source.interactions
 
-    def build(staging: Path) -> tuple[NormalizeReport, dict]:
+    def build(staging: Path) -> tuple[NormalizeReport, DatasetDeclaration]:
         report, external = build_custom(source, files, staging)
-        return report, {
-            "items_features": side_features("items", source.items) or SideFeatures(),
-            "users_features": side_features("users", source.users),
-            "feedback": mapping.feedback,
-            "rating_scale": _scale(mapping),
-            "positive_threshold": mapping.positive_threshold if mapping.rating else 1.0,
-            "external_ids": external,
-        }
+        return report, DatasetDeclaration(
+            items_features=side_features("items", source.items) or SideFeatures(),
+            users_features=side_features("users", source.users),
+            feedback=mapping.feedback,
+            rating_scale=_scale(mapping),
+            positive_threshold=mapping.positive_threshold if mapping.rating else 1.0,
+            external_ids=external,
+        )
 
     return _reusable(out, CUSTOM, checksum) or _publish(out, CUSTOM, checksum, build)
 
@@ -212,12 +218,14 @@ def _reusable(out: Path, variant: str, checksum: str) -> RawDataset | None:
 
 
 def _publish(
-    out: Path, variant: str, checksum: str, build: Callable[[Path], tuple[NormalizeReport, dict]]
+    out: Path,
+    variant: str,
+    checksum: str,
+    build: Callable[[Path], tuple[NormalizeReport, DatasetDeclaration]],
 ) -> RawDataset:
     """Build in a staging directory that replaces ``out`` once complete, manifest included.
 
-    ``build`` writes the tables and returns its report with what the dataset declares (the
-    RawDataset fields beyond the counts)."""
+    ``build`` writes the tables and returns its report with what the dataset declares."""
     with atomic_dir(out, replace=True) as staging:
         report, declared = build(staging)
         dataset = RawDataset(
@@ -228,7 +236,8 @@ def _publish(
             n_users=report.n_users,
             n_items=report.n_items,
             layout=RawDataset.LAYOUT,
-            **declared,
+            # Its fields (not a dump): the side features stay the objects the builder made.
+            **dict(declared),
         )
         (staging / SOURCE_CLEANING).write_text(json.dumps(report.dropped, indent=2))
         dataset.save_manifest(staging)
