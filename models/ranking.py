@@ -87,7 +87,7 @@ def train_ranker(
     log.info(
         "%s valid %s, baseline %s, epoch %d",
         cfg.architecture,
-        fit.best_metrics,
+        fit.metrics,
         baseline,
         fit.best_epoch,
     )
@@ -100,7 +100,7 @@ def train_ranker(
             architecture=cfg.architecture,
             params=cfg.model_dump(mode="json"),
             baseline_metrics=baseline,
-            **fit.manifest_fields(),
+            **dict(fit),
         )
         ranking.save_manifest(staging)
     return ranking

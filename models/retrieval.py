@@ -197,7 +197,7 @@ def train_retriever(
     log.info(
         "%s %s, baseline %s, epoch %d",
         cfg.architecture,
-        fit.best_metrics,
+        fit.metrics,
         baseline,
         fit.best_epoch,
     )
@@ -224,7 +224,7 @@ def train_retriever(
             baseline_metrics=baseline,
             n_items=len(embeddings),
             dim=int(vectors.shape[1]),
-            **fit.manifest_fields(),
+            **dict(fit),
         )
         retrieval.save_manifest(staging)
     return retrieval

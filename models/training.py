@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,6 +20,7 @@ from merlin.schema import Schema, Tags
 
 from models.predict import input_columns
 from models.progress import EpochProgress
+from recflow.artifacts import FitSummary
 
 log = logging.getLogger(__name__)
 
@@ -139,25 +139,6 @@ def seed_everything(seed: int) -> None:
     tf.keras.utils.set_random_seed(seed)
 
 
-@dataclass(frozen=True)
-class FitResult:
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_metrics: dict[str, float]
-    train_seconds: float
-    train_examples_per_s: float
-
-    def manifest_fields(self) -> dict[str, Any]:
-        """What a model's manifest (``recflow.artifacts.TrainedModel``) records of the fit."""
-        return {
-            "metrics": self.best_metrics,
-            "history": self.history,
-            "best_epoch": self.best_epoch,
-            "train_seconds": self.train_seconds,
-            "train_examples_per_s": self.train_examples_per_s,
-        }
-
-
 # Called after each epoch's validation with the epoch (from 1) and its metrics, e.g. to report
 # to a hyperparameter search (flows/tune.py). An exception it raises ends the fit and leaves
 # the train function through it, so nothing is saved.
@@ -209,7 +190,7 @@ def fit_keeping_best(
     n_rows: int,
     name: str,
     on_epoch: EpochHook | None = None,
-) -> FitResult:
+) -> FitSummary:
     """Fit, scoring the validation split with ``evaluate`` after each epoch; keep the best.
 
     Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
@@ -223,10 +204,10 @@ def fit_keeping_best(
         model.fit(batches, epochs=epochs, callbacks=[progress, keep], verbose=0)
     seconds = time.perf_counter() - started - keep.eval_seconds
     model.set_weights(keep.best_weights)
-    return FitResult(
+    return FitSummary(
         history=keep.history,
         best_epoch=keep.best_epoch,
-        best_metrics=keep.best,
+        metrics=keep.best,
         train_seconds=seconds,
         train_examples_per_s=n_rows * len(keep.history) / seconds,
     )

@@ -146,18 +146,27 @@ class RawDataset(Artifact, DatasetDeclaration):
         return self.path / names_file(column)
 
 
-class TrainedModel(Artifact):
-    """A model fit on one feature build, with its validation metrics and its baseline's."""
+class FitSummary(BaseModel):
+    """What a training loop reports of a fit (models/training.py ``fit_keeping_best``): the
+    validation metrics of the epoch whose weights were kept, every epoch's, and throughput."""
 
-    features_fingerprint: str
-    params: dict
+    model_config = ConfigDict(frozen=True)
+
     metrics: dict[str, float]
-    baseline_metrics: dict[str, float]
     # One entry per epoch; the weights of ``best_epoch`` (counted from 1) were kept.
     history: list[dict[str, float]]
     best_epoch: int
+    # Training time only, the per-epoch validation excluded.
     train_seconds: float
     train_examples_per_s: float
+
+
+class TrainedModel(Artifact, FitSummary):
+    """A model fit on one feature build: its fit, its parameters and its baseline's metrics."""
+
+    features_fingerprint: str
+    params: dict
+    baseline_metrics: dict[str, float]
 
 
 # --- features -----------------------------------------------------------------------------
