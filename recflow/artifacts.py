@@ -153,8 +153,9 @@ class FitSummary(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     metrics: dict[str, float]
-    # One entry per epoch; the weights of ``best_epoch`` (counted from 1) were kept.
-    history: list[dict[str, float]]
+    # One entry per epoch ("epoch" counted from 1, an int; its metrics); the weights of
+    # ``best_epoch`` were kept.
+    history: list[dict[str, int | float]]
     best_epoch: int
     # Training time only, the per-epoch validation excluded.
     train_seconds: float
