@@ -29,6 +29,7 @@ import pandas as pd
 
 from recflow.artifacts import FeatureSet, RankingModel, RetrievalModel
 from recflow.config import load_settings
+from recflow.registry import Registry
 from recflow_client import RecflowClient, TritonRequestError
 from serving.repository import EndpointNames, export_candidate, install
 from serving.server import TritonServer, process_group
@@ -119,7 +120,7 @@ def main() -> None:
 
     def export() -> int:
         # A gate's export and a publish's install: what one pipeline run does to the repository.
-        target = settings.paths.registry_dir / "bundles" / args.run
+        target = Registry.from_settings(settings).exported_dir(args.run)
         seen = pd.read_parquet(interactions)
         exported = export_candidate(
             args.run, features, ranking, retrieval, seen, settings.serving, target

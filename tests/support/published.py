@@ -22,6 +22,7 @@ from recflow.artifacts import (
 )
 from recflow.compute import dataset_cpu_flag, open_cluster
 from recflow.config import Settings
+from recflow.registry import Registry
 from serving.repository import export_candidate, install
 from tasks.download import fetch_dataset
 from tasks.features import build_features
@@ -65,7 +66,7 @@ class Published:
             self.retrieval,
             pd.read_parquet(self.raw.interactions),
             settings.serving,
-            target or settings.paths.registry_dir / "bundles" / CANDIDATE,
+            target or Registry.from_settings(settings).exported_dir(CANDIDATE),
         )
 
     def export(self) -> int:
