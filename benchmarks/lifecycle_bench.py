@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from recflow.artifacts import FeatureSet, RankingModel, RetrievalModel
+from recflow.artifacts import Candidate, FeatureSet, ItemItemSource, RankingModel, RetrievalModel
 from recflow.config import load_settings
 from recflow.registry import Registry
 from recflow_client import RecflowClient, TritonRequestError
@@ -114,6 +114,8 @@ def main() -> None:
     features = FeatureSet.load(next(args.home.glob("features/*/manifest.json")).parent)
     ranking = RankingModel.load(args.home / "models" / args.run / "ranking")
     retrieval = RetrievalModel.load(args.home / "models" / args.run / "retrieval")
+    item_item_dir = args.home / "models" / args.run / "item_item"
+    item_item = ItemItemSource.load(item_item_dir) if item_item_dir.is_dir() else None
     interactions = next(args.home.glob("data/*/interactions.parquet"))
     repo = settings.paths.triton_repo
     shutil.rmtree(repo, ignore_errors=True)
@@ -122,9 +124,8 @@ def main() -> None:
         # A gate's export and a publish's install: what one pipeline run does to the repository.
         target = Registry.from_settings(settings).exported_dir(args.run)
         seen = pd.read_parquet(interactions)
-        exported = export_candidate(
-            args.run, features, ranking, retrieval, seen, settings.serving, target
-        )
+        candidate = Candidate(features, ranking, retrieval, args.run, item_item)
+        exported = export_candidate(args.run, candidate, seen, settings.serving, target)
         return install(exported, repo, settings.serving)
 
     started = time.monotonic()

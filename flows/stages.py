@@ -30,7 +30,7 @@ from recflow.artifacts import (
 )
 from recflow.config import RankingConfig, Settings, load_settings
 from recflow.registry import Registry
-from recflow.vocabulary import RANKING, RETRIEVAL
+from recflow.vocabulary import ITEM_ITEM, RANKING, RETRIEVAL
 from release.gate import GateFailed, gate_task
 from release.publish import publish_task
 from release.trial import TrialServingFailed, trial_task
@@ -38,7 +38,12 @@ from serving.repository import EndpointNames
 from tasks.data_checks import DataValidationError
 from tasks.download import fetch_dataset_task
 from tasks.features import build_features_task, fingerprint
-from tasks.train import choose_ordering_task, train_ranking_task, train_retrieval_task
+from tasks.train import (
+    choose_ordering_task,
+    fit_item_item_task,
+    train_ranking_task,
+    train_retrieval_task,
+)
 from tasks.validate import REPORT, validate_features_task
 
 # Persisted task results (the features cache) live with the artifacts they point at, so
@@ -172,9 +177,10 @@ def ranker_dir_name(cfg: RankingConfig, ranking: RankingConfig) -> str:
 def train_models(
     settings: Settings | None = None, features: FeatureSet | None = None, run_id: str | None = None
 ) -> list[Candidate]:
-    """Train into ``models/<run_id>/`` (a new run id by default) the retrieval model and a
-    ranker per architecture, champion then challengers; one candidate per ranker, each with
-    its ``recommend`` ordering chosen on validation."""
+    """Train into ``models/<run_id>/`` (a new run id by default) the retrieval model, the
+    item-item candidate source (unless ``item_item.enabled`` is off) and a ranker per
+    architecture, champion then challengers; one candidate per ranker, each with its
+    ``recommend`` ordering chosen on validation."""
     settings = as_settings(settings)
     run_id = run_id or new_run_id()
     features = features or build_features(settings, run_id=run_id)
@@ -190,9 +196,16 @@ def train_models(
     retrieval = train_retrieval_task.with_options(**timeout)(
         features, settings.retrieval, run_dir / RETRIEVAL
     )
+    item_item = (
+        fit_item_item_task.with_options(**timeout)(
+            features, settings.item_item, run_dir / ITEM_ITEM
+        )
+        if settings.item_item.enabled
+        else None
+    )
     contenders = [
         choose_ordering_task.with_options(**timeout)(
-            Candidate(features, ranking, retrieval, run_id),
+            Candidate(features, ranking, retrieval, run_id, item_item),
             settings.ordering,
             settings.serving.retrieval_candidates,
         )
@@ -211,6 +224,15 @@ def train_models(
                 f"(baseline {model.baseline_metrics[monitors[kind]]:.4f}, "
                 f"epoch {model.best_epoch} of {len(model.history)})"
                 for kind, model in models.items()
+            ),
+            *(
+                [f"item-item EASE λ {item_item.l2:g} on {item_item.n_items} items"]
+                if item_item is not None
+                else []
+            ),
+            *(
+                f"recommend ordering of {c.ranking.architecture}: {c.ranking.ordering.key}"
+                for c in contenders
             ),
         )
     )

@@ -169,9 +169,36 @@ def random_rows(n_rows: int, share: float = TUNING_SHARE, seed: int = TUNING_SEE
 
 
 class Tuned(NamedTuple):
-    model: ItemItemModel  # refitted on every training row with the chosen value
+    model: ItemItemModel
     value: float  # the chosen λ or k
-    validation: dict[float, float]  # recall@TUNING_K on the tuning slice, per grid value
+    validation: dict[float, float]  # recall@TUNING_K of the judged rows, per grid value
+
+
+def choose_on(
+    kind: ItemItemKind,
+    fitted_on: pd.DataFrame,
+    judged: pd.DataFrame,
+    user: str,
+    item: str,
+    grid: Sequence[float] | None = None,
+) -> Tuned:
+    """The value of ``grid`` (default: the kind's) whose model, fitted on ``fitted_on``, best
+    recalls the ``judged`` rows at TUNING_K over ``fitted_on``'s catalogue, each user's
+    ``fitted_on`` items excluded; that fit is the model returned."""
+    fit, default_grid = ITEM_ITEM_MODELS[kind]
+    counts = Cooccurrence.build(fitted_on[user].to_numpy(), fitted_on[item].to_numpy())
+    task = RetrievalTask.build(fitted_on, judged, fitted_on[item].to_numpy(np.int64), user, item)
+    metric = f"recall@{TUNING_K}"
+    models, validation = {}, {}
+    for value in grid or default_grid:
+        models[value] = fit(counts, value)
+        validation[value] = evaluate_retrieval(task, models[value].scorer(task), (TUNING_K,))[
+            metric
+        ]
+        best = max(validation, key=validation.get)
+        # Keep only the best fit so far: at 10,000 items each is 400 MB.
+        models = {best: models[best]}
+    return Tuned(models[best], best, validation)
 
 
 def fit_tuned(
@@ -182,27 +209,16 @@ def fit_tuned(
     user: str,
     item: str,
 ) -> Tuned:
-    """An item-item model whose grid value is chosen on the training rows alone.
+    """An item-item model whose grid value is chosen on the training rows alone, refitted on
+    all of them.
 
     ``train``: the training interactions (columns ``user``, ``item``); ``relevant``: which of
     them count as relevant when held out (e.g. rated >= 4); ``tuning_rows``: the slice the grid
-    is judged on (e.g. :func:`random_rows`, or each user's latest rows where time matters).
-    Each grid value is fitted on the other rows and scored by recall@TUNING_K of the slice's
-    relevant rows over the training catalogue, each user's other training items excluded; the
-    best is refitted on all of ``train``. Rows outside ``train`` cannot enter the choice.
+    is judged on (e.g. :func:`random_rows`), fitted on the other rows (:func:`choose_on`). Rows
+    outside ``train`` cannot enter the choice.
     """
-    fit, grid = ITEM_ITEM_MODELS[kind]
     relevant, tuning_rows = np.asarray(relevant, bool), np.asarray(tuning_rows, bool)
-    rest = train[~tuning_rows]
-    inner = Cooccurrence.build(rest[user].to_numpy(), rest[item].to_numpy())
-    task = RetrievalTask.build(
-        rest, train[tuning_rows & relevant], train[item].to_numpy(np.int64), user, item
-    )
-    metric = f"recall@{TUNING_K}"
-    validation = {
-        value: evaluate_retrieval(task, fit(inner, value).scorer(task), (TUNING_K,))[metric]
-        for value in grid
-    }
-    best = max(validation, key=validation.get)
+    chosen = choose_on(kind, train[~tuning_rows], train[tuning_rows & relevant], user, item)
+    fit, _ = ITEM_ITEM_MODELS[kind]
     everything = Cooccurrence.build(train[user].to_numpy(), train[item].to_numpy())
-    return Tuned(fit(everything, best), best, validation)
+    return chosen._replace(model=fit(everything, chosen.value))

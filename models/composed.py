@@ -1,12 +1,13 @@
-"""Choosing ``recommend``'s final ordering on the validation split, after both models trained.
+"""Choosing ``recommend``'s final ordering on the validation split, after the models trained.
 
-``recommend`` retrieves each user's ``n_candidates`` best unseen items with the two-tower model
-and orders them by ``models.ordering.final_scores``. This module rebuilds exactly those lists for
-the validation users, in encoded ids: every catalogue item a user did not interact with in
-training is a candidate, the retrieval model's top ``n_candidates`` are kept, the ranker scores
-each of them from the user's and the item's feature columns, and every ranker weight of the grid
-is scored by recall/ndcg/mrr@k of the composed top k (models/metrics.py), the user's validation
-positives relevant. The best weight is the policy; every weight's value is kept with it.
+``recommend`` takes each user's candidates (``models.ordering.candidate_positions``: the
+retrieval model's ``n_candidates`` best unseen items, then the item-item model's) and orders
+them by ``models.ordering.final_scores``. This module rebuilds exactly those lists for the
+validation users, in encoded ids: every catalogue item a user did not interact with in training
+may be a candidate, the ranker scores each candidate from the user's and the item's feature
+columns, and every (ranker, item-item) weight pair of the grid is scored by recall/ndcg/mrr@k
+of the composed top k (models/metrics.py), the user's validation positives relevant. The best
+pair is the policy; every pair's value is kept with it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from merlin.schema import Tags
 
 from models.architectures import ranker_inputs
 from models.evaluation import USER_BATCH, RetrievalTask
-from models.metrics import per_user_top_k_metrics, top_k
-from models.ordering import final_order
+from models.item_item import ItemItemWeights
+from models.metrics import per_user_top_k_metrics
+from models.ordering import candidate_positions, final_order, gather
 from models.predict import predict_frame
 from models.ranking import load_model
 from models.retrieval import QueryEncoder
 from models.training import binary_target, read_columns, read_schema, side_columns
-from recflow.artifacts import OrderingPolicy, RankingModel, RetrievalModel
+from recflow.artifacts import ItemItemSource, OrderingPolicy, RankingModel, RetrievalModel
 from recflow.config import OrderingConfig
 from recflow.vocabulary import EMBEDDING
 
@@ -39,11 +41,12 @@ def choose_ordering(
     catalogue: pd.DataFrame,
     ranking: RankingModel,
     retrieval: RetrievalModel,
+    item_item: ItemItemSource | None,
     n_candidates: int,
     cfg: OrderingConfig,
 ) -> OrderingPolicy:
-    """The ranker weight of ``cfg.ranker_weights`` whose composed lists score the best
-    ``cfg.monitor`` on the validation split (ties: the earlier weight)."""
+    """The (ranker, item-item) weights of ``cfg.weight_pairs`` whose composed lists score the
+    best ``cfg.monitor`` on the validation split (ties: the earlier pair)."""
     k = int(cfg.monitor.partition("@")[2])
     if k > n_candidates:
         raise ValueError(f"ordering.monitor {cfg.monitor} asks for more than {n_candidates} items")
@@ -52,7 +55,7 @@ def choose_ordering(
     user_cols, item_cols = side_columns(full, Tags.USER), side_columns(full, Tags.ITEM)
     user_id = full.select_by_tag(Tags.USER_ID).first.name
     item_id = full.select_by_tag(Tags.ITEM_ID).first.name
-    train = read_columns(train_dir, [user_id, item_id])
+    train = read_columns(train_dir, [user_id, item_id, target])
     valid = read_columns(valid_dir, [*user_cols, item_id, target])
     candidates = catalogue.drop_duplicates(item_id).sort_values(item_id, ignore_index=True)
     task = RetrievalTask.build(
@@ -68,13 +71,34 @@ def choose_ordering(
     ranker = load_model(ranking.model_dir)
     ranker_schema = ranker_inputs(full, ranking.architecture)
     item_rows = candidates[item_cols]
+    if item_item is not None:
+        weights = ItemItemWeights.load(item_item.weights_file)
+        # A user's history is what the model was fitted on: the rated pairs, or the positives.
+        history = train if item_item.interactions == "rated" else train[train[target] == 1]
 
-    per_weight: dict[float, list[np.ndarray]] = {w: [] for w in cfg.ranker_weights}
+    pairs_tried = [
+        OrderingPolicy(ranker_weight=ranker, item_item_weight=item)
+        for ranker, item in cfg.weight_pairs(item_item is not None)
+    ]
+    per_policy: dict[str, list[np.ndarray]] = {p.key: [] for p in pairs_tried}
     for start in range(0, len(task.users), USER_BATCH):
         rows = slice(start, start + USER_BATCH)
         users = queries.iloc[rows].reset_index(drop=True)
-        scores = queries_of.encode(users) @ vectors.T
-        positions, retrieval_scores = top_k(scores, n_candidates, task.seen_mask(rows))
+        retrieval_full = queries_of.encode(users) @ vectors.T
+        item_item_full = None
+        if item_item is not None:
+            batch = history[history[user_id].isin(task.users[rows])]
+            item_item_full = weights.catalogue_scores(
+                np.searchsorted(task.users[rows], batch[user_id].to_numpy()),
+                batch[item_id].to_numpy(np.int64),
+                len(users),
+                candidates[item_id].to_numpy(np.int64),
+            )
+        positions = candidate_positions(
+            retrieval_full, item_item_full, n_candidates, task.seen_mask(rows)
+        )
+        retrieval_scores = gather(retrieval_full, positions)
+        item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
         repeated = np.repeat(np.arange(len(users)), positions.shape[1])
         pairs = pd.concat(
             [
@@ -84,15 +108,14 @@ def choose_ordering(
             axis=1,
         )
         ranking_scores = predict_frame(ranker, pairs, ranker_schema).reshape(positions.shape)
-        for weight in cfg.ranker_weights:
-            policy = OrderingPolicy(ranker_weight=weight)
-            order, _ = final_order(retrieval_scores, ranking_scores, policy, k)
+        for policy in pairs_tried:
+            order, _ = final_order(retrieval_scores, ranking_scores, policy, k, item_item_scores)
             ranked = np.where(order >= 0, np.take_along_axis(positions, order, axis=1), -1)
             metrics = per_user_top_k_metrics(ranked, task.relevant[rows], [k])
-            per_weight[weight].append(metrics[cfg.monitor])
-    values = {w: float(np.concatenate(parts).mean()) for w, parts in per_weight.items()}
-    best = max(cfg.ranker_weights, key=lambda w: (values[w], -cfg.ranker_weights.index(w)))
-    log.info("recommend ordering: validation %s by ranker weight %s", cfg.monitor, values)
-    return OrderingPolicy(
-        ranker_weight=best, validation={str(w): value for w, value in values.items()}
+            per_policy[policy.key].append(metrics[cfg.monitor])
+    values = {key: float(np.concatenate(parts).mean()) for key, parts in per_policy.items()}
+    best = max(pairs_tried, key=lambda p: (values[p.key], -pairs_tried.index(p)))
+    log.info(
+        "recommend ordering: validation %s by (ranker, item-item) weights %s", cfg.monitor, values
     )
+    return best.model_copy(update={"validation": values})

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recflow.atomic import write_text_atomic
 from recflow.vocabulary import ITEM_ID, USER_ID
@@ -322,12 +322,28 @@ class OrderingPolicy(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    # Weight of the ranker's standardised score; the retrieval score gets 1 - ranker_weight.
-    # 1.0 (the ranker alone) is what a manifest without a policy was served with.
+    # Weights of the ranker's and the item-item model's standardised scores; the retrieval
+    # score gets the rest. 1.0 and 0.0 (the ranker alone) is what a manifest without a policy
+    # was served with.
     ranker_weight: float = Field(1.0, ge=0.0, le=1.0)
-    # The validation metric of every weight that was tried (weight as a string -> value), so the
-    # record shows how close the alternatives were; empty if nothing was measured.
+    item_item_weight: float = Field(0.0, ge=0.0, le=1.0)
+    # The validation metric of every pair of weights that was tried (:attr:`key` -> value), so
+    # the record shows how close the alternatives were; empty if nothing was measured.
     validation: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _weights_leave_retrieval_a_share(self) -> OrderingPolicy:
+        if self.ranker_weight + self.item_item_weight > 1 + 1e-9:
+            raise ValueError(
+                f"ranker_weight {self.ranker_weight} + item_item_weight {self.item_item_weight} "
+                "exceeds 1"
+            )
+        return self
+
+    @property
+    def key(self) -> str:
+        """How :attr:`validation` names these weights: ``ranker <w>, item-item <w>``."""
+        return f"ranker {self.ranker_weight:g}, item-item {self.item_item_weight:g}"
 
 
 class VersionConfig(BaseModel):
@@ -388,6 +404,28 @@ class RetrievalModel(TrainedModel):
         return self.path / "item_embeddings.parquet"
 
 
+class ItemItemSource(Artifact):
+    """recommend's second candidate source (models/item_item.py): an EASE model fitted on the
+    training split's interactions, its λ chosen on the validation split, the kept weights in
+    :attr:`weights_file`."""
+
+    features_fingerprint: str
+    # Which training rows are a user's history: every rated pair, or only the positives
+    # (implicit feedback, whose other rows are sampled negatives).
+    interactions: Literal["rated", "positives"]
+    l2: float
+    # The weights kept per target item (models/item_item.py) and the items the model holds.
+    neighbours: int
+    n_items: int
+    # recall@10 of the validation split's positives for every λ tried (λ as a string -> value).
+    validation: dict[str, float]
+    fit_seconds: float
+
+    @property
+    def weights_file(self) -> Path:
+        return self.path / "item_item.npz"
+
+
 class Candidate(NamedTuple):
     """What one training run hands to the release stage: the features and the models fit on
     them, and the run that trained them (assigned once by the pipeline, carried from there;
@@ -399,6 +437,8 @@ class Candidate(NamedTuple):
     ranking: RankingModel
     retrieval: RetrievalModel | None
     run_id: str
+    # None where the run fitted none (``item_item.enabled: false``) or for a record from before.
+    item_item: ItemItemSource | None = None
 
 
 class ExportedCandidate(Artifact):

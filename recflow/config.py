@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     PositiveInt,
     TypeAdapter,
     ValidationError,
@@ -400,21 +401,45 @@ class RetrievalConfig(_Section):
         return self
 
 
+class ItemItemConfig(_Section):
+    """recommend's item-item candidate source (models/item_item.py, docs/training.md): EASE
+    fitted on the training split, its λ chosen on the validation split."""
+
+    enabled: bool = True
+    # EASE's L2 weights tried (the grid of issue #29's baseline).
+    l2_grid: tuple[PositiveFloat, ...] = (10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)
+    # Weights kept per target item when the model is stored (the largest in magnitude).
+    neighbours: PositiveInt = 256
+
+
 class OrderingConfig(_Section):
-    """How ``recommend`` orders retrieval's candidates (models/ordering.py), chosen at training
-    time on the validation split: the weight of the ranker's score in a per-user standardised
-    blend with the retrieval score (1: the ranker alone, 0: retrieval alone)."""
+    """How ``recommend`` orders its candidates (models/ordering.py), chosen at training time on
+    the validation split: the weights of the ranker's and the item-item model's scores in a
+    per-user standardised blend with the retrieval score, which gets the rest (ranker 1: the
+    ranker alone; both 0: retrieval alone). Every pair of the two grids that sums to at most 1
+    is tried."""
 
     ranker_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-    # The composed list's validation metric the weight maximises (ties: the earlier weight).
+    item_item_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    # The composed list's validation metric the weights maximise (ties: the earlier pair).
     monitor: str = "recall@10"
 
-    @field_validator("ranker_weights")
+    @field_validator("ranker_weights", "item_item_weights")
     @classmethod
     def _weights_in_unit_interval(cls, weights: tuple[float, ...]) -> tuple[float, ...]:
         if not weights or not all(0.0 <= w <= 1.0 for w in weights):
-            raise ValueError(f"ranker_weights must be a non-empty list in [0, 1], got {weights}")
+            raise ValueError(f"ordering weights must be a non-empty list in [0, 1], got {weights}")
         return weights
+
+    def weight_pairs(self, item_item: bool) -> list[tuple[float, float]]:
+        """(ranker, item-item) weights to try, in grid order; item-item 0 only without it."""
+        item_weights = self.item_item_weights if item_item else (0.0,)
+        return [
+            (ranker, item)
+            for ranker in self.ranker_weights
+            for item in item_weights
+            if ranker + item <= 1 + 1e-9
+        ]
 
     @field_validator("monitor")
     @classmethod
@@ -730,6 +755,7 @@ class Settings(BaseSettings):
     validation: ValidationConfig = ValidationConfig()
     ranking: RankingConfig = RankingConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    item_item: ItemItemConfig = ItemItemConfig()
     ordering: OrderingConfig = OrderingConfig()
     tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()

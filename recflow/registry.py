@@ -43,13 +43,14 @@ from recflow.artifacts import (
     Candidate,
     ExportedCandidate,
     FeatureSet,
+    ItemItemSource,
     RankingModel,
     RetrievalModel,
 )
 from recflow.atomic import atomic_dir, write_text_atomic
 from recflow.config import Settings
 from recflow.locks import exclusive_lock, publish_lock_file
-from recflow.vocabulary import RANKING, RETRIEVAL
+from recflow.vocabulary import ITEM_ITEM, RANKING, RETRIEVAL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -333,12 +334,13 @@ class Registry:
         for path in (record.features, *record.models.values()):
             if not path.is_dir():
                 raise RegistryError(f"candidate {record.id}: {path} is gone")
-        retrieval = record.models.get(RETRIEVAL)
+        retrieval, item_item = record.models.get(RETRIEVAL), record.models.get(ITEM_ITEM)
         return Candidate(
             FeatureSet.load(record.features),
             RankingModel.load(record.models[RANKING]),
             None if retrieval is None else RetrievalModel.load(retrieval),
             record.lineage.run_id,
+            None if item_item is None else ItemItemSource.load(item_item),
         )
 
     def record_trial(self, candidate_id: str, result: TrialResult) -> CandidateRecord:

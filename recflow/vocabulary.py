@@ -73,6 +73,9 @@ ITEM_COUNT, USER_COUNT = "item_count", "user_count"
 LABEL = "label"
 # item_embeddings.parquet: the raw id next to the item features' own encoded ``item_id``.
 RAW_ITEM_ID, EMBEDDING = "raw_item_id", "embedding"
+# The model kind of recommend's item-item candidate source (recflow.artifacts.ItemItemSource):
+# a training run's directory and a registry record's models key, but no endpoint of its own.
+ITEM_ITEM = "item_item"
 
 
 class MetricKey(NamedTuple):

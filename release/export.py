@@ -21,12 +21,9 @@ def exported_candidate(
     exported = registry.exported(record.id)
     if exported is not None:
         return exported
-    features, ranking, retrieval, _ = registry.candidate(record)
     return export_candidate(
         record.id,
-        features,
-        ranking,
-        retrieval,
+        registry.candidate(record),
         pd.read_parquet(registry.seen_file(record.id)),
         cfg,
         registry.exported_dir(record.id),

@@ -49,6 +49,7 @@ from recflow.registry import (
 )
 from recflow.vocabulary import (
     ITEM_ID,
+    ITEM_ITEM,
     LABEL,
     RANKING,
     RATING,
@@ -427,12 +428,17 @@ def register_candidate(
     What its endpoints treat as ``seen`` is every interaction of its dataset, kept with the
     record so a later rollback serves the same answers.
     """
-    features, ranking, retrieval, run_id = candidate
+    features, ranking, retrieval, run_id, item_item = candidate
+    models = {RANKING: ranking.path, RETRIEVAL: retrieval.path}
+    params = {RANKING: ranking.params, RETRIEVAL: retrieval.params}
+    if item_item is not None:
+        models[ITEM_ITEM] = item_item.path
+        params[ITEM_ITEM] = {"l2": item_item.l2, "neighbours": item_item.neighbours}
     record = CandidateRecord(
         id=record_id,
         created=now(),
         features=features.path,
-        models={RANKING: ranking.path, RETRIEVAL: retrieval.path},
+        models=models,
         lineage=Lineage(
             run_id=run_id,
             variant=raw.variant,
@@ -441,7 +447,7 @@ def register_candidate(
             workflow_sha256=tree_sha256(features.workflow_dir),
             schema_sha256=hashlib.sha256(features.schema_file.read_bytes()).hexdigest(),
             features_config=features_cfg.model_dump(mode="json"),
-            params={RANKING: ranking.params, RETRIEVAL: retrieval.params},
+            params=params,
             code_version=code_version(),
         ),
         evaluation=evaluated.evaluation,
@@ -479,15 +485,7 @@ def gate(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -
     # What the served endpoints treat as seen: every interaction of the dataset.
     seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
     exports = [
-        export_candidate(
-            id_,
-            candidate.features,
-            candidate.ranking,
-            candidate.retrieval,
-            seen,
-            settings.serving,
-            registry.exported_dir(id_),
-        )
+        export_candidate(id_, candidate, seen, settings.serving, registry.exported_dir(id_))
         for id_, candidate in zip(ids, contenders, strict=True)
     ]
     serving = registry.serving()

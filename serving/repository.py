@@ -27,11 +27,9 @@ import numpy as np
 import pandas as pd
 
 from recflow.artifacts import (
+    Candidate,
     ExportedCandidate,
     FeatureSet,
-    OrderingPolicy,
-    RankingModel,
-    RetrievalModel,
     VersionConfig,
 )
 from recflow.atomic import atomic_dir, atomic_file, write_text_atomic
@@ -181,10 +179,8 @@ def next_version(repo: Path, endpoint: EndpointNames) -> int:
 
 
 def export_candidate(
-    candidate: str,
-    features: FeatureSet,
-    ranking: RankingModel,
-    retrieval: RetrievalModel | None,
+    candidate_id: str,
+    candidate: Candidate,
     seen: pd.DataFrame,
     cfg: ServingConfig,
     target: Path,
@@ -192,31 +188,32 @@ def export_candidate(
     """Export a candidate's endpoints once into ``target`` (atomically, replacing an older
     export of the same candidate); :func:`install` makes it a version of a repository.
 
-    Without ``retrieval`` only ``ranking`` is written. ``seen`` (``user_id``, ``item_id``)
-    holds the items each user has seen, which retrieval may exclude and recommend
-    always excludes. Raises ``serving.export.ExportMismatch`` (and writes nothing) when the
-    ONNX ranking model does not score the held-out rows like Keras.
+    Without a retrieval model only ``ranking`` is written. ``seen`` (``user_id``, ``item_id``)
+    holds the items each user has seen, which retrieval may exclude and recommend always
+    excludes (and reads as each user's history where the candidate has an item-item source).
+    Raises ``serving.export.ExportMismatch`` (and writes nothing) when the ONNX ranking model
+    does not score the held-out rows like Keras.
     """
     started = time.perf_counter()
-    stages = published_stages(retrieval is not None)
+    stages = published_stages(candidate.retrieval is not None)
     with atomic_dir(target, replace=True) as staging:
         directories = {stage: staging / stage for stage in stages}
         for directory in directories.values():
             directory.mkdir()
-        _write_versions(directories, staging, candidate, features, ranking, retrieval, seen, cfg)
-        _write_catalog(features, staging / CATALOG)
+        _write_versions(directories, staging, candidate_id, candidate, seen, cfg)
+        _write_catalog(candidate.features, staging / CATALOG)
         exported = ExportedCandidate(
             path=target,
-            candidate=candidate,
+            candidate=candidate_id,
             stages=stages,
-            external_ids=features.external_ids,
+            external_ids=candidate.features.external_ids,
             export_seconds=time.perf_counter() - started,
         )
         exported.save_manifest(staging)
     # The release path counts these lines: one per contender and run (docs/registry.md).
     log.info(
         "exported candidate %s once: %s in %.1f s",
-        candidate,
+        candidate_id,
         ", ".join(stages),
         exported.export_seconds,
     )
@@ -266,23 +263,22 @@ STAGE_FILES = {
 def _write_versions(
     staging: dict[str, Path],
     work_root: Path,
-    candidate: str,
-    features: FeatureSet,
-    ranking: RankingModel,
-    retrieval: RetrievalModel | None,
+    candidate_id: str,
+    candidate: Candidate,
     seen: pd.DataFrame,
     cfg: ServingConfig,
 ) -> None:
     """Compute each file once, in a scratch directory inside the export's staging directory
     (removed with it if the export fails or is killed), then copy it into every version
     directory that needs it."""
+    features, ranking, retrieval = candidate.features, candidate.ranking, candidate.retrieval
     config = VersionConfig(
         max_k=cfg.max_k,
         retrieval_candidates=cfg.retrieval_candidates,
         # The final ordering recommend applies, as measured on validation at training time.
-        ordering=OrderingPolicy(ranker_weight=ranking.ordering.ranker_weight),
+        ordering=ranking.ordering.model_copy(update={"validation": {}}),
         external_ids=features.external_ids,
-        candidate=candidate,
+        candidate=candidate_id,
     ).model_dump_json()
     work = work_root / ".export"
     work.mkdir()
@@ -301,6 +297,8 @@ def _write_versions(
             (directory / runtime.VERSION_CONFIG).write_text(config)
             for name in STAGE_FILES[stage]:
                 shutil.copy(work / name, directory / name)
+            if stage == RECOMMEND and candidate.item_item is not None:
+                shutil.copy(candidate.item_item.weights_file, directory / runtime.ITEM_ITEM)
             if features.external_ids and stage != RANKING:  # they answer with item ids
                 shutil.copy(features.external_ids_file(ITEM_ID), directory)
     finally:

@@ -10,10 +10,11 @@ TensorFlow, Merlin, NVTabular, Prefect or Dask:
   of those ids (:class:`FeatureRows`) -> the ranker as ONNX (:class:`OnnxModel`).
 * ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> the user's precomputed query
   embedding -> exact top-k over the item embeddings, optionally without the user's seen items.
-* ``recommend`` (:class:`RecommendStage`): for all users of a request at once, retrieval of
-  ``retrieval_candidates`` unseen items with their retrieval scores, one ranking call over all
-  those candidates, then the top k by ``models.ordering.final_order`` of the retrieval and
-  ranking scores under the version's ``ordering`` policy (chosen on validation in training).
+* ``recommend`` (:class:`RecommendStage`): for all users of a request at once, the
+  ``retrieval_candidates`` best unseen items by retrieval and as many more by the item-item
+  model (:class:`ItemItemScores`, where the version has one), one ranking call over all those
+  candidates, then the top k by ``models.ordering.final_order`` of the retrieval, ranking and
+  item-item scores under the version's ``ordering`` policy (chosen on validation in training).
 * ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
 
 Ids the export did not know (cold users and items) get the feature row, and the query
@@ -32,8 +33,9 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from models.item_item import ItemItemWeights
 from models.metrics import top_k
-from models.ordering import final_order
+from models.ordering import candidate_positions, final_order, gather
 from recflow.artifacts import VersionConfig, names_file
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
@@ -58,6 +60,8 @@ USER_ROWS, ITEM_ROWS = "user_rows.npz", "item_rows.npz"
 QUERIES = "queries.npz"
 RANKER = "ranking.onnx"
 ITEM_EMBEDDINGS = "item_embeddings.parquet"
+# recommend only, where the candidate has an item-item source (models/item_item.py).
+ITEM_ITEM = "item_item.npz"
 SEEN = "seen.parquet"
 # recflow.artifacts.VersionConfig; versions exported before it was named so have ranking.json.
 VERSION_CONFIG, EARLIER_VERSION_CONFIG = "version.json", "ranking.json"
@@ -247,26 +251,38 @@ class RetrievalStage:
         self._seen_users = seen[USER_ID].to_numpy(np.int64)
         self.config = version_config(version_dir)
 
+    def seen(self, user_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The users' seen items as (row in ``user_ids``, catalogue position) pairs; items
+        outside the catalogue are left out."""
+        starts = np.searchsorted(self._seen_users, user_ids, side="left")
+        ends = np.searchsorted(self._seen_users, user_ids, side="right")
+        owners = np.repeat(np.arange(len(user_ids)), ends - starts)
+        positions = np.concatenate(
+            [self._seen[start:end] for start, end in zip(starts, ends, strict=True)]
+            or [np.empty(0, np.int64)]
+        )
+        return owners[positions >= 0], positions[positions >= 0]
+
     def seen_mask(self, user_ids: np.ndarray) -> np.ndarray:
         """[users, items]: True where the user interacted with the item in the exported data."""
         mask = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
-        starts = np.searchsorted(self._seen_users, user_ids, side="left")
-        ends = np.searchsorted(self._seen_users, user_ids, side="right")
-        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
-            positions = self._seen[start:end]
-            mask[row, positions[positions >= 0]] = True
+        mask[self.seen(user_ids)] = True
         return mask
 
     def query(self, user_ids: np.ndarray) -> np.ndarray:
         """Query embeddings [users, dim], as the query tower computed them at export."""
         return self.queries[self.known_users.rows(user_ids)]
 
+    def scores(self, user_ids: np.ndarray) -> np.ndarray:
+        """Retrieval scores [users, items] of the whole catalogue."""
+        return self.query(user_ids) @ self.vectors.T
+
     def top_k(
         self, user_ids: np.ndarray, k: int, exclude_seen: bool
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf."""
-        scores = self.query(user_ids) @ self.vectors.T
-        best, best_scores = top_k(scores, k, self.seen_mask(user_ids) if exclude_seen else None)
+        exclude = self.seen_mask(user_ids) if exclude_seen else None
+        best, best_scores = top_k(self.scores(user_ids), k, exclude)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -279,11 +295,33 @@ class RetrievalStage:
         self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
 
 
-class RecommendStage:
-    """The ``recommend`` endpoint: retrieve unseen candidates, rank them, keep the best k.
+class ItemItemScores:
+    """recommend's item-item source (models/item_item.py): a user's seen items, as the version
+    knows them, times the exported weights. The weights are indexed by encoded item id, as
+    they were fitted; the catalogue's raw ids map to theirs through ``item_embeddings``."""
 
-    All users of a request go through one retrieval product and one ranking call, so a large
-    request costs one batch instead of one model call per user.
+    def __init__(self, version_dir: Path, retrieval: RetrievalStage):
+        self.weights = ItemItemWeights.load(version_dir / ITEM_ITEM)
+        # The same file, in the same order, as the retrieval stage's catalogue.
+        encoded = pd.read_parquet(version_dir / ITEM_EMBEDDINGS, columns=[ITEM_ID])
+        self.encoded = encoded[ITEM_ID].to_numpy(np.int64)
+        self.retrieval = retrieval
+
+    def __call__(self, user_ids: np.ndarray) -> np.ndarray:
+        """[users, catalogue items] scores, in the retrieval stage's catalogue order."""
+        owners, positions = self.retrieval.seen(user_ids)
+        return self.weights.catalogue_scores(
+            owners, self.encoded[positions], len(user_ids), self.encoded
+        )
+
+
+class RecommendStage:
+    """The ``recommend`` endpoint: gather unseen candidates, rank them, keep the best k.
+
+    Candidates come from retrieval and, where the version has one, the item-item model
+    (``models.ordering.candidate_positions``). All users of a request go through one retrieval
+    product, one item-item product and one ranking call, so a large request costs one batch
+    instead of one model call per user.
     """
 
     merge_requests = False
@@ -292,17 +330,33 @@ class RecommendStage:
         self.retrieval = RetrievalStage(version_dir, seen)
         self.ranking = RankingPipeline(version_dir)
         self.ordering = self.retrieval.config.ordering
+        self.item_item = (
+            ItemItemScores(version_dir, self.retrieval)
+            if (version_dir / ITEM_ITEM).is_file()
+            else None
+        )
 
     def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ids and final scores [users, k], best first; padding: -1 and -inf."""
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config.retrieval_candidates)
-        candidates, retrieval_scores = self.retrieval.top_k(user_ids, n, exclude_seen=True)
-        found = candidates >= 0
+        retrieval_full = self.retrieval.scores(user_ids)
+        item_item_full = None if self.item_item is None else self.item_item(user_ids)
+        positions = candidate_positions(
+            retrieval_full, item_item_full, n, self.retrieval.seen_mask(user_ids)
+        )
+        found = positions >= 0
+        candidates = np.where(found, self.retrieval.item_ids[np.maximum(positions, 0)], -1)
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        order, scores = final_order(retrieval_scores, ranking_scores, self.ordering, k)
+        order, scores = final_order(
+            gather(retrieval_full, positions),
+            ranking_scores,
+            self.ordering,
+            k,
+            None if item_item_full is None else gather(item_item_full, positions),
+        )
         picked = np.take_along_axis(candidates, np.maximum(order, 0), axis=1)
         return np.where(order >= 0, picked, -1), scores
 

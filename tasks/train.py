@@ -1,21 +1,34 @@
-"""Training stage: fit the rankers (champion and challengers) and the retrieval model on a
-feature set, then choose each ranker's ``recommend`` ordering."""
+"""Training stage: fit the rankers (champion and challengers), the retrieval model and the
+item-item candidate source on a feature set, then choose each ranker's ``recommend`` ordering."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pandas as pd
 from prefect import task
 
+from models.baselines import TUNING_K, choose_on
 from models.composed import choose_ordering
+from models.item_item import ItemItemWeights
 from models.ranking import train_ranker
 from models.retrieval import train_retriever
-from models.training import EpochHook
-from recflow.artifacts import Candidate, FeatureSet, RankingModel, RetrievalModel
-from recflow.config import OrderingConfig, RankingConfig, RetrievalConfig
-from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL
+from models.training import EpochHook, binary_target, read_columns, read_schema
+from recflow.artifacts import (
+    Candidate,
+    FeatureSet,
+    ItemItemSource,
+    RankingModel,
+    RetrievalModel,
+)
+from recflow.atomic import atomic_dir
+from recflow.config import ItemItemConfig, OrderingConfig, RankingConfig, RetrievalConfig
+from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL, USER_ID
 from tasks.features import load_workflow, side_workflow
+
+log = logging.getLogger(__name__)
 
 
 def item_catalogue(features: FeatureSet) -> pd.DataFrame:
@@ -71,25 +84,69 @@ def train_retrieval(
 TRAINERS = {RANKING: train_ranking, RETRIEVAL: train_retrieval}
 
 
+def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) -> ItemItemSource:
+    """EASE on the training split's interactions (encoded ids), written to ``model_dir``.
+
+    λ is the value of ``cfg.l2_grid`` whose fit best recalls the validation split's positives
+    (recall@10, training items excluded). The fit on the training rows is the one kept: refitted
+    with the validation rows, the gate, which judges on them, would judge a model that saw them.
+    """
+    started = time.perf_counter()
+    target = binary_target(read_schema(features.train_dir))
+    columns = [USER_ID, ITEM_ID, target]
+    train, valid = (
+        read_columns(split, columns) for split in (features.train_dir, features.valid_dir)
+    )
+    # Implicit feedback's other rows are sampled negatives, which nobody picked.
+    interactions = "positives" if features.feedback == "implicit" else "rated"
+    if interactions == "positives":
+        train = train[train[target] == 1]
+    chosen = choose_on("ease", train, valid[valid[target] == 1], USER_ID, ITEM_ID, cfg.l2_grid)
+    weights = ItemItemWeights.from_dense(chosen.model.items, chosen.model.weights, cfg.neighbours)
+    with atomic_dir(model_dir) as staging:
+        source = ItemItemSource(
+            path=model_dir,
+            features_fingerprint=features.fingerprint,
+            interactions=interactions,
+            l2=chosen.value,
+            neighbours=cfg.neighbours,
+            n_items=len(weights.items),
+            validation={f"{value:g}": metric for value, metric in chosen.validation.items()},
+            fit_seconds=time.perf_counter() - started,
+        )
+        weights.save(staging / source.weights_file.name)
+        source.save_manifest(staging)
+    log.info(
+        "item-item: EASE λ %g on %d items, validation recall@%d %.4f, fitted in %.1f s",
+        source.l2,
+        source.n_items,
+        TUNING_K,
+        chosen.validation[chosen.value],
+        source.fit_seconds,
+    )
+    return source
+
+
 def choose_recommend_ordering(
     candidate: Candidate, cfg: OrderingConfig, retrieval_candidates: int
 ) -> Candidate:
     """The candidate with ``recommend``'s ordering measured on validation (over the
     ``retrieval_candidates`` the endpoint ranks) and recorded in its ranking model's manifest
     (the policy the export serves)."""
-    features, ranking, retrieval, run_id = candidate
+    features, ranking = candidate.features, candidate.ranking
     policy = choose_ordering(
         features.train_dir,
         features.valid_dir,
         item_catalogue(features),
         ranking,
-        retrieval,
+        candidate.retrieval,
+        candidate.item_item,
         retrieval_candidates,
         cfg,
     )
     ranking = ranking.model_copy(update={"ordering": policy})
     ranking.save_manifest()
-    return Candidate(features, ranking, retrieval, run_id)
+    return candidate._replace(ranking=ranking)
 
 
 @task(name="train-ranking", task_run_name="train-{cfg.architecture}-{model_dir.parent.name}")
@@ -112,3 +169,10 @@ def choose_ordering_task(
     candidate: Candidate, cfg: OrderingConfig, retrieval_candidates: int
 ) -> Candidate:
     return choose_recommend_ordering(candidate, cfg, retrieval_candidates)
+
+
+@task(name="fit-item-item", task_run_name="fit-item-item-{model_dir.parent.name}")
+def fit_item_item_task(
+    features: FeatureSet, cfg: ItemItemConfig, model_dir: Path
+) -> ItemItemSource:
+    return fit_item_item(features, cfg, model_dir)

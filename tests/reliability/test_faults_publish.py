@@ -35,20 +35,23 @@ EXPORT = """
 import sys
 from pathlib import Path
 import pandas as pd
-from models.ranking import RankingModel
-from models.retrieval import RetrievalModel
+from recflow.artifacts import Candidate, FeatureSet, ItemItemSource, RankingModel, RetrievalModel
 from recflow.config import ServingConfig
 from serving.repository import export_candidate, install
-from tasks.features import FeatureSet
 
-features, ranking, retrieval, interactions, repo, config = sys.argv[1:]
+features, ranking, retrieval, item_item, interactions, repo, config = sys.argv[1:]
 cfg = ServingConfig.model_validate_json(config)
 print("exporting", flush=True)
-exported = export_candidate(
-    "killed-half-way",
+candidate = Candidate(
     FeatureSet.load(Path(features)),
     RankingModel.load(Path(ranking)),
     RetrievalModel.load(Path(retrieval)),
+    "killed-half-way",
+    ItemItemSource.load(Path(item_item)),
+)
+exported = export_candidate(
+    "killed-half-way",
+    candidate,
     pd.read_parquet(interactions),
     cfg,
     Path(repo).parent / "bundles" / "killed-half-way",
@@ -67,6 +70,7 @@ def export_process(published, repo: Path):
         published.features.path,
         published.ranking.path,
         published.retrieval.path,
+        published.item_item.path,
         published.raw.interactions,
         repo,
         published.settings.serving.model_dump_json(),

@@ -13,8 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from recflow.artifacts import (
+    Candidate,
     ExportedCandidate,
     FeatureSet,
+    ItemItemSource,
     OrderingPolicy,
     RankingModel,
     RawDataset,
@@ -26,7 +28,7 @@ from recflow.registry import Registry
 from serving.repository import export_candidate, install
 from tasks.download import fetch_dataset
 from tasks.features import build_features
-from tasks.train import train_ranking, train_retrieval
+from tasks.train import fit_item_item, train_ranking, train_retrieval
 from tests.support.settings import small_settings
 
 # One epoch: these tests check serving, not model quality. Smaller data than conftest's gave
@@ -55,15 +57,17 @@ class Published:
     features: FeatureSet
     ranking: RankingModel
     retrieval: RetrievalModel
+    item_item: ItemItemSource
 
     def exported(self, target: Path | None = None) -> ExportedCandidate:
         """The candidate exported as a gate does (into the registry, or ``target``)."""
         settings = self.settings
+        candidate = Candidate(
+            self.features, self.ranking, self.retrieval, CANDIDATE, self.item_item
+        )
         return export_candidate(
             CANDIDATE,
-            self.features,
-            self.ranking,
-            self.retrieval,
+            candidate,
             pd.read_parquet(self.raw.interactions),
             settings.serving,
             target or Registry.from_settings(settings).exported_dir(CANDIDATE),
@@ -94,9 +98,11 @@ def publish_small(home: Path) -> Published:
         )
     run_dir = settings.paths.models_dir / CANDIDATE
     ranking = train_ranking(features, settings.ranking, run_dir / "ranking")
-    # A blend, so that the served recommend lists depend on both models' scores.
-    ranking = ranking.model_copy(update={"ordering": OrderingPolicy(ranker_weight=0.5)})
+    # A blend, so that the served recommend lists depend on all three models' scores.
+    policy = OrderingPolicy(ranker_weight=0.4, item_item_weight=0.3)
+    ranking = ranking.model_copy(update={"ordering": policy})
     retrieval = train_retrieval(features, settings.retrieval, run_dir / "retrieval")
-    result = Published(settings, raw, features, ranking, retrieval)
+    item_item = fit_item_item(features, settings.item_item, run_dir / "item_item")
+    result = Published(settings, raw, features, ranking, retrieval, item_item)
     assert result.export() == 1
     return result

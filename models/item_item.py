@@ -1,0 +1,95 @@
+"""``recommend``'s second candidate source: an item-item model as it is stored and served.
+
+Pure NumPy (no TensorFlow, no SciPy): the serving runtime imports it in the recommend stub, and
+training's choice of the ordering scores validation users with this same code.
+
+A user's scores are their binary history times a weight matrix B (EASE's, fitted in
+``tasks/train.py`` by ``models/baselines.py``): ``score[j] = sum(B[i, j] for i in history)``.
+B is dense where it is fitted, but for each target item j only the ``neighbours`` weights
+largest in magnitude are kept, so a 10,000-item catalogue serves from 20 MB instead of 400 MB.
+The kept weights are stored by row (CSR: row i holds what having item i says of other items),
+so scoring a history gathers only its items' rows.
+
+File layout (``item_item.npz``, in an ``ItemItemSource`` and in a recommend version):
+``items`` [n] int64, sorted, the encoded ids of B's rows and columns; ``indptr`` [n + 1] int64,
+``indices`` [nnz] int32 and ``weights`` [nnz] float32, the kept entries of each row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ItemItemWeights:
+    items: np.ndarray  # [n] sorted int64 ids of rows and columns
+    indptr: np.ndarray  # [n + 1] int64: row i's entries are indptr[i]:indptr[i + 1]
+    indices: np.ndarray  # [nnz] int32 column of each kept entry
+    weights: np.ndarray  # [nnz] float32
+
+    @classmethod
+    def from_dense(cls, items: np.ndarray, dense: np.ndarray, neighbours: int) -> ItemItemWeights:
+        """Keep, for each column j, the ``neighbours`` entries of largest magnitude (the
+        diagonal is EASE's zero and never kept)."""
+        n = len(items)
+        dense = np.array(dense, dtype=np.float32)
+        np.fill_diagonal(dense, 0.0)
+        dropped = n - neighbours
+        if dropped > 0:
+            weakest = np.argpartition(np.abs(dense), dropped - 1, axis=0)[:dropped]
+            np.put_along_axis(dense, weakest, 0.0, axis=0)
+        rows, columns = np.nonzero(dense)  # row-major: already grouped by row
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+        return cls(
+            np.asarray(items, np.int64), indptr, columns.astype(np.int32), dense[rows, columns]
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> ItemItemWeights:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(data["items"], data["indptr"], data["indices"], data["weights"])
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path, items=self.items, indptr=self.indptr, indices=self.indices, weights=self.weights
+        )
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of ``ids`` in :attr:`items`; -1 for ids the model does not hold."""
+        ids = np.asarray(ids, np.int64)
+        if not len(self.items):
+            return np.full(ids.shape, -1, dtype=np.int64)
+        found = np.searchsorted(self.items, ids).clip(max=len(self.items) - 1)
+        return np.where(self.items[found] == ids, found, -1)
+
+    def scores(self, owners: np.ndarray, history: np.ndarray, n_users: int) -> np.ndarray:
+        """[n_users, n] float32 scores of users given as (owner row, item position) pairs of
+        their histories. Positions < 0 (items the model does not hold) and repeated pairs
+        count nothing / once: a history is a set."""
+        n = len(self.items)
+        keep = history >= 0
+        pairs = np.unique(owners[keep].astype(np.int64) * n + history[keep])
+        owners, history = pairs // max(n, 1), pairs % max(n, 1)
+        starts, ends = self.indptr[history], self.indptr[history + 1]
+        lengths = ends - starts
+        # Every kept entry of every history row, and whose list it adds to.
+        entry = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+        cells = np.repeat(owners, lengths) * n + self.indices[entry]
+        flat = np.bincount(cells, weights=self.weights[entry], minlength=n_users * n)
+        return flat.reshape(n_users, n).astype(np.float32)
+
+    def catalogue_scores(
+        self, owners: np.ndarray, history: np.ndarray, n_users: int, catalogue: np.ndarray
+    ) -> np.ndarray:
+        """[n_users, len(catalogue)] scores of users given as (owner row, item id) pairs of
+        their histories, for the items ``catalogue`` lists (ids). A catalogue item the model
+        does not hold scores 0: nothing in any history speaks for or against it."""
+        if not len(self.items):
+            return np.zeros((n_users, len(catalogue)), dtype=np.float32)
+        scores = self.scores(owners, self.positions(history), n_users)
+        columns = self.positions(catalogue)
+        return np.where(columns >= 0, scores[:, np.maximum(columns, 0)], 0.0).astype(np.float32)
