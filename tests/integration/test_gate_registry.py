@@ -20,9 +20,15 @@ import shutil
 import numpy as np
 import pytest
 
-from recflow.artifacts import Candidate, RankingModel, RetrievalModel
+from recflow.artifacts import (
+    Candidate,
+    ItemItemSource,
+    OrderingPolicy,
+    RankingModel,
+    RetrievalModel,
+)
 from recflow.registry import Registry, RegistryError
-from recflow.vocabulary import RANKING, RETRIEVAL
+from recflow.vocabulary import ITEM_ITEM, RANKING, RETRIEVAL
 from recflow_client import RecflowClient
 from release.gate import GateFailed, gate
 from release.publish import publish
@@ -32,7 +38,12 @@ from serving.runtime import RANKER, RecommendStage
 from serving.server import TritonServer
 from tasks.download import fetch_dataset
 from tasks.features import build_features
-from tasks.train import choose_recommend_ordering, train_ranking, train_retrieval
+from tasks.train import (
+    choose_recommend_ordering,
+    fit_item_item,
+    train_ranking,
+    train_retrieval,
+)
 from tests.support.cli import cli_for
 from tests.support.settings import small_settings
 
@@ -91,16 +102,18 @@ def data(home):
 
 def train(settings, features, run_id, retrieval_from: Candidate | None = None) -> Candidate:
     """Train a candidate; with ``retrieval_from``, only its ranking model, and reuse that
-    candidate's retrieval model (this story is about the ranking model)."""
+    candidate's retrieval model and item-item source (this story is about the ranking model)."""
     run_dir = settings.paths.models_dir / run_id
     ranking = train_ranking(features, settings.ranking, run_dir / RANKING)
     if retrieval_from is None:
         retrieval = train_retrieval(features, settings.retrieval, run_dir / RETRIEVAL)
+        item_item = fit_item_item(features, settings.item_item, run_dir / ITEM_ITEM)
     else:
-        copied = run_dir / RETRIEVAL
-        shutil.copytree(retrieval_from.retrieval.path, copied)
-        retrieval = RetrievalModel.load(copied)
-    return ordered(Candidate(features, ranking, retrieval, run_id), settings)
+        for source in (retrieval_from.retrieval, retrieval_from.item_item):
+            shutil.copytree(source.path, run_dir / source.path.name)
+        retrieval = RetrievalModel.load(run_dir / RETRIEVAL)
+        item_item = ItemItemSource.load(run_dir / ITEM_ITEM)
+    return ordered(Candidate(features, ranking, retrieval, run_id, item_item), settings)
 
 
 def ordered(candidate: Candidate, settings) -> Candidate:
@@ -118,6 +131,7 @@ def copy_of(candidate: Candidate, settings, run_id) -> Candidate:
         RankingModel.load(target / RANKING),
         RetrievalModel.load(target / RETRIEVAL),
         run_id,
+        ItemItemSource.load(target / ITEM_ITEM),
     )
 
 
@@ -197,17 +211,25 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     # Its ordering was measured on validation for every weight of the grid and is what the
     # published version executes (trial serving checked that Triton's lists equal these).
     ordering = candidate.ranking.ordering
-    assert set(ordering.validation) == {str(w) for w in settings_for(home).ordering.ranker_weights}
-    assert ordering.validation[str(ordering.ranker_weight)] == max(ordering.validation.values())
+    tried = settings_for(home).ordering.weight_pairs(item_item=True)
+    assert set(ordering.validation) == {
+        OrderingPolicy(ranker_weight=r, item_item_weight=i).key for r, i in tried
+    }
+    assert ordering.validation[ordering.key] == max(ordering.validation.values())
     endpoint = EndpointNames(settings_for(home).serving.model_prefix)
     live = settings_for(home).paths.triton_repo / endpoint.model("recommend") / "1"
-    assert RecommendStage(live).ordering.ranker_weight == ordering.ranker_weight
+    served = RecommendStage(live)
+    assert served.ordering.key == ordering.key and served.item_item is not None
     lineage = stored.lineage
     assert (lineage.variant, lineage.data_checksum) == (raw.variant, raw.checksum)
     assert lineage.features_fingerprint == features.fingerprint
     assert lineage.params["ranking"]["epochs"] == ranking.params["epochs"]
     assert lineage.code_version.startswith("0.")
-    assert stored.models == {"ranking": ranking.path, "retrieval": candidate.retrieval.path}
+    assert stored.models == {
+        "ranking": ranking.path,
+        "retrieval": candidate.retrieval.path,
+        "item_item": candidate.item_item.path,
+    }
 
     assert stored.trial.passed, stored.trial.message
     assert stored.trial.rows == 257 and stored.trial.max_abs_diff <= 1e-5

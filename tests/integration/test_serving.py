@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 
-from models.ordering import final_order
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow_client import HttpRecflowClient, RecflowClient, TritonRequestError
 from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
 from serving.repository import EndpointNames
-from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline
+from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline, RecommendStage
 from serving.server import TritonServer
 from tests.support.published import CANDIDATE, Published
 from tests.support.retrieval import ExactRetriever
@@ -122,9 +121,16 @@ def test_retrieval_equals_exact_top_k_in_process(
 
 
 def test_recommend_orders_unseen_candidates_by_the_exported_policy(
-    published: Published, client: RecflowClient, users: np.ndarray
+    published: Published, client: RecflowClient, endpoint: EndpointNames, users: np.ndarray
 ) -> None:
+    stage = RecommendStage(published.newest_version_dir(endpoint.model("recommend")))
+    assert stage.item_item is not None and stage.ordering.item_item_weight > 0
+    # The same version without its item-item source: retrieval's candidates, two scores.
+    two_scores = RecommendStage(published.newest_version_dir(endpoint.model("recommend")))
+    two_scores.item_item = None
+    two_scores.ordering = stage.ordering.model_copy(update={"item_item_weight": 0.0})
     n = published.settings.serving.retrieval_candidates
+    differs = 0
     for user in users[:5]:
         top = client.recommend(int(user), k=10)
         items = [item for item, _ in top]
@@ -132,19 +138,23 @@ def test_recommend_orders_unseen_candidates_by_the_exported_policy(
         assert len(items) == len(set(items)) == 10
         assert not published.seen(int(user)) & set(items)
         assert scores == sorted(scores, reverse=True)
-        # The list is the model's ordering policy applied to what the other two endpoints
-        # serve: retrieval's unseen candidates, their retrieval and their ranking scores.
-        retrieved = client.retrieve(int(user), n, exclude_seen=True)
-        ids = np.array([item for item, _ in retrieved])
-        ranking = client.score(int(user), ids.tolist())
-        order, expected = final_order(
-            np.array([[score for _, score in retrieved]]),
-            ranking[None, :],
-            published.ranking.ordering,
-            10,
+        # The list is the exported policy applied to the candidates of both sources, as the
+        # stage computes it in-process (what the gate judged).
+        expected, expected_scores = stage.recommend(np.array([user], np.int64), 10)
+        assert items == expected[0].tolist()
+        np.testing.assert_allclose(scores, expected_scores[0], atol=1e-5)
+        # Its ranker scores are the ranking endpoint's, and its retrieval candidates the
+        # retrieval endpoint's unseen top n.
+        retrieved = dict(client.retrieve(int(user), n, exclude_seen=True))
+        ranked = client.score(int(user), items)
+        candidates = stage.retrieval.top_k(np.array([user], np.int64), n, exclude_seen=True)[0]
+        assert set(retrieved) == set(candidates[0].tolist())
+        np.testing.assert_allclose(
+            ranked, stage.ranking.scores(np.full(10, user), np.array(items)), atol=1e-5
         )
-        assert items == ids[order[0]].tolist()
-        np.testing.assert_allclose(scores, expected[0], atol=1e-5)
+        differs += items != two_scores.recommend(np.array([user], np.int64), 10)[0][0].tolist()
+    # The item-item source changes what is served.
+    assert differs
 
 
 def test_recommend_for_many_users_at_once_equals_one_at_a_time(

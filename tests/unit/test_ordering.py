@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.ordering import final_order, final_scores
+from models.ordering import candidate_positions, final_order, final_scores
 from recflow.artifacts import OrderingPolicy
+from recflow.config import OrderingConfig
 
 RANKER, RETRIEVAL, HALF = (OrderingPolicy(ranker_weight=w) for w in (1.0, 0.0, 0.5))
 # Two users, four candidates each, in retrieval order (retrieval scores descending).
@@ -61,3 +62,34 @@ def test_shapes_must_agree():
 def test_the_weight_is_bounded():
     with pytest.raises(ValueError):
         OrderingPolicy(ranker_weight=1.5)
+
+
+def test_item_item_candidates_follow_retrievals_and_need_evidence():
+    retrieval = np.array([[0.9, 0.1, 0.8, 0.2, 0.3]], dtype=np.float32)
+    item_item = np.array([[5.0, 4.0, 0.0, -1.0, 3.0]], dtype=np.float32)
+    seen = np.array([[False, False, False, False, True]])
+    got = candidate_positions(retrieval, item_item, 2, seen)
+    # Retrieval's best two unseen; then item-item's best not already taken, only with a
+    # positive score (item 3 is negative, item 2 has none, item 4 is seen).
+    assert got.tolist() == [[0, 2, 1, -1]]
+    assert candidate_positions(retrieval, None, 2, seen).tolist() == [[0, 2]]
+    no_history = np.zeros_like(item_item)
+    assert candidate_positions(retrieval, no_history, 2, seen).tolist() == [[0, 2, -1, -1]]
+
+
+def test_the_item_item_weight_moves_its_favourite_up():
+    item_item = np.array([[0.0, 0.0, 0.0, 9.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    only_item_item = OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
+    assert final_order(RETRIEVED, RANKED, only_item_item, 1, item_item)[0].tolist() == [[3], [0]]
+    # With no weight, the scores do not matter.
+    assert final_order(RETRIEVED, RANKED, HALF, 4, item_item)[0].tolist() == positions(HALF)
+    with pytest.raises(ValueError, match="item-item"):
+        final_scores(RETRIEVED, RANKED, only_item_item)
+
+
+def test_the_weights_leave_retrieval_a_non_negative_share():
+    with pytest.raises(ValueError, match="exceeds 1"):
+        OrderingPolicy(ranker_weight=0.7, item_item_weight=0.4)
+    pairs = OrderingConfig(ranker_weights=(0.0, 0.7), item_item_weights=(0.0, 0.4)).weight_pairs
+    assert pairs(item_item=True) == [(0.0, 0.0), (0.0, 0.4), (0.7, 0.0)]
+    assert pairs(item_item=False) == [(0.0, 0.0), (0.7, 0.0)]
