@@ -150,21 +150,36 @@ def recommend(
     exclude: Annotated[
         str, typer.Option(help="Comma-separated item ids to leave out, e.g. already seen")
     ] = "",
+    history: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated item ids the user interacted with since the model was "
+            "trained, most recent last: the list is made with them and leaves them out"
+        ),
+    ] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Top-k items for a user: retrieval then ranking on the server, or ranking of --catalog."""
     from recflow_client import RecflowClient, TritonRequestError
 
-    excluded = _split(exclude)
+    excluded, recent = _split(exclude), _split(history)
     settings = settings_of(ctx)
     repo = settings.paths.triton_repo
     if catalog is None and not (repo / f"{settings.serving.model_prefix}_recommend").is_dir():
         # Published without a retrieval model: rank the whole catalog instead.
         catalog = repo / CATALOG_FILE
+    if recent and catalog is not None:
+        raise typer.BadParameter(
+            "--history is read by the recommend endpoint: not with --catalog, nor where only "
+            "a ranking model is published"
+        )
     with _exit_on(FileNotFoundError):
         candidates = None if catalog is None else read_catalog(catalog)
     with _exit_on(TritonRequestError), RecflowClient.from_config(settings.serving) as client:
-        top = client.recommend(user, k, candidates=candidates, exclude=excluded)
+        if candidates is None:
+            top = client.recommend(user, k, exclude=excluded, history=recent)
+        else:
+            top = client.recommend(user, k, candidates=candidates, exclude=excluded)
     print_scores(f"top {k} for user {user}", top, as_json)
 
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recflow.atomic import write_text_atomic
 from recflow.vocabulary import ITEM_ID, USER_ID
+from recflow_client.contract import DEFAULT_MAX_HISTORY
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -354,6 +355,9 @@ class VersionConfig(BaseModel):
 
     # The largest k a request may ask for.
     max_k: int
+    # The longest history a request may send (retrieval, recommend); versions exported before
+    # histories existed take the default.
+    max_history: int = DEFAULT_MAX_HISTORY
     # How many items recommend retrieves before the ranker orders them.
     retrieval_candidates: int
     # A version exported before the policy existed ranked by the ranker alone, the default.

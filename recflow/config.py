@@ -36,6 +36,7 @@ from recflow_client.contract import (
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
     DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_HISTORY,
     DEFAULT_MODEL_PREFIX,
     DEFAULT_TIMEOUT_S,
 )
@@ -706,6 +707,9 @@ class ServingConfig(_Section):
     retrieval_candidates: PositiveInt = 100
     # Larger k is rejected as INVALID_ARG; k above the catalog size returns the whole catalog.
     max_k: PositiveInt = 1000
+    # The longest request-time history (item ids per user) retrieval and recommend take;
+    # longer is rejected as INVALID_ARG (docs/serving.md, "Request-time history").
+    max_history: PositiveInt = DEFAULT_MAX_HISTORY
     # For the whole start-up, every model included (a stub initializes in about a second; the
     # margin is for a machine busy with training).
     startup_timeout_s: float = Field(600.0, gt=0)

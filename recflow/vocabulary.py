@@ -30,6 +30,9 @@ from typing import NamedTuple
 # serving/repository.py's CONTRACTS.
 from recflow_client.contract import (
     EXCLUDE_SEEN_INPUT,
+    HISTORY_INPUT,
+    HISTORY_PADDING,
+    HISTORY_UNKNOWN_OUTPUT,
     ITEM_IDS_OUTPUT,
     ITEM_INPUT,
     K_INPUT,
@@ -46,6 +49,9 @@ from recflow_client.contract import (
 
 __all__ = [
     "EXCLUDE_SEEN_INPUT",
+    "HISTORY_INPUT",
+    "HISTORY_PADDING",
+    "HISTORY_UNKNOWN_OUTPUT",
     "ITEM_IDS_OUTPUT",
     "ITEM_INPUT",
     "K_INPUT",

@@ -37,6 +37,8 @@ from recflow.config import ServingConfig
 from recflow.external_ids import EXTERNAL_ID
 from recflow.vocabulary import (
     EXCLUDE_SEEN_INPUT,
+    HISTORY_INPUT,
+    HISTORY_UNKNOWN_OUTPUT,
     ITEM_ID,
     ITEM_IDS_OUTPUT,
     ITEM_INPUT,
@@ -97,10 +99,12 @@ def contracts(external_ids: bool = False) -> dict[str, tuple[list[TensorSpec], l
     ids = STRING if external_ids else INT64
     user, item = TensorSpec(USER_INPUT, ids), TensorSpec(ITEM_INPUT, ids)
     ranked = [TensorSpec(ITEM_IDS_OUTPUT, ids, (-1,)), TensorSpec(SCORES_OUTPUT, FP32, (-1,))]
+    history = TensorSpec(HISTORY_INPUT, ids, (-1,), optional=True)
+    with_history = [*ranked, TensorSpec(HISTORY_UNKNOWN_OUTPUT, INT64)]
     return {
         RANKING: ([user, item], [TensorSpec(SCORE_OUTPUT, FP32)]),
-        RETRIEVAL: ([user, K, EXCLUDE_SEEN], ranked),
-        RECOMMEND: ([user, K], ranked),
+        RETRIEVAL: ([user, K, EXCLUDE_SEEN, history], with_history),
+        RECOMMEND: ([user, K, history], with_history),
         SIMILAR: ([item, K], ranked),
     }
 
@@ -274,6 +278,7 @@ def _write_versions(
     features, ranking, retrieval = candidate.features, candidate.ranking, candidate.retrieval
     config = VersionConfig(
         max_k=cfg.max_k,
+        max_history=cfg.max_history,
         retrieval_candidates=cfg.retrieval_candidates,
         # The final ordering recommend applies, as measured on validation at training time.
         ordering=ranking.ordering.model_copy(update={"validation": {}}),

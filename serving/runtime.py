@@ -28,7 +28,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
@@ -36,12 +36,15 @@ import pandas as pd
 from models.item_item import ItemItemWeights
 from models.metrics import top_k
 from models.ordering import candidate_positions, final_order, gather
-from recflow.artifacts import VersionConfig, names_file
+from recflow.artifacts import OrderingPolicy, VersionConfig, names_file
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
 from recflow.vocabulary import (
     EMBEDDING,
     EXCLUDE_SEEN_INPUT,
+    HISTORY_INPUT,
+    HISTORY_PADDING,
+    HISTORY_UNKNOWN_OUTPUT,
     ITEM_ID,
     ITEM_IDS_OUTPUT,
     K_INPUT,
@@ -120,6 +123,9 @@ class KnownIds:
 
     def __init__(self, ids: np.ndarray):
         self.index = pd.Index(ids)
+
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        return self.index.get_indexer(ids.reshape(-1).astype(np.int64)) >= 0
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
         rows = self.index.get_indexer(ids.reshape(-1).astype(np.int64))
@@ -221,6 +227,50 @@ def _request_k(inputs: dict[str, np.ndarray], rows: int, max_k: int) -> int:
     return int(ks[0])
 
 
+class RequestHistory(NamedTuple):
+    """The ``history`` input of a request, as catalogue positions: each known item id with the
+    row it belongs to (a row's duplicates kept; consumers treat a history as a set), and per
+    row how many ids the version does not know (ignored, and answered as
+    ``history_unknown``)."""
+
+    owners: np.ndarray
+    positions: np.ndarray
+    unknown: np.ndarray
+
+    @classmethod
+    def none(cls, rows: int) -> RequestHistory:
+        empty = np.empty(0, np.int64)
+        return cls(empty, empty, np.zeros(rows, np.int64))
+
+    @classmethod
+    def read(
+        cls, inputs: dict[str, np.ndarray], rows: int, limit: int, catalogue: pd.Index
+    ) -> RequestHistory:
+        """From ``inputs`` (absent: no history); raises :class:`BadRequest` for a history of
+        the wrong shape or type, or longer than ``limit`` items."""
+        if HISTORY_INPUT not in inputs:
+            return cls.none(rows)
+        history = inputs[HISTORY_INPUT]
+        if history.ndim != 2 or history.shape[0] != rows:
+            raise BadRequest(
+                f"history must be one row of item ids per user ([{rows}, n]), got {history.shape}"
+            )
+        if history.dtype.kind not in "iu":
+            raise BadRequest(f"history must hold the dataset's item ids, got {history.dtype}")
+        given = history != HISTORY_PADDING
+        lengths = given.sum(axis=1)
+        if lengths.max(initial=0) > limit:
+            raise BadRequest(
+                f"a history holds at most {limit} items (serving.max_history), got "
+                f"{int(lengths.max())}"
+            )
+        owners = np.nonzero(given)[0]
+        positions = catalogue.get_indexer(history[given].astype(np.int64))
+        known = positions >= 0
+        unknown = np.bincount(owners[~known], minlength=rows).astype(np.int64)
+        return cls(owners[known], positions[known], unknown)
+
+
 def item_embeddings(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Raw item ids [items] and their embeddings [items, dim] from the retrieval export."""
     items = pd.read_parquet(version_dir / ITEM_EMBEDDINGS)
@@ -229,6 +279,10 @@ def item_embeddings(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _ranked(ids: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     return {ITEM_IDS_OUTPUT: ids.astype(np.int64), SCORES_OUTPUT: scores.astype(np.float32)}
+
+
+def _unknown(history: RequestHistory) -> dict[str, np.ndarray]:
+    return {HISTORY_UNKNOWN_OUTPUT: history.unknown.reshape(-1, 1)}
 
 
 class RetrievalStage:
@@ -247,7 +301,8 @@ class RetrievalStage:
         if seen is None:
             seen = pd.read_parquet(version_dir / SEEN)
         seen = seen.sort_values(USER_ID, kind="stable")
-        self._seen = pd.Index(self.item_ids).get_indexer(seen[ITEM_ID].to_numpy(np.int64))
+        self._positions = pd.Index(self.item_ids)
+        self._seen = self._positions.get_indexer(seen[ITEM_ID].to_numpy(np.int64))
         self._seen_users = seen[USER_ID].to_numpy(np.int64)
         self.config = version_config(version_dir)
 
@@ -263,11 +318,17 @@ class RetrievalStage:
         )
         return owners[positions >= 0], positions[positions >= 0]
 
-    def seen_mask(self, user_ids: np.ndarray) -> np.ndarray:
-        """[users, items]: True where the user interacted with the item in the exported data."""
+    def seen_mask(self, user_ids: np.ndarray, history: RequestHistory | None = None) -> np.ndarray:
+        """[users, items]: True where the user interacted with the item in the exported data
+        or, with a ``history``, in the request's."""
         mask = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
         mask[self.seen(user_ids)] = True
+        if history is not None:
+            mask[history.owners, history.positions] = True
         return mask
+
+    def history(self, inputs: dict[str, np.ndarray], rows: int) -> RequestHistory:
+        return RequestHistory.read(inputs, rows, self.config.max_history, self._positions)
 
     def query(self, user_ids: np.ndarray) -> np.ndarray:
         """Query embeddings [users, dim], as the query tower computed them at export."""
@@ -278,10 +339,20 @@ class RetrievalStage:
         return self.query(user_ids) @ self.vectors.T
 
     def top_k(
-        self, user_ids: np.ndarray, k: int, exclude_seen: bool
+        self,
+        user_ids: np.ndarray,
+        k: int,
+        exclude_seen: bool,
+        history: RequestHistory | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf."""
-        exclude = self.seen_mask(user_ids) if exclude_seen else None
+        """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf. A
+        request's ``history`` is always left out (the two-tower's query does not read it)."""
+        if exclude_seen:
+            exclude = self.seen_mask(user_ids, history)
+        else:
+            exclude = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
+            if history is not None:
+                exclude[history.owners, history.positions] = True
         best, best_scores = top_k(self.scores(user_ids), k, exclude)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
 
@@ -289,10 +360,16 @@ class RetrievalStage:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
         k = _request_k(inputs, len(users), self.config.max_k)
         exclude = bool(inputs.get(EXCLUDE_SEEN_INPUT, np.zeros(1, bool)).any())
-        return _ranked(*self.top_k(users, k, exclude))
+        history = self.history(inputs, len(users))
+        return _ranked(*self.top_k(users, k, exclude, history)) | _unknown(history)
 
     def warm_up(self) -> None:
         self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
+
+
+# How recommend orders the lists of users the version never saw who send a history: by the
+# item-item scores of that history alone (docs/serving.md, "Request-time history").
+FROM_HISTORY = OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
 
 
 class ItemItemScores:
@@ -307,9 +384,12 @@ class ItemItemScores:
         self.encoded = encoded[ITEM_ID].to_numpy(np.int64)
         self.retrieval = retrieval
 
-    def __call__(self, user_ids: np.ndarray) -> np.ndarray:
-        """[users, catalogue items] scores, in the retrieval stage's catalogue order."""
+    def __call__(self, user_ids: np.ndarray, history: RequestHistory) -> np.ndarray:
+        """[users, catalogue items] scores, in the retrieval stage's catalogue order: each
+        user's seen items and the request's history, as one set."""
         owners, positions = self.retrieval.seen(user_ids)
+        owners = np.concatenate([owners, history.owners])
+        positions = np.concatenate([positions, history.positions])
         return self.weights.catalogue_scores(
             owners, self.encoded[positions], len(user_ids), self.encoded
         )
@@ -336,34 +416,49 @@ class RecommendStage:
             else None
         )
 
-    def recommend(self, user_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ids and final scores [users, k], best first; padding: -1 and -inf."""
+    def recommend(
+        self, user_ids: np.ndarray, k: int, history: RequestHistory | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Item ids and final scores [users, k], best first; padding: -1 and -inf. A request's
+        ``history`` is added to the users' seen items: left out of the lists, and read by the
+        item-item source."""
+        history = history or RequestHistory.none(len(user_ids))
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config.retrieval_candidates)
         retrieval_full = self.retrieval.scores(user_ids)
-        item_item_full = None if self.item_item is None else self.item_item(user_ids)
+        item_item_full = None if self.item_item is None else self.item_item(user_ids, history)
         positions = candidate_positions(
-            retrieval_full, item_item_full, n, self.retrieval.seen_mask(user_ids)
+            retrieval_full, item_item_full, n, self.retrieval.seen_mask(user_ids, history)
         )
         found = positions >= 0
         candidates = np.where(found, self.retrieval.item_ids[np.maximum(positions, 0)], -1)
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        order, scores = final_order(
+        scored = (
             gather(retrieval_full, positions),
             ranking_scores,
-            self.ordering,
-            k,
             None if item_item_full is None else gather(item_item_full, positions),
         )
+        order, scores = final_order(scored[0], scored[1], self.ordering, k, scored[2])
+        if item_item_full is not None:
+            # A user the version never saw has no query embedding and no ranker row of their
+            # own (every unknown user gets the same): what a history says of them is theirs.
+            new = ~self.retrieval.known_users.known(user_ids)
+            new &= np.isin(np.arange(len(user_ids)), history.owners)
+            if new.any():
+                alone = final_order(
+                    *(part[new] for part in scored[:2]), FROM_HISTORY, k, scored[2][new]
+                )
+                order[new], scores[new] = alone
         picked = np.take_along_axis(candidates, np.maximum(order, 0), axis=1)
         return np.where(order >= 0, picked, -1), scores
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         users = inputs[USER_ID].reshape(-1).astype(np.int64)
         k = _request_k(inputs, len(users), self.retrieval.config.max_k)
-        return _ranked(*self.recommend(users, k))
+        history = self.retrieval.history(inputs, len(users))
+        return _ranked(*self.recommend(users, k, history)) | _unknown(history)
 
     def warm_up(self) -> None:
         self.recommend(np.zeros(1, np.int64), 1)
@@ -421,11 +516,14 @@ class ExternalIdStage:
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = dict(inputs)
-        for name in (USER_ID, ITEM_ID):
+        for name in (USER_ID, ITEM_ID, HISTORY_INPUT):
             if name in inputs:
                 if inputs[name].dtype.kind not in "OSU":  # Triton: object arrays of bytes
                     raise BadRequest(f"{name} must be the dataset's string ids (TYPE_STRING)")
-                inputs[name] = internal_ids(inputs[name]).reshape(inputs[name].shape)
+                strings = inputs[name]
+                inputs[name] = internal_ids(strings).reshape(strings.shape)
+                if name == HISTORY_INPUT:  # b"" pads a shorter history
+                    inputs[name][(strings == b"") | (strings == "")] = HISTORY_PADDING
         outputs = self.stage(inputs)
         if ITEM_IDS_OUTPUT in outputs:
             ids = outputs[ITEM_IDS_OUTPUT]

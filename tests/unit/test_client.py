@@ -214,5 +214,5 @@ def test_every_client_takes_the_same_arguments(method: str) -> None:
     assert signature(HttpRecflowClient) == signature(RecflowClient) == signature(AsyncRecflowClient)
     if method == "recommend":
         parameters = signature(RecflowClient).parameters
-        assert list(parameters) == ["self", "user_id", "k", "candidates", "exclude"]
+        assert list(parameters) == ["self", "user_id", "k", "candidates", "exclude", "history"]
         assert parameters["candidates"].kind is inspect.Parameter.KEYWORD_ONLY

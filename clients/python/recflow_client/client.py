@@ -41,6 +41,7 @@ from recflow_client.contract import (
     DEFAULT_MODEL_PREFIX,
     DEFAULT_TIMEOUT_S,
     EXCLUDE_SEEN_INPUT,
+    HISTORY_INPUT,
     ITEM_INPUT,
     K_INPUT,
     MODEL_NAME,
@@ -213,7 +214,12 @@ def _id_array(ids: Iterable[Id], as_strings: bool) -> np.ndarray:
 
 
 def _ranked_request(
-    id_input: str, id_value: Id, k: int, as_strings: bool, exclude_seen: bool | None = None
+    id_input: str,
+    id_value: Id,
+    k: int,
+    as_strings: bool,
+    exclude_seen: bool | None = None,
+    history: Sequence[Id] = (),
 ) -> dict[str, np.ndarray]:
     request = {
         id_input: _id_array([id_value], as_strings),
@@ -221,6 +227,8 @@ def _ranked_request(
     }
     if exclude_seen is not None:
         request[EXCLUDE_SEEN_INPUT] = np.array([[exclude_seen]], dtype=bool)
+    if len(history):  # an empty history is no history: the answer without one
+        request[HISTORY_INPUT] = _id_array(history, as_strings).reshape(1, -1)
     return request
 
 
@@ -233,10 +241,18 @@ def _ranked_list(outputs: Mapping[str, np.ndarray]) -> list[tuple[Id, float]]:
 
 
 def _recommend_request(
-    user_id: Id, k: int, excluded: set[Id], as_strings: bool
+    user_id: Id, k: int, excluded: set[Id], as_strings: bool, history: Sequence[Id]
 ) -> dict[str, np.ndarray]:
     # Ask for as many more as may be excluded, so k remain after dropping them.
-    return _ranked_request(USER_INPUT, user_id, k + len(excluded), as_strings)
+    return _ranked_request(USER_INPUT, user_id, k + len(excluded), as_strings, None, history)
+
+
+def _no_history_with_candidates(candidates: object, history: Sequence[Id]) -> None:
+    if candidates is not None and len(history):
+        raise ValueError(
+            "history is read by the recommend endpoint; with candidates (the ranking endpoint) "
+            "pass the items to leave out as exclude"
+        )
 
 
 def _id_set(ids: Iterable[Id], as_strings: bool) -> set[Id]:
@@ -460,27 +476,35 @@ class _BlockingClient(_ClientBase):
         *,
         candidates: Iterable[Id] | None = None,
         exclude: Collection[Id] = (),
+        history: Sequence[Id] = (),
     ) -> list[tuple[Id, float]]:
         """The ``k`` best items for ``user_id`` as ``(item_id, score)``, best first.
 
-        Without candidates, the multi-stage ``recommend`` endpoint picks them (retrieval, then
-        the version's final ordering; the user's seen items never come back). With candidates,
-        the ranking endpoint scores them: duplicates are scored once, those in ``exclude``
-        dropped, ties keep candidate order. :class:`AsyncRecflowClient` takes the same arguments.
+        Without candidates, the multi-stage ``recommend`` endpoint picks them (retrieval and
+        the item-item source, then the version's final ordering; the user's seen items never
+        come back). ``history``: the user's recent item ids, most recent last, which the
+        endpoint adds to what it knows of the user (a user it never saw gets a list made from
+        them) and leaves out of the list. With candidates, the ranking endpoint scores them:
+        duplicates are scored once, those in ``exclude`` dropped, ties keep candidate order.
+        :class:`AsyncRecflowClient` takes the same arguments.
         """
+        _no_history_with_candidates(candidates, history)
         model = self.recommend_model if candidates is None else self.ranking_model
         excluded = _id_set(exclude, self.takes_strings(model))
         if candidates is None:
-            request = _recommend_request(user_id, k, excluded, self.takes_strings(model))
+            request = _recommend_request(user_id, k, excluded, self.takes_strings(model), history)
             top = _ranked_list(self.infer(self.recommend_model, request, RANKED_OUTPUTS))
             return _without(top, excluded, k)
         shortlist = _shortlist(candidates, excluded, k)
         return _top_k(shortlist, self.score(user_id, shortlist), k)
 
-    def retrieve(self, user_id: Id, k: int, exclude_seen: bool = False) -> list[tuple[Id, float]]:
-        """The retrieval endpoint's ``k`` nearest items to the user's query embedding."""
+    def retrieve(
+        self, user_id: Id, k: int, exclude_seen: bool = False, history: Sequence[Id] = ()
+    ) -> list[tuple[Id, float]]:
+        """The retrieval endpoint's ``k`` nearest items to the user's query embedding; the
+        ``history``'s items are left out."""
         strings = self.takes_strings(self.retrieval_model)
-        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen)
+        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen, history)
         return _ranked_list(self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
 
     def similar(self, item_id: Id, k: int) -> list[tuple[Id, float]]:
@@ -552,23 +576,25 @@ class AsyncRecflowClient(_ClientBase):
         *,
         candidates: Iterable[Id] | None = None,
         exclude: Collection[Id] = (),
+        history: Sequence[Id] = (),
     ) -> list[tuple[Id, float]]:
         """Like :meth:`RecflowClient.recommend`."""
+        _no_history_with_candidates(candidates, history)
         model = self.recommend_model if candidates is None else self.ranking_model
         strings = await self.takes_strings(model)
         excluded = _id_set(exclude, strings)
         if candidates is None:
-            request = _recommend_request(user_id, k, excluded, strings)
+            request = _recommend_request(user_id, k, excluded, strings, history)
             top = _ranked_list(await self.infer(self.recommend_model, request, RANKED_OUTPUTS))
             return _without(top, excluded, k)
         shortlist = _shortlist(candidates, excluded, k)
         return _top_k(shortlist, await self.score(user_id, shortlist), k)
 
     async def retrieve(
-        self, user_id: Id, k: int, exclude_seen: bool = False
+        self, user_id: Id, k: int, exclude_seen: bool = False, history: Sequence[Id] = ()
     ) -> list[tuple[Id, float]]:
         strings = await self.takes_strings(self.retrieval_model)
-        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen)
+        request = _ranked_request(USER_INPUT, user_id, k, strings, exclude_seen, history)
         return _ranked_list(await self.infer(self.retrieval_model, request, RANKED_OUTPUTS))
 
     async def similar(self, item_id: Id, k: int) -> list[tuple[Id, float]]:
