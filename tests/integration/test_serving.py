@@ -198,6 +198,38 @@ def test_cold_user_gets_recommendations(client: RecflowClient) -> None:
     assert len(client.retrieve(COLD_USER, 5)) == 5
 
 
+def test_a_history_makes_a_new_users_list_and_is_left_out_of_it(
+    published: Published,
+    client: RecflowClient,
+    endpoint: EndpointNames,
+    server: TritonServer,
+    users: np.ndarray,
+) -> None:
+    # A user the model never saw, who has done what a known user did.
+    history = sorted(published.seen(int(users[0])))[:20]
+    cold = client.recommend(COLD_USER, k=10)
+    told = client.recommend(COLD_USER, k=10, history=history)
+    assert told != cold and not set(history) & {item for item, _ in told}
+    # As the stage computes it in-process, duplicates and unknown ids change nothing.
+    stage = RecommendStage(published.newest_version_dir(endpoint.model("recommend")))
+    request = np.array([[*history, history[0], COLD_USER]], np.int64)
+    answer = client.infer(
+        endpoint.model("recommend"),
+        {"user_id": _ids(COLD_USER), "k": _k(10), "history": request},
+        ["item_ids", "scores", "history_unknown"],
+    )
+    read = stage.retrieval.history({"history": request}, 1)
+    expected, _ = stage.recommend(np.array([COLD_USER]), 10, read)
+    assert answer["item_ids"][0].tolist() == expected[0].tolist() == [i for i, _ in told]
+    assert answer["history_unknown"].tolist() == [[1]]
+    # An empty history is none; retrieval leaves the history out; HTTP says the same.
+    assert client.recommend(COLD_USER, k=10, history=[]) == cold
+    retrieved = client.retrieve(COLD_USER, 30, history=history)
+    assert not set(history) & {item for item, _ in retrieved}
+    with HttpRecflowClient.from_config(server.config) as over_http:
+        assert over_http.recommend(COLD_USER, k=10, history=history) == told
+
+
 def test_http_client_answers_every_endpoint_as_grpc_does(
     server: TritonServer, client: RecflowClient, users: np.ndarray
 ) -> None:
@@ -242,6 +274,16 @@ BAD_REQUESTS = {
     "k-absurd": ("retrieval", {"user_id": _ids(1), "k": _k(10**9)}, "k must be between"),
     "k-mixed": ("retrieval", {"user_id": _ids(1, 2), "k": np.array([[1], [2]], np.int32)}, "equal"),
     "unknown-similar-item": ("similar", {"item_id": _ids(COLD_USER), "k": _k(3)}, "unknown item"),
+    "history-too-long": (
+        "recommend",
+        {"user_id": _ids(1), "k": _k(3), "history": np.ones((1, 201), np.int64)},
+        "at most 200 items",
+    ),
+    "history-wrong-dtype": (
+        "retrieval",
+        {"user_id": _ids(1), "k": _k(3), "history": np.ones((1, 2), np.float32)},
+        "FP32",
+    ),
 }
 
 
