@@ -79,10 +79,12 @@ def _binary(histories: Sequence[np.ndarray], items: pd.Index) -> np.ndarray:
 class Cooccurrence:
     """XᵀX of the binary user x item matrix of training pairs: how many users have both items
     (the diagonal: each item's users). Both models start from it, and a grid search fits every
-    grid value from one count."""
+    grid value from one count. Where there are fewer users than items, X itself is kept too:
+    EASE then inverts a users x users matrix instead (:func:`ease`)."""
 
     items: np.ndarray  # sorted raw item ids of the rows and columns
     counts: np.ndarray  # [items, items] float64
+    rows: np.ndarray | None = None  # [users, items] float32 X, where users < items
 
     @classmethod
     def build(cls, users: np.ndarray, items: np.ndarray) -> Cooccurrence:
@@ -98,7 +100,8 @@ class Cooccurrence:
             block = _binary(histories[start : start + USER_CHUNK], index)
             # float32 counts are exact up to 2**24 users per chunk, far above USER_CHUNK.
             counts += block.T @ block
-        return cls(index.to_numpy(), counts)
+        rows = _binary(histories, index) if len(histories) < len(index) else None
+        return cls(index.to_numpy(), counts, rows)
 
 
 @dataclass(frozen=True)
@@ -130,11 +133,24 @@ class ItemItemModel:
 
 
 def ease(cooccurrence: Cooccurrence, l2: float) -> ItemItemModel:
-    """EASE's B = I - P·diag(1/diag(P)) with P = (XᵀX + l2·I)⁻¹, inverted in float64."""
-    gram = cooccurrence.counts.copy()
-    gram[np.diag_indices_from(gram)] += l2
-    inverse = np.linalg.inv(gram)
-    del gram  # one n x n float64 matrix less before the float32 weights are made
+    """EASE's B = I - P·diag(1/diag(P)) with P = (XᵀX + l2·I)⁻¹, in float64.
+
+    With fewer users than items, P = (I - Xᵀ(XXᵀ + l2·I)⁻¹X) / l2 (the Woodbury identity):
+    a users x users solve instead of an items x items inverse. On ml-latest-small (610 users,
+    9,724 items) that is seconds instead of minutes.
+    """
+    if cooccurrence.rows is not None:
+        x = cooccurrence.rows.astype(np.float64)
+        inner = x @ x.T
+        inner[np.diag_indices_from(inner)] += l2
+        inverse = x.T @ np.linalg.solve(inner, x)
+        inverse /= -l2
+        inverse[np.diag_indices_from(inverse)] += 1.0 / l2
+    else:
+        gram = cooccurrence.counts.copy()
+        gram[np.diag_indices_from(gram)] += l2
+        inverse = np.linalg.inv(gram)
+        del gram  # one n x n float64 matrix less before the float32 weights are made
     # Off the diagonal B_ij = -P_ij / P_jj; on it 1 - P_jj / P_jj = 0, set exactly.
     inverse /= -np.diag(inverse).copy()
     np.fill_diagonal(inverse, 0.0)

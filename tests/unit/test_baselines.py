@@ -53,6 +53,18 @@ def test_ease_is_each_items_ridge_regression_on_the_others(binary):
     np.testing.assert_allclose(model.scores(histories), x @ expected, atol=1e-5)
 
 
+def test_with_fewer_users_than_items_ease_solves_the_users_side_to_the_same_weights():
+    matrix = (np.random.default_rng(5).random((8, 20)) < 0.3).astype(np.float64)
+    matrix[:, matrix.sum(axis=0) == 0] = 1.0  # every item used by someone
+    pairs = _pairs(matrix, np.arange(20) * 7)
+    counts = Cooccurrence.build(pairs["user"].to_numpy(), pairs["item"].to_numpy())
+    assert counts.rows is not None and counts.rows.shape == (8, 20)
+    for l2 in (0.5, 50.0):
+        dual = ease(counts, l2)
+        primal = ease(Cooccurrence(counts.items, counts.counts), l2)
+        np.testing.assert_allclose(dual.weights, primal.weights, atol=1e-5)
+
+
 def test_an_item_co_consumed_with_the_users_items_ranks_above_an_unrelated_one():
     # Users either take 1, 2 and 3 together, or 4 and 5 together; item 3 is the most popular.
     together = [[1, 2, 3]] * 10 + [[4, 5]] * 10 + [[3]] * 15
