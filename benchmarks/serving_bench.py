@@ -1,9 +1,11 @@
 """Serving benchmark: perf_analyzer against Triton next to the same models called in-process.
 
-For ``ranking`` (one user, 100 candidate items per request) and ``recommend`` (one user,
-k=10), at each concurrency: p50/p99 request latency and throughput in-process (serving/runtime.py
-classes on the same version directory, one thread per concurrent caller: the limit the server
-can approach), and right after it through tritonserver over gRPC with perf_analyzer.
+For ``ranking`` (one user, 100 candidate items per request), ``recommend`` (one user, k=10)
+and, with ``--history N``, ``recommend`` with a request-time history of N item ids per request
+(#30; the same users, histories drawn from the catalogue), at each concurrency: p50/p99
+request latency and throughput in-process (serving/runtime.py classes on the same version
+directory, one thread per concurrent caller: the limit the server can approach), and right
+after it through tritonserver over gRPC with perf_analyzer.
 
 Setup (once per machine): perf_analyzer ships in the tritonclient wheel (.venv/bin) but needs
 Debian's ``libb64-0d`` and CUDA's ``libcudart.so.12`` even on CPU. ``--setup`` installs the
@@ -132,6 +134,9 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,8")
     parser.add_argument("--seconds", type=float, default=8.0, help="in-process time per point")
     parser.add_argument("--setup", action="store_true", help="install perf_analyzer's libraries")
+    parser.add_argument(
+        "--history", type=int, default=0, help="also recommend with this many history items"
+    )
     args = parser.parse_args()
     free = ["serving.grpc_port=0", "serving.http_port=0", "serving.metrics_port=0"]
     settings = load_settings(overrides=[f"paths.home={args.home}", *free])
@@ -162,6 +167,33 @@ def main() -> None:
             1,
         ),
     }
+    if args.history:
+        rng = np.random.default_rng(1)
+        histories = {int(u): rng.choice(catalog, args.history).astype(np.int64) for u in users}
+        # The stub reads the history from the request; so does this reference.
+        read = stage.retrieval.history
+        cases[f"{recommend} + history {args.history}"] = (
+            lambda user: stage.recommend(
+                np.array([user], np.int64),
+                K,
+                read({"history": histories[int(user)].reshape(1, -1)}, 1),
+            ),
+            {
+                "data": [
+                    {
+                        "user_id": [int(u)],
+                        "k": [K],
+                        # A variable-length input needs its shape (without the batch).
+                        "history": {
+                            "content": histories[int(u)].tolist(),
+                            "shape": [args.history],
+                        },
+                    }
+                    for u in users
+                ]
+            },
+            1,
+        )
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = []
     with TritonServer.from_settings(settings, models=[ranking, recommend]) as server:
@@ -170,7 +202,8 @@ def main() -> None:
         for model, (call, data, batch) in cases.items():
             for concurrency in levels:
                 local = in_process(call, list(users), concurrency, args.seconds)
-                served = perf_analyzer(server, model, data, batch, concurrency, cudart)
+                served_model = model.partition(" + ")[0]
+                served = perf_analyzer(server, served_model, data, batch, concurrency, cudart)
                 for where, result in (("in-process", local), ("triton gRPC", served)):
                     rows.append((model, concurrency, where, result))
                     print(model, concurrency, where, result, flush=True)
