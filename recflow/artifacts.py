@@ -409,9 +409,11 @@ class RetrievalModel(TrainedModel):
 
 
 class ItemItemSource(Artifact):
-    """recommend's second candidate source (models/item_item.py): an EASE model fitted on the
-    training split's interactions, its λ chosen on the validation split, the kept weights in
-    :attr:`weights_file`."""
+    """recommend's second candidate source (models/item_item.py): EASE, its λ chosen on the
+    validation split. Two fits with that λ, each's kept weights in a file:
+    :attr:`weights_file`, on the training split (what the ordering is chosen with and the gate
+    judges), and :attr:`served_weights_file`, on the training and validation splits (what the
+    export serves: the most recent interactions say most about the next ones)."""
 
     features_fingerprint: str
     # Which training rows are a user's history: every rated pair, or only the positives
@@ -428,6 +430,10 @@ class ItemItemSource(Artifact):
     @property
     def weights_file(self) -> Path:
         return self.path / "item_item.npz"
+
+    @property
+    def served_weights_file(self) -> Path:
+        return self.path / "item_item_served.npz"
 
 
 class Candidate(NamedTuple):

@@ -32,8 +32,15 @@ from prefect import task
 
 from models.baselines import ItemItemKind, fit_tuned, popularity_scores, random_rows
 from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.item_item import ItemItemWeights
 from models.metrics import binary_metrics, top_k_metrics
-from recflow.artifacts import Candidate, ExportedCandidate, FeatureSet, RawDataset
+from recflow.artifacts import (
+    Candidate,
+    ExportedCandidate,
+    FeatureSet,
+    ItemItemSource,
+    RawDataset,
+)
 from recflow.config import FeaturesConfig, GateConfig, MetricBounds, Settings
 from recflow.registry import (
     CandidateRecord,
@@ -170,15 +177,22 @@ def retrieval_metrics(
 
 
 def recommend_metrics(
-    version_dir: Path, task: RetrievalTask, seen: pd.DataFrame, ks: tuple[int, ...]
+    version_dir: Path,
+    task: RetrievalTask,
+    seen: pd.DataFrame,
+    ks: tuple[int, ...],
+    item_item: ItemItemSource | None = None,
 ) -> dict[str, float]:
     """recall/ndcg/mrr@k of the lists the recommend endpoint's own stage returns, in-process.
 
     The stage leaves out ``seen``, the training rows, instead of the version's ``seen.parquet``
     (every interaction, held-out ones included: what serving leaves out): the same items
-    ``task`` excludes. An item outside ``task``'s catalogue can never be relevant.
+    ``task`` excludes. An item outside ``task``'s catalogue can never be relevant. Likewise it
+    scores with ``item_item``'s fit on the training split, not the served refit that saw the
+    held-out rows.
     """
-    stage = RecommendStage(version_dir, seen)
+    weights = None if item_item is None else ItemItemWeights.load(item_item.weights_file)
+    stage = RecommendStage(version_dir, seen, weights)
     users = np.asarray(task.users, dtype=np.int64)
     # Batches of users, as the endpoint serves a request: bounded [users, catalogue] scores.
     lists = np.concatenate(
@@ -239,22 +253,24 @@ def evaluate_candidates(
     # Seen items are the training rows: what evaluation excludes from each user's top k.
     seen = split.train[[USER_ID, ITEM_ID]]
 
-    def served_metrics(exported: ExportedCandidate) -> tuple[dict, np.ndarray]:
+    def served_metrics(
+        exported: ExportedCandidate, item_item: ItemItemSource | None = None
+    ) -> tuple[dict, np.ndarray]:
         """The endpoints' metrics of one exported candidate, and its scores of ``pairs``."""
         scores = ranking_scores(exported.version_dir(RANKING), pairs)
         metrics = _ranking_metrics(rows[LABEL], scores[: len(rows)])
         if RETRIEVAL in exported.stages:
+            recommend = exported.version_dir(RECOMMEND)
             metrics |= metric_keys(
                 RETRIEVAL, retrieval_metrics(exported.version_dir(RETRIEVAL), task, ks)
-            ) | metric_keys(
-                RECOMMEND, recommend_metrics(exported.version_dir(RECOMMEND), task, seen, ks)
-            )
+            ) | metric_keys(RECOMMEND, recommend_metrics(recommend, task, seen, ks, item_item))
         return metrics, scores
 
+    # The blessed model is judged as it serves: these rows may be new to all of it.
     blessed_metrics = {} if blessed is None else served_metrics(blessed)[0]
     evaluated = []
     for candidate, exported in zip(contenders, exports, strict=True):
-        metrics, scores = served_metrics(exported)
+        metrics, scores = served_metrics(exported, candidate.item_item)
         evaluation = Evaluation(
             rows=len(rows),
             metrics=metrics,

@@ -303,7 +303,8 @@ def _write_versions(
             for name in STAGE_FILES[stage]:
                 shutil.copy(work / name, directory / name)
             if stage == RECOMMEND and candidate.item_item is not None:
-                shutil.copy(candidate.item_item.weights_file, directory / runtime.ITEM_ITEM)
+                served = candidate.item_item.served_weights_file
+                shutil.copy(served, directory / runtime.ITEM_ITEM)
             if features.external_ids and stage != RANKING:  # they answer with item ids
                 shutil.copy(features.external_ids_file(ITEM_ID), directory)
     finally:

@@ -377,8 +377,10 @@ class ItemItemScores:
     knows them, times the exported weights. The weights are indexed by encoded item id, as
     they were fitted; the catalogue's raw ids map to theirs through ``item_embeddings``."""
 
-    def __init__(self, version_dir: Path, retrieval: RetrievalStage):
-        self.weights = ItemItemWeights.load(version_dir / ITEM_ITEM)
+    def __init__(
+        self, version_dir: Path, retrieval: RetrievalStage, weights: ItemItemWeights | None = None
+    ):
+        self.weights = weights or ItemItemWeights.load(version_dir / ITEM_ITEM)
         # The same file, in the same order, as the retrieval stage's catalogue.
         encoded = pd.read_parquet(version_dir / ITEM_EMBEDDINGS, columns=[ITEM_ID])
         self.encoded = encoded[ITEM_ID].to_numpy(np.int64)
@@ -406,12 +408,20 @@ class RecommendStage:
 
     merge_requests = False
 
-    def __init__(self, version_dir: Path, seen: pd.DataFrame | None = None):
+    def __init__(
+        self,
+        version_dir: Path,
+        seen: pd.DataFrame | None = None,
+        item_item: ItemItemWeights | None = None,
+    ):
+        """``seen`` as for :class:`RetrievalStage`; ``item_item`` replaces the version's
+        item-item weights: the gate judges the fit that never saw the rows it judges on
+        (recflow.artifacts.ItemItemSource)."""
         self.retrieval = RetrievalStage(version_dir, seen)
         self.ranking = RankingPipeline(version_dir)
         self.ordering = self.retrieval.config.ordering
         self.item_item = (
-            ItemItemScores(version_dir, self.retrieval)
+            ItemItemScores(version_dir, self.retrieval, item_item)
             if (version_dir / ITEM_ITEM).is_file()
             else None
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 
-from models.baselines import TUNING_K, choose_on
+from models.baselines import TUNING_K, Cooccurrence, choose_on, ease
 from models.composed import choose_ordering
 from models.item_item import ItemItemWeights
 from models.ranking import train_ranker
@@ -85,11 +85,12 @@ TRAINERS = {RANKING: train_ranking, RETRIEVAL: train_retrieval}
 
 
 def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) -> ItemItemSource:
-    """EASE on the training split's interactions (encoded ids), written to ``model_dir``.
+    """EASE on the feature build's interactions (encoded ids), written to ``model_dir``.
 
-    λ is the value of ``cfg.l2_grid`` whose fit best recalls the validation split's positives
-    (recall@10, training items excluded). The fit on the training rows is the one kept: refitted
-    with the validation rows, the gate, which judges on them, would judge a model that saw them.
+    λ is the value of ``cfg.l2_grid`` whose fit on the training split best recalls the
+    validation split's positives (recall@10, training items excluded). That fit is kept for the
+    ordering's choice and the gate, which judge on the validation rows; the served fit is
+    refitted with λ on both splits (``ItemItemSource``).
     """
     started = time.perf_counter()
     target = binary_target(read_schema(features.train_dir))
@@ -100,28 +101,36 @@ def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) ->
     # Implicit feedback's other rows are sampled negatives, which nobody picked.
     interactions = "positives" if features.feedback == "implicit" else "rated"
     if interactions == "positives":
-        train = train[train[target] == 1]
-    chosen = choose_on("ease", train, valid[valid[target] == 1], USER_ID, ITEM_ID, cfg.l2_grid)
-    weights = ItemItemWeights.from_dense(chosen.model.items, chosen.model.weights, cfg.neighbours)
+        train, valid = train[train[target] == 1], valid[valid[target] == 1]
+    model, l2, validation = choose_on(
+        "ease", train, valid[valid[target] == 1], USER_ID, ITEM_ID, cfg.l2_grid
+    )
+    weights = ItemItemWeights.from_dense(model.items, model.weights, cfg.neighbours)
+    del model  # dense, up to 400 MB at 10,000 items: one at a time
+    every = pd.concat([train, valid], ignore_index=True)
+    model = ease(Cooccurrence.build(every[USER_ID].to_numpy(), every[ITEM_ID].to_numpy()), l2)
+    served = ItemItemWeights.from_dense(model.items, model.weights, cfg.neighbours)
+    del model
     with atomic_dir(model_dir) as staging:
         source = ItemItemSource(
             path=model_dir,
             features_fingerprint=features.fingerprint,
             interactions=interactions,
-            l2=chosen.value,
+            l2=l2,
             neighbours=cfg.neighbours,
             n_items=len(weights.items),
-            validation={f"{value:g}": metric for value, metric in chosen.validation.items()},
+            validation={f"{value:g}": metric for value, metric in validation.items()},
             fit_seconds=time.perf_counter() - started,
         )
         weights.save(staging / source.weights_file.name)
+        served.save(staging / source.served_weights_file.name)
         source.save_manifest(staging)
     log.info(
         "item-item: EASE λ %g on %d items, validation recall@%d %.4f, fitted in %.1f s",
         source.l2,
         source.n_items,
         TUNING_K,
-        chosen.validation[chosen.value],
+        validation[l2],
         source.fit_seconds,
     )
     return source
