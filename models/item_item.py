@@ -6,7 +6,7 @@ training's choice of the ordering scores validation users with this same code.
 A user's scores are their binary history times a weight matrix B (EASE's, fitted in
 ``tasks/train.py`` by ``models/baselines.py``): ``score[j] = sum(B[i, j] for i in history)``.
 B is dense where it is fitted, but for each target item j only the ``neighbours`` weights
-largest in magnitude are kept, so a 10,000-item catalogue serves from 20 MB instead of 400 MB.
+largest in magnitude are kept, so a 10,000-item catalogue serves from 80 MB instead of 400 MB.
 The kept weights are stored by row (CSR: row i holds what having item i says of other items),
 so scoring a history gathers only its items' rows.
 

@@ -409,8 +409,11 @@ class ItemItemConfig(_Section):
     enabled: bool = True
     # EASE's L2 weights tried (the grid of issue #29's baseline).
     l2_grid: tuple[PositiveFloat, ...] = (10.0, 50.0, 100.0, 200.0, 400.0, 800.0, 1600.0)
-    # Weights kept per target item when the model is stored (the largest in magnitude).
-    neighbours: PositiveInt = 256
+    # Weights kept per target item when the model is stored (the largest in magnitude). EASE
+    # fitted on ml-latest-small's time-ordered training rows recalled its held-out ratings at
+    # 10 with 0.0857 dense, 0.0851 keeping 1024 and 0.0798 keeping 256; 1024 is 80 MB at the
+    # 10,000-item limit.
+    neighbours: PositiveInt = 1024
 
 
 class OrderingConfig(_Section):
