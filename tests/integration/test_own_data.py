@@ -107,6 +107,20 @@ def test_recommend_answers_in_the_datasets_own_ids_over_grpc_and_http(served):
     rated = {str(i) for i in _rated_items(settings, shape)}
     assert not rated & set(listed)
 
+    # A user the model never saw, with a history in the dataset's own ids: the CLI and the
+    # client send it alike, and its items are left out of the list.
+    newcomer, history = "990001" if shape == "csv" else "u-newcomer", sorted(rated)[:3]
+    told = runner.invoke(
+        app,
+        [*args, *port, "recommend", "--user", newcomer, "-k", "5", "--history", ",".join(history)],
+    )
+    assert told.exit_code == 0, told.output
+    listed = re.findall(r"│\s+\d+ │\s+(\S+) │", told.output)
+    assert len(listed) == 5 and not set(history) & set(listed)
+    with RecflowClient.from_config(server.config) as client:
+        top = client.recommend(newcomer, k=5, history=history)
+    assert [str(item) for item, _ in top] == listed
+
 
 def _rated_items(settings, shape) -> list:
     custom = settings.data.custom
