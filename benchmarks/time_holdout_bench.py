@@ -1,5 +1,7 @@
-"""The served ``recommend`` where users ask about the future: each user's latest 20 % of
-ml-latest-small's ratings held out, next to EASE, item-kNN and most popular (#29).
+"""The served recommend on ml-latest-small, each user's latest 20 % held out, against EASE (#29).
+
+Where users ask about the future: the served ``recommend`` next to EASE, item-kNN and most
+popular fitted in the same invocation, on each user's latest ratings.
 
     .venv/bin/python benchmarks/time_holdout_bench.py --work /tmp/time-holdout --out report.md
 
@@ -44,10 +46,11 @@ unseen: the count of training positives (rated >= 4; every interaction on ``impl
 ``latest-small`` also the smoothed per-item mean (AUC). Seconds: the pipeline's wall time, and
 each baseline's search with its refit / one refit alone.
 
-The report: the command, the commit measured, ``uptime``, one table (a column per part), and
-the goals of #29 as check lines: recommend recall@10 >= 1.05x EASE on ``latest-small``, >= EASE
-on ``implicit``. ``--reuse`` reports a part from what an earlier invocation left in ``--work``.
-Not a test: nothing here runs in the suite.
+The report: the command, the commit measured and whether Triton's stub imported this
+checkout's code (recommend_bench's docstring says how to measure another checkout), ``uptime``,
+one table (a column per part), and the goals of #29 as check lines: recommend recall@10 >=
+1.05x EASE on ``latest-small``, >= EASE on ``implicit``. ``--reuse`` reports a part from what
+an earlier invocation left in ``--work``. Not a test: nothing here runs in the suite.
 """
 
 from __future__ import annotations
