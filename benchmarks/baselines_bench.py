@@ -32,9 +32,7 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 import zipfile
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,16 +41,17 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from recommend_bench import COLUMNS, FOLDS, KS, labelled, read_fold, uptime  # noqa: E402
-
-from models.baselines import (  # noqa: E402
-    ITEM_ITEM_MODELS,
-    Cooccurrence,
-    fit_tuned,
-    popularity_scores,
-    random_rows,
+from recommend_bench import (  # noqa: E402
+    COLUMNS,
+    FOLDS,
+    item_item,
+    labelled,
+    popular_metrics,
+    read_fold,
+    uptime,
 )
-from models.evaluation import RetrievalTask, evaluate_retrieval  # noqa: E402
+
+from models.baselines import random_rows  # noqa: E402
 from recflow.vocabulary import ITEM_ID, LABEL, USER_ID  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
 from tasks.features import latest_share  # noqa: E402
@@ -91,31 +90,11 @@ def evaluate(split: HeldOut, catalogue: np.ndarray, tuning_rows: np.ndarray) -> 
     """Each baseline's test metrics, its chosen value, validation and seconds on ``split``."""
     task = retrieval_task(split, catalogue)
     train = split.train
-    out: dict = {"users": len(task.users)}
-    for kind in ITEM_ITEM_MODELS:
-        started = time.monotonic()
-        tuned = fit_tuned(kind, train, train[LABEL] == 1, tuning_rows, USER_ID, ITEM_ID)
-        tuned_seconds = time.monotonic() - started
-        fit, _grid = ITEM_ITEM_MODELS[kind]
-        started = time.monotonic()
-        fit(Cooccurrence.build(train[USER_ID].to_numpy(), train[ITEM_ID].to_numpy()), tuned.value)
-        out[kind] = {
-            **evaluate_retrieval(task, tuned.model.scorer(task), KS),
-            "value": tuned.value,
-            "validation": tuned.validation,
-            "tune seconds": tuned_seconds,
-            "fit seconds": time.monotonic() - started,
-        }
-        log.info("%s: %s", kind, out[kind])
+    out: dict = {"users": len(task.users), **item_item(split, task, tuning_rows)}
     counted = {POPULAR_POSITIVES: train[train[LABEL] == 1], POPULAR_RATED: train}
     for name, rows in counted.items():
-        popular = popularity_scores(rows[ITEM_ID].to_numpy(), task.candidates)
-        out[name] = evaluate_retrieval(task, partial(tiled, popular, task), KS)
+        out[name] = popular_metrics(rows[ITEM_ID], task)
     return out
-
-
-def tiled(scores: np.ndarray, task: RetrievalTask, users: slice) -> np.ndarray:
-    return np.tile(scores, (len(task.users[users]), 1))
 
 
 def fold_results(archive: Path, folds: list[str]) -> dict[str, dict]:
