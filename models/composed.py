@@ -20,7 +20,7 @@ from merlin.schema import Tags
 
 from models.architectures import ranker_inputs
 from models.evaluation import USER_BATCH, RetrievalTask
-from models.metrics import per_user_top_k_metrics, top_k
+from models.metrics import padded, per_user_top_k_metrics, top_k
 from models.ordering import final_order
 from models.predict import predict_frame
 from models.ranking import load_model
@@ -88,7 +88,8 @@ def choose_ordering(
             policy = OrderingPolicy(ranker_weight=weight)
             order, _ = final_order(retrieval_scores, ranking_scores, policy, k)
             ranked = np.where(order >= 0, np.take_along_axis(positions, order, axis=1), -1)
-            metrics = per_user_top_k_metrics(ranked, task.relevant[rows], [k])
+            # Fewer than k candidates in a small catalogue: the places past it are misses.
+            metrics = per_user_top_k_metrics(padded(ranked, k), task.relevant[rows], [k])
             per_weight[weight].append(metrics[cfg.monitor])
     values = {w: float(np.concatenate(parts).mean()) for w, parts in per_weight.items()}
     best = max(cfg.ranker_weights, key=lambda w: (values[w], -cfg.ranker_weights.index(w)))
