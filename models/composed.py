@@ -22,7 +22,7 @@ from merlin.schema import Tags
 from models.architectures import ranker_inputs
 from models.evaluation import USER_BATCH, RetrievalTask
 from models.item_item import ItemItemWeights
-from models.metrics import per_user_top_k_metrics
+from models.metrics import padded, per_user_top_k_metrics
 from models.ordering import candidate_positions, final_order, gather
 from models.predict import predict_frame
 from models.ranking import load_model
@@ -111,7 +111,8 @@ def choose_ordering(
         for policy in pairs_tried:
             order, _ = final_order(retrieval_scores, ranking_scores, policy, k, item_item_scores)
             ranked = np.where(order >= 0, np.take_along_axis(positions, order, axis=1), -1)
-            metrics = per_user_top_k_metrics(ranked, task.relevant[rows], [k])
+            # Fewer than k candidates in a small catalogue: the places past it are misses.
+            metrics = per_user_top_k_metrics(padded(ranked, k), task.relevant[rows], [k])
             per_policy[policy.key].append(metrics[cfg.monitor])
     values = {key: float(np.concatenate(parts).mean()) for key, parts in per_policy.items()}
     best = max(pairs_tried, key=lambda p: (values[p.key], -pairs_tried.index(p)))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.metrics import per_user_top_k_metrics, top_k
+from models.metrics import padded, per_user_top_k_metrics, top_k
 
 # Users scored at once: bounds the dense [users, catalogue] score matrix.
 USER_BATCH = 1024
@@ -89,6 +89,8 @@ def evaluate_retrieval(
     for start in range(0, len(task.users), USER_BATCH):
         rows = slice(start, start + USER_BATCH)
         ranked, _ = top_k(score(rows), max(ks), task.seen_mask(rows))
+        # A catalogue of fewer than max(ks) candidates (a small shop's) ranks them all.
+        ranked = padded(ranked, max(ks))
         for name, values in per_user_top_k_metrics(ranked, task.relevant[rows], ks).items():
             per_user.setdefault(name, []).append(values)
     return {name: float(np.concatenate(parts).mean()) for name, parts in per_user.items()}

@@ -65,6 +65,15 @@ def top_k(
     return best, best_scores
 
 
+def padded(ranked: np.ndarray, k: int) -> np.ndarray:
+    """Ranked lists [users, n] widened to at least ``k`` columns with -1: ``top_k`` keeps at
+    most the catalogue, and where it holds fewer than ``k`` candidates, the places past it
+    hold no item (a miss), as a list padded for its excluded items does."""
+    ranked = np.asarray(ranked)
+    missing = k - ranked.shape[1]
+    return np.pad(ranked, ((0, 0), (0, missing)), constant_values=-1) if missing > 0 else ranked
+
+
 def per_user_top_k_metrics(
     ranked: np.ndarray, relevant: Sequence[np.ndarray], ks: Sequence[int]
 ) -> dict[str, np.ndarray]:

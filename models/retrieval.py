@@ -181,7 +181,10 @@ def train_retriever(
     )
     fit = fit_keeping_best(
         model,
-        train.batches(cfg.batch_size, shuffle=True),
+        # A batch of one row has no in-batch negative to learn from, and Merlin's contrastive
+        # output and log-q correction fail on it (a ConcatOp error from inside TensorFlow):
+        # rows % batch_size == 1 ended every epoch with one. The row is in the next epoch's.
+        train.batches(cfg.batch_size, shuffle=True, min_rows=2),
         epochs=cfg.epochs,
         patience=cfg.patience,
         evaluate=evaluate,

@@ -59,13 +59,19 @@ class SplitTensors:
     target: str | None
     num_rows: int
 
-    def batches(self, batch_size: int, *, shuffle: bool) -> tf.data.Dataset:
+    def batches(self, batch_size: int, *, shuffle: bool, min_rows: int = 1) -> tf.data.Dataset:
         """Batches in Merlin's dataloader layout (``models.predict.to_model_inputs``): scalars
         as ``[batch]``, lists as ``__values``/``__offsets``; ``(inputs, target)`` if the split
-        has a target. Shuffled anew each epoch from TensorFlow's seed (``seed_everything``)."""
+        has a target. Shuffled anew each epoch from TensorFlow's seed (``seed_everything``).
+        A last batch of fewer than ``min_rows`` rows is left out where there are whole ones
+        (its rows, drawn anew each epoch when shuffled, are in other epochs' batches)."""
         rows = tf.data.Dataset.range(self.num_rows)
         if shuffle:
             rows = rows.shuffle(self.num_rows, reshuffle_each_iteration=True)
+        remainder = self.num_rows % batch_size
+        if remainder < min_rows and self.num_rows > batch_size:
+            # take, not filter: Keras needs the number of batches (steps_per_execution > 1).
+            rows = rows.take(self.num_rows - remainder)
         return (
             rows.batch(batch_size)
             .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE)

@@ -33,7 +33,7 @@ from prefect import task
 from models.baselines import ItemItemKind, fit_tuned, popularity_scores, random_rows
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.item_item import ItemItemWeights
-from models.metrics import binary_metrics, top_k_metrics
+from models.metrics import binary_metrics, padded, top_k_metrics
 from recflow.artifacts import (
     Candidate,
     ExportedCandidate,
@@ -202,7 +202,9 @@ def recommend_metrics(
         ]
     )
     positions = pd.Index(task.candidates).get_indexer(lists.ravel()).reshape(lists.shape)
-    return top_k_metrics(np.where(lists >= 0, positions, -1), task.relevant, ks)
+    # The endpoint returns at most the catalogue: a smaller one than max(ks) has no more places.
+    ranked = padded(np.where(lists >= 0, positions, -1), max(ks))
+    return top_k_metrics(ranked, task.relevant, ks)
 
 
 def evaluate_candidates(

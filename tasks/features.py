@@ -563,7 +563,8 @@ def build_features(
     A finished build with the same fingerprint is reused unless ``rebuild``; a rebuild replaces
     it only once the new one is complete. Runs on the Dask client that is active in the caller
     (see recflow.compute). Raises ``DataValidationError`` for inputs the stage cannot use
-    (missing columns, wrong dtypes, no rows, no rows left after cleaning, an empty split).
+    (missing columns, wrong dtypes, no rows, no rows left after cleaning, an empty split,
+    splits the models cannot learn from or be judged on: ``check_learnable``).
     """
     validation = validation or ValidationConfig()
     fp = fingerprint(raw, cfg, validation)
@@ -665,7 +666,8 @@ def fit_and_transform(
     joined: dict[str, list[Path]], cfg: FeaturesConfig, raw: RawDataset, staging: Path, cpu: bool
 ) -> nvt.Workflow:
     """Fit the workflow on the training files only, then transform every split into
-    ``staging/<split>``; raises ``DataValidationError`` for an empty split."""
+    ``staging/<split>``; raises ``DataValidationError`` for an empty split or one the models
+    cannot use (``check_learnable``)."""
     for name, files in joined.items():
         if not files:
             found = f"0 ({cfg.split} split)"
@@ -677,6 +679,7 @@ def fit_and_transform(
                     "features.valid_fraction or features.split=random holds rows out"
                 )
             raise input_error("interactions", "*", "empty", f"rows in the {name} split", found)
+    check_learnable(joined, positive_threshold(raw, cfg), raw.feedback == "implicit")
     # One partition per file: write_joined_splits sized them (features.partition_rows).
     datasets = {
         name: Dataset([str(f) for f in files], engine="parquet", cpu=cpu, row_groups_per_part=1)
@@ -689,6 +692,71 @@ def fit_and_transform(
             str(staging / name), shuffle=None, out_files_per_proc=None
         )
     return workflow
+
+
+def check_learnable(joined: dict[str, list[Path]], threshold: float, implicit: bool) -> None:
+    """Raise ``DataValidationError`` unless the models can learn from the splits and be judged
+    on them. Training failed after its first epoch on either, with a traceback from inside
+    Keras or TensorFlow:
+
+    - the validation split must hold positive and negative rows: the ranker's AUC, its early
+      stopping and the gate score both classes (``AUC needs both positive and negative labels``);
+    - the training split must hold 2 or more of the interactions retrieval learns from (all of
+      them; implicit feedback's positives): each learns against the others in its batch, and
+      Merlin's contrastive output fails on a batch of one row (``ConcatOp``);
+    - a validation positive must be new to its user: retrieval is judged on the items a user
+      did not have in training (``no validation user has a relevant item``).
+    """
+    positives, rows = _positives(joined["valid"], threshold)
+    if not 0 < positives < rows:
+        if implicit:
+            # A user's negatives are items they never interacted with, drawn by popularity.
+            expected = "sampled negatives in the valid split"
+            found = f"none beside its {rows} interactions: too few items its users never chose"
+        else:
+            kind = "negative (below" if positives else "positive (at least"
+            expected = f"{kind} {threshold:g}) rows in the valid split as well"
+            found = f"{rows} rows, all {'positive' if positives else 'negative'}"
+        raise input_error("interactions", RATING, "empty", expected, found)
+    if implicit:
+        learned, _ = _positives(joined["train"], threshold)
+    else:
+        learned = sum(pq.read_metadata(part).num_rows for part in joined["train"])
+    if learned < 2:
+        expected = "2 or more interactions in the train split (retrieval learns each one "
+        raise input_error(
+            "interactions", "*", "empty", expected + "against the others)", str(learned)
+        )
+    if not _any_new_positive(joined, threshold):
+        expected = "valid positives new to their user (retrieval is judged on those)"
+        found = f"none: each of the {positives} was its user's in the train split too"
+        raise input_error("interactions", ITEM_ID, "empty", expected, found)
+
+
+def _any_new_positive(joined: dict[str, list[Path]], threshold: float) -> bool:
+    """Whether a validation positive's user did not have its item in training. The train and
+    valid files of one number come from one partition of the cleaned interactions, which holds
+    every row of its users (``clean_and_split``), so each pair of files is checked alone."""
+    train = {_part_number(part): part for part in joined["train"]}
+    pair = [USER_ID, ITEM_ID]
+    for part in joined["valid"]:
+        valid = pd.read_parquet(part, columns=[*pair, RATING])
+        positives = pd.MultiIndex.from_frame(valid.loc[valid[RATING] >= threshold, pair])
+        seen = _part_number(part) in train
+        had = pd.read_parquet(train[_part_number(part)], columns=pair) if seen else valid[:0]
+        if not positives.isin(pd.MultiIndex.from_frame(had[pair])).all():
+            return True
+    return False
+
+
+def _positives(files: list[Path], threshold: float) -> tuple[int, int]:
+    """Rows rated ``threshold`` or more, and all rows, of a split's joined files."""
+    positives = rows = 0
+    for part in files:
+        rating = pq.read_table(part, columns=[RATING]).column(RATING).to_numpy()
+        positives += int((rating >= threshold).sum())
+        rows += len(rating)
+    return positives, rows
 
 
 def save_workflows(workflow: nvt.Workflow, staging: Path) -> None:

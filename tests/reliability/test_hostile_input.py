@@ -26,7 +26,12 @@ VARIANT = "ml-latest-small"
 ROOT = f"{VARIANT}/"
 MOVIES = "movieId,title,genres\n1,A (1995),Drama\n2,B (1996),Comedy\n3,C (1997),Drama|Comedy\n"
 HEADER = "userId,movieId,rating,timestamp\n"
-GOOD_ROWS = "".join(f"{u},{i},4.0,{1000 + 10 * u + i}\n" for u in range(1, 9) for i in (1, 2, 3))
+# Each user's latest (item 3, held out) is liked by half the users: the valid split needs both.
+GOOD_ROWS = "".join(
+    f"{u},{i},{2.0 if (u + i) % 2 else 4.0},{1000 + 10 * u + i}\n"
+    for u in range(1, 9)
+    for i in (1, 2, 3)
+)
 
 
 def fetch_from(tmp_path: Path, archive_members: list) -> tuple[Path, object]:

@@ -2,10 +2,11 @@
 column names (ours, NVTabular's, pandas', Dask's, spaces, dots, slashes, unicode, leading
 digits, very long, one name in two tables), id types, timestamps, ratings on and off the
 scale, list columns, categorical dtypes, duplicate rows; and the one contract every such
-source is held to (``import_outcome``, ``features_outcome``).
+source is held to (``import_outcome``, ``features_outcome``, ``training_outcome``).
 
-Used by tests/unit/test_own_data_generated.py (the import, a few dozen examples) and by
-benchmarks/own_data_fuzz.py (import and features, hundreds).
+Used by tests/unit/test_own_data_generated.py (the import, a few dozen examples; one source
+through training) and by benchmarks/own_data_fuzz.py (import, features and training,
+hundreds).
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ import numpy as np
 import pandas as pd
 from hypothesis import strategies as st
 
-from recflow.artifacts import FeatureSet, RawDataset
-from recflow.config import CustomSource, DataConfig, FeaturesConfig, PathsConfig
+from recflow.artifacts import Candidate, FeatureSet, RawDataset
+from recflow.config import (
+    CustomSource,
+    DataConfig,
+    FeaturesConfig,
+    ItemItemConfig,
+    OrderingConfig,
+    PathsConfig,
+    RankingConfig,
+    RetrievalConfig,
+    ServingConfig,
+)
 from tasks.custom import CustomSourceError
 from tasks.data_checks import DataValidationError
 from tasks.download import fetch_dataset
@@ -32,7 +43,7 @@ HOSTILE_NAMES = (
     "名前", "x" * 300, " ", "item_0_x",
 )  # fmt: skip
 NAMES = st.one_of(st.sampled_from(HOSTILE_NAMES), st.text(min_size=1, max_size=12))
-N_ROWS = 24
+N_ROWS = 40
 
 
 @dataclass(frozen=True)
@@ -117,14 +128,16 @@ def side_table(draw, n: int, id_values: list) -> Table:
 
 @st.composite
 def declared_sources(draw) -> dict[str, Table]:
-    """The interactions and, each maybe, an items and a users table."""
-    n_users, n_items = draw(st.integers(2, 6)), draw(st.integers(2, 6))
+    """The interactions and, each maybe, an items and a users table. Each user walks the
+    catalogue from their own start, so a user's latest items repeat earlier ones only where
+    the catalogue is smaller than their history (retrieval is judged on new ones)."""
+    n_users, n_items = draw(st.integers(2, 6)), draw(st.integers(2, N_ROWS))
     users, items = draw(ids(N_ROWS)), draw(ids(N_ROWS))
     names = draw(st.lists(NAMES, min_size=4, max_size=4, unique=True))
     frame = pd.DataFrame(
         {
             names[0]: [users[i % n_users] for i in range(N_ROWS)],
-            names[1]: [items[(i * 5) % n_items] for i in range(N_ROWS)],
+            names[1]: [items[(i % n_users * 3 + i // n_users) % n_items] for i in range(N_ROWS)],
         }
     )
     mapping: dict = {"user": names[0], "item": names[1], "timestamp": None}
@@ -133,15 +146,18 @@ def declared_sources(draw) -> dict[str, Table]:
         frame[names[2]] = when
         mapping["timestamp"] = names[2]
     feedback = draw(st.sampled_from(["rating", "label", "implicit"]))
+    # Values off the scale (dropped by cleaning) or not 0/1 (refused) in half the sources, not
+    # in nearly all: the other half is what reaches training.
     if feedback == "rating":
         low = draw(st.sampled_from([0.5, 1.0]))
-        frame[names[3]] = draw(st.lists(st.sampled_from([low, 3.0, 5.0, 0.0, 6.0, None]),
-                                        min_size=N_ROWS, max_size=N_ROWS))  # fmt: skip
+        scale = [low, 3.0, 4.0, 5.0, *([0.0, 6.0, None] if draw(st.booleans()) else [])]
+        frame[names[3]] = draw(st.lists(st.sampled_from(scale), min_size=N_ROWS, max_size=N_ROWS))
         mapping |= {"rating": names[3], "rating_scale": (low, 5.0), "positive_threshold": 4.0}
     elif feedback == "label":
-        frame[names[3]] = draw(
-            st.lists(st.sampled_from([0, 1, 2]), min_size=N_ROWS, max_size=N_ROWS)
-        )
+        labels = draw(st.lists(st.sampled_from([0, 1]), min_size=N_ROWS, max_size=N_ROWS))
+        if draw(st.booleans()):
+            labels[draw(st.integers(0, N_ROWS - 1))] = 2
+        frame[names[3]] = labels
         mapping["label"] = names[3]
     if draw(st.booleans()):
         frame = pd.concat([frame, frame.head(3)], ignore_index=True)
@@ -194,3 +210,42 @@ def features_outcome(raw: RawDataset, out: Path) -> FeatureSet | DataValidationE
     except DataValidationError as refusal:
         assert not [p for p in out.glob("*") if not (p / "manifest.json").exists()]
         return refusal
+
+
+# The pipeline's ranker and retriever (their default architectures, graded labels, log-q
+# correction and top-k included), as small as they go: one epoch of a few batches of a drawn
+# source's 40 rows. A case's seconds go to tracing the new models and saving them.
+TINY_RANKING = RankingConfig(
+    embedding_dim=4, bottom_mlp=(4,), top_mlp=(4,), batch_size=8, epochs=1, patience=0
+)
+TINY_RETRIEVAL = RetrievalConfig(embedding_dim=4, tower_mlp=(4,), batch_size=8, epochs=1)
+
+
+def training_outcome(features: FeatureSet, out: Path) -> Candidate:
+    """What the pipeline's train-models flow makes of ``features`` (flows/stages.py), by its own
+    code (tasks/train.py): the ranker, the two-tower retriever, the item-item source, and
+    recommend's ordering chosen on validation, each saved whole. A drawn source always has user
+    and item ids, so it can have retrieval as well as a ranker. This stage has no refusal of its
+    own: a feature set that was built must train, and any exception fails the caller, as a
+    traceback in ``recflow run`` would."""
+    # Imported here: TensorFlow takes seconds to import, and the import cases never need it.
+    from tasks.train import (
+        choose_recommend_ordering,
+        fit_item_item,
+        train_ranking,
+        train_retrieval,
+    )
+
+    ranking = train_ranking(features, TINY_RANKING, out / "ranking")
+    retrieval = train_retrieval(features, TINY_RETRIEVAL, out / "retrieval")
+    item_item = fit_item_item(features, ItemItemConfig(), out / "item_item")
+    candidate = choose_recommend_ordering(
+        Candidate(features, ranking, retrieval, out.name, item_item),
+        OrderingConfig(),
+        ServingConfig().retrieval_candidates,
+    )
+    for model in (candidate.ranking, candidate.retrieval):
+        assert (model.path / "manifest.json").exists(), model.path
+        assert len(model.history) == 1, model.history
+    assert candidate.ranking.ordering.validation, candidate.ranking.ordering
+    return candidate

@@ -128,7 +128,8 @@ def test_column_names_of_ours_or_nvtabulars_build_features_and_are_shown_as_decl
     ratings = pd.DataFrame(
         {
             "who": [f"u{i % n_users}" for i in range(96)],
-            "what": [f"x{(i * 7) % n_items}" for i in range(96)],
+            # Each user rates every item once, so the latest held out is new to them.
+            "what": [f"x{(i * 7 + i // n_users) % n_items}" for i in range(96)],
             "stars": [1 + i % 5 for i in range(96)],
             "when": range(96),
         }

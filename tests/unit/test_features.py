@@ -266,6 +266,48 @@ def test_no_rows_left_after_cleaning_is_an_error(raw, tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("rating", "found"), [(5.0, "all positive"), (1.0, "all negative")], ids=["liked", "not"]
+)
+def test_a_valid_split_of_one_class_is_an_error(raw, tmp_path, rating, found):
+    """Ranker training scores the validation split's AUC after each epoch: on one class it
+    failed there with a traceback from inside Keras (#32), after the features were written."""
+    frame = pd.read_parquet(raw.interactions).assign(rating=rating)
+    bad = with_interactions(raw, tmp_path / "bad", frame)
+    with pytest.raises(DataValidationError, match=f"interactions.rating: empty: .* {found}"):
+        build_features(bad, FeaturesConfig(), tmp_path / "features")
+    assert not any((tmp_path / "features").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("history", "column", "found"),
+    [
+        # One train row: retrieval learns each interaction against the others of its batch.
+        ([(10, 5.0), (11, 5.0), (12, 1.0)], "*", "1"),
+        # The held-out positive is item 10 again: retrieval is judged on items new to the user.
+        ([(10, 5.0), (11, 2.0), (10, 5.0), (12, 1.0)], "item_id", "none: each of the 1"),
+    ],
+    ids=["one train row", "no new positive"],
+)
+def test_splits_retrieval_cannot_learn_from_or_be_judged_on_are_an_error(
+    raw, tmp_path, history, column, found
+):
+    """One user's history, their latest two held out (last_n): with one train row two-tower
+    training failed inside TensorFlow (ConcatOp), with no new positive in validation it failed
+    on 'no validation user has a relevant item' (#32)."""
+    frame = pd.DataFrame(
+        [(1, item, rating, t) for t, (item, rating) in enumerate(history)],
+        columns=["user_id", "item_id", "rating", "timestamp"],
+    )
+    bad = with_interactions(raw, tmp_path / "bad", frame, INTERACTIONS_SCHEMA)
+    with pytest.raises(DataValidationError) as error:
+        build_features(bad, FeaturesConfig(split="last_n", valid_last_n=2), tmp_path / "out")
+    [anomaly] = error.value.anomalies
+    assert (anomaly.column, anomaly.check) == (column, "empty")
+    assert anomaly.found.startswith(found), anomaly
+    assert not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(
     ("rows", "per_partition", "expected"), [(0, 10, 1), (1, 10, 1), (10, 10, 1), (11, 10, 2)]
 )
 def test_partition_count_bounds_rows_per_partition(rows, per_partition, expected):

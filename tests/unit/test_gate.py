@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from flows.reporting import recommend_table
+from models.evaluation import RetrievalTask
 from recflow.config import GateConfig, MetricBounds, Settings, load_settings
 from recflow.registry import CandidateRecord, Evaluation
+from release import gate
 from release.gate import GateFailed, choose, judge
 
 
@@ -251,3 +254,27 @@ def test_recommend_that_trails_the_strongest_item_item_baseline_too_far_is_not_b
     ]
     # Without item-item baselines (gate.baselines: []) there is nothing to trail.
     assert judge(evaluation({"recommend.recall@10": 0.01}), gate).blessed
+
+
+def test_recommend_lists_of_a_catalogue_smaller_than_k_are_scored(monkeypatch, tmp_path):
+    """The recommend endpoint returns at most the catalogue: for a shop of 3 items and
+    retrieval.top_k up to 100 the gate raised 'ranked lists hold 3 items, fewer than k=100'
+    (#32). The places past the catalogue are misses."""
+
+    class ThreeItems:
+        def __init__(self, version_dir, seen, item_item):
+            pass
+
+        def recommend(self, users, k):
+            return np.tile([30, 10, 20], (len(users), 1)), np.zeros((len(users), 3))
+
+    monkeypatch.setattr(gate, "RecommendStage", ThreeItems)
+    task = RetrievalTask(
+        users=np.array([1, 2]),
+        candidates=np.array([10, 20, 30]),
+        seen=(np.array([], int), np.array([], int)),
+        relevant=(np.array([0]), np.array([2])),  # item 10 for user 1, item 30 for user 2
+    )
+    metrics = gate.recommend_metrics(tmp_path, task, None, (1, 100))
+    assert metrics["recall@100"] == 1.0 and metrics["recall@1"] == 0.5
+    assert metrics["mrr@100"] == pytest.approx((1 / 2 + 1) / 2)

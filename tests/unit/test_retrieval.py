@@ -40,6 +40,36 @@ def test_evaluation_never_recommends_seen_items_and_scores_the_baseline():
     assert metrics == pytest.approx({"recall@1": 2 / 3, "ndcg@1": 2 / 3, "mrr@1": 2 / 3})
 
 
+def test_a_catalogue_smaller_than_k_is_ranked_whole():
+    """A shop of 3 items with retrieval.top_k up to 100 (the default): training failed after
+    its first epoch with 'ranked lists hold 3 items, fewer than k=100' (#32)."""
+    train = frame([(1, 10), (2, 11)])
+    valid = frame([(1, 12), (2, 10)])
+    task = RetrievalTask.build(train, valid, np.array([10, 11, 12]), USER, ITEM)
+    scores = np.array([[0.0, 0.2, 0.1], [0.3, 0.0, 0.1]])
+    metrics = evaluate_retrieval(task, lambda rows: scores[rows], ks=(1, 100))
+    # User 1 gets 11 then 12 (10 was theirs); user 2 gets 10, a hit.
+    assert metrics["recall@1"] == 0.5 and metrics["recall@100"] == 1.0
+    assert metrics["mrr@100"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+@pytest.mark.parametrize(
+    ("rows", "sizes"), [(17, [8, 8]), (18, [8, 8, 2]), (16, [8, 8]), (1, [1]), (3, [3])]
+)
+def test_retrieval_batches_leave_out_a_last_batch_of_one_row(rows, sizes):
+    """Merlin's contrastive output and log-q correction fail on a batch of one row (a ConcatOp
+    error from inside TensorFlow): with rows % batch_size == 1 two-tower training ended every
+    epoch on one (#32). Keras must still know the number of batches."""
+    import tensorflow as tf
+
+    from models.training import SplitTensors
+
+    split = SplitTensors({USER: tf.range(rows, dtype=tf.int64)}, None, rows)
+    batches = split.batches(8, shuffle=True, min_rows=2)
+    assert [len(batch[USER]) for batch in batches] == sizes
+    assert int(batches.cardinality()) == len(sizes)
+
+
 def test_item_mean_baseline_is_smoothed_towards_the_global_rate():
     train = pd.DataFrame({ITEM: [1] * 10 + [2], "y": [1] * 10 + [0]})
     rows = pd.DataFrame({ITEM: [1, 2, 3]})
