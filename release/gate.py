@@ -214,6 +214,7 @@ def evaluate_candidates(
     ks: tuple[int, ...],
     sample_rows: int,
     baselines: Sequence[ItemItemKind] = (),
+    blessed_item_item: ItemItemSource | None = None,
 ) -> list[Evaluated]:
     """Each contender's and the blessed model's metrics on the contenders' held-out rows,
     scored from their exports (what trial serving and publish install).
@@ -268,8 +269,9 @@ def evaluate_candidates(
             ) | metric_keys(RECOMMEND, recommend_metrics(recommend, task, seen, ks, item_item))
         return metrics, scores
 
-    # The blessed model is judged as it serves: these rows may be new to all of it.
-    blessed_metrics = {} if blessed is None else served_metrics(blessed)[0]
+    # The blessed model with its item-item fit on its own training split, as it was judged: its
+    # served refit saw its validation rows, which are these rows when the data is the same.
+    blessed_metrics = {} if blessed is None else served_metrics(blessed, blessed_item_item)[0]
     evaluated = []
     for candidate, exported in zip(contenders, exports, strict=True):
         metrics, scores = served_metrics(exported, candidate.item_item)
@@ -288,6 +290,13 @@ def evaluate_candidates(
         )
         evaluated.append(Evaluated(evaluation, sample.reset_index(drop=True)))
     return evaluated
+
+
+def judged_item_item(record: CandidateRecord) -> ItemItemSource | None:
+    """The item-item source a record's candidate was judged with (its fit on the training
+    split), if it has one and its directory is still there."""
+    path = record.models.get(ITEM_ITEM)
+    return ItemItemSource.load(path) if path is not None and path.is_dir() else None
 
 
 def item_item_baselines(
@@ -515,6 +524,7 @@ def gate(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -
         settings.retrieval.top_k,
         settings.trial.rows,
         settings.gate.baselines,
+        None if serving is None else judged_item_item(serving),
     )
     decisions = [judge(each.evaluation, settings.gate) for each in evaluated]
     chosen = choose([each.evaluation for each in evaluated], decisions, settings.gate)

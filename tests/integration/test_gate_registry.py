@@ -254,6 +254,11 @@ def test_worse_model_is_not_blessed_by_the_change_bound(home, first, worse):
     assert stored.evaluation.blessed_metrics["ranking.auc"] == pytest.approx(
         first_record.evaluation.metrics["ranking.auc"], abs=1e-6
     )
+    # Its lists too: re-scored with its item-item fit on the training split, as it was judged,
+    # not with the served refit that saw these held-out rows.
+    assert stored.evaluation.blessed_metrics["recommend.recall@10"] == pytest.approx(
+        first_record.evaluation.metrics["recommend.recall@10"], abs=1e-6
+    )
     assert stored.trial is None and stored.events == ()
     assert (registry.state().serving, registry.state().version) == (FIRST, 1)
     assert live_versions(settings) == {"1"}
