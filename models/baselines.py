@@ -199,11 +199,13 @@ def choose_on(
     grid: Sequence[float] | None = None,
 ) -> Tuned:
     """The value of ``grid`` (default: the kind's) whose model, fitted on ``fitted_on``, best
-    recalls the ``judged`` rows at TUNING_K over ``fitted_on``'s catalogue, each user's
-    ``fitted_on`` items excluded; that fit is the model returned."""
+    recalls the ``judged`` rows at TUNING_K over the items of both, each user's ``fitted_on``
+    items excluded; that fit is the model returned. A judged item ``fitted_on`` never names is
+    one no fit can return: a miss for every value (ties: the earlier value)."""
     fit, default_grid = ITEM_ITEM_MODELS[kind]
     counts = Cooccurrence.build(fitted_on[user].to_numpy(), fitted_on[item].to_numpy())
-    task = RetrievalTask.build(fitted_on, judged, fitted_on[item].to_numpy(np.int64), user, item)
+    catalogue = np.union1d(fitted_on[item].to_numpy(np.int64), judged[item].to_numpy(np.int64))
+    task = RetrievalTask.build(fitted_on, judged, catalogue, user, item)
     metric = f"recall@{TUNING_K}"
     models, validation = {}, {}
     for value in grid or default_grid:

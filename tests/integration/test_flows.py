@@ -83,6 +83,7 @@ class FakeStages:
             "validate_features_task": self.validate,
             "train_ranking_task": self.train,
             "train_retrieval_task": self.train_retrieval,
+            "fit_item_item_task": self.fit_item_item,
             "choose_ordering_task": self.choose_ordering,
             "gate_task": self.gate,
             "publish_task": self.publish,
@@ -178,6 +179,9 @@ class FakeStages:
             n_items=2,
             dim=4,
         )
+
+    def fit_item_item(self, features, cfg, model_dir) -> None:
+        return None  # the stand-in candidates have no item-item source
 
     def choose_ordering(self, candidate, cfg, retrieval_candidates):
         return candidate

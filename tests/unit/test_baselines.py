@@ -10,6 +10,7 @@ from models import baselines
 from models.baselines import (
     EASE_L2_GRID,
     Cooccurrence,
+    choose_on,
     ease,
     fit_tuned,
     item_knn,
@@ -131,3 +132,13 @@ def test_above_the_dense_limit_the_models_hold_the_most_interacted_items(monkeyp
     scores = model.scorer(task)(slice(None))
     assert np.isneginf(scores[:, :2]).all()  # items 1 and 2: never returned
     assert np.isfinite(scores[:, 2:]).all()
+
+
+def test_a_judged_item_the_training_rows_never_name_is_a_miss_not_an_error():
+    # The only held-out like is of an item nobody had in training (a shop's new product): no
+    # fit can return it, so every λ recalls 0 and the first is kept (#32's generated data).
+    fitted_on = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [10, 20, 10, 30, 20]})
+    judged = pd.DataFrame({"user": [1], "item": [99]})
+    chosen = choose_on("ease", fitted_on, judged, "user", "item", (5.0, 50.0))
+    assert chosen.value == 5.0 and chosen.validation == {5.0: 0.0, 50.0: 0.0}
+    assert list(chosen.model.items) == [10, 20, 30]
