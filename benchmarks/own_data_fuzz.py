@@ -116,8 +116,8 @@ def main() -> None:
         "",
         "Each source that builds features trains the pipeline's ranker (mlp) and two-tower "
         "retriever for one epoch (tests/support/own_data.py `TINY_RANKING`, `TINY_RETRIEVAL`: "
-        "4-wide embeddings, batches of 8, retrieval's default top-k 10/50/100) and chooses "
-        "recommend's ordering on validation, as train-models does.",
+        "4-wide embeddings, batches of 8, retrieval's default top-k 10/50/100), fits the "
+        "item-item source and chooses recommend's ordering on validation, as train-models does.",
         "",
         "| outcome | sources |",
         "| --- | --- |",
