@@ -318,11 +318,17 @@ class RetrievalStage:
         )
         return owners[positions >= 0], positions[positions >= 0]
 
-    def seen_mask(self, user_ids: np.ndarray, history: RequestHistory | None = None) -> np.ndarray:
+    def seen_mask(
+        self,
+        user_ids: np.ndarray,
+        history: RequestHistory | None = None,
+        exported: bool = True,
+    ) -> np.ndarray:
         """[users, items]: True where the user interacted with the item in the exported data
-        or, with a ``history``, in the request's."""
+        (unless not ``exported``) or, with a ``history``, in the request's."""
         mask = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
-        mask[self.seen(user_ids)] = True
+        if exported:
+            mask[self.seen(user_ids)] = True
         if history is not None:
             mask[history.owners, history.positions] = True
         return mask
@@ -347,12 +353,7 @@ class RetrievalStage:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf. A
         request's ``history`` is always left out (the two-tower's query does not read it)."""
-        if exclude_seen:
-            exclude = self.seen_mask(user_ids, history)
-        else:
-            exclude = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
-            if history is not None:
-                exclude[history.owners, history.positions] = True
+        exclude = self.seen_mask(user_ids, history, exported=exclude_seen)
         best, best_scores = top_k(self.scores(user_ids), k, exclude)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
 
