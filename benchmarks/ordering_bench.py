@@ -1,21 +1,23 @@
 """What recommend's ordering choice leaves on the table: every weight pair on the test rows (#29).
 
-Reads the folds a ``recommend_bench.py`` invocation left in its ``--work`` directory (each
-fold's published run and its ``result.json``; nothing is trained or served here):
+Reads what a ``recommend_bench.py`` (``--benchmark folds``) or ``time_holdout_bench.py``
+(``--benchmark time-holdout``) invocation left in its ``--work`` directory: each fold's or
+part's published run and its ``result.json``. Nothing is trained or served here:
 
     .venv/bin/python benchmarks/ordering_bench.py --work /tmp/rb6 --out ordering.md
+    .venv/bin/python benchmarks/ordering_bench.py --benchmark time-holdout --work /tmp/th7
 
 At training time, recommend's (ranker, item-item) weights are the pair of
 ``ordering.weight_pairs`` whose lists score the best recall@10 on the run's validation split
-(``models.composed.choose_ordering``); the fold's ``result.json`` holds every pair's value.
-Here the published version's own recommend stage (``serving.runtime.RecommendStage``, which
-recommend_bench checked to equal Triton's answers) orders each test user's candidates with
-every pair in turn, and recall@10 and ndcg@10 are taken on ``uN.test`` as recommend_bench takes
-them (relevant: rated >= 4; seen: ``uN.base``, excluded), next to the EASE of the same
+(``models.composed.choose_ordering``); ``result.json`` holds every pair's value. Here the
+published version's own recommend stage (``serving.runtime.RecommendStage``, which the
+benchmark checked to equal Triton's answers) orders each test user's candidates with every
+pair in turn, and recall@10 and ndcg@10 are taken on the benchmark's held-out rows as it takes
+them (the same task: relevant rows, seen items excluded), next to the EASE of the same
 invocation.
 
 **These test numbers are hindsight, not results**: a pair picked because it scores best on
-``uN.test`` is chosen on the rows it is reported on. The table says how far the validation
+the held-out rows is chosen on the rows it is reported on. The table says how far the validation
 choice is from the best the candidates allow, and whether a pair that validation ranks near
 the top is also good on the test rows: the question behind any rule that chooses the weights.
 Not a test: nothing here runs in the suite.
@@ -42,8 +44,12 @@ from recommend_bench import (  # noqa: E402
     read_fold,
     served_settings,
 )
+from time_holdout_bench import ARCHIVE as LATEST_SMALL_ARCHIVE  # noqa: E402
+from time_holdout_bench import SPLITS, read_holdout  # noqa: E402
 
+from models.evaluation import RetrievalTask  # noqa: E402
 from recflow.artifacts import OrderingPolicy  # noqa: E402
+from recflow.config import Settings  # noqa: E402
 from recflow.vocabulary import RECOMMEND  # noqa: E402
 from release.export import version_dirs  # noqa: E402
 from release.gate import HeldOut, retrieval_task  # noqa: E402
@@ -53,17 +59,12 @@ from serving.runtime import RecommendStage  # noqa: E402
 METRICS = ("recall@10", "ndcg@10")
 
 
-def fold_landscape(work: Path, archive: Path, name: str) -> dict:
-    """Per weight pair the fold's run measured on validation: that value, and the test
-    metrics of the published version's recommend ordered by the pair; EASE's test metrics."""
+def landscape(work: Path, name: str, task: RetrievalTask) -> dict:
+    """Per weight pair the part's run measured on validation: that value, and the test
+    metrics on ``task`` of the published version's recommend ordered by the pair; EASE's."""
     result = json.loads((work / name / "result.json").read_text())
     validation = result["ordering validation"]
     settings = served_settings(work / name / "home", [])
-    fold = read_fold(archive, name)
-    threshold = settings.features.rating_threshold
-    task = retrieval_task(
-        HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold)), fold.items
-    )
     _, version = published(settings)
     dirs = version_dirs(
         settings.paths.triton_repo, settings.serving, version, published_stages(True)
@@ -78,12 +79,28 @@ def fold_landscape(work: Path, archive: Path, name: str) -> dict:
     return {"validation": validation, "test": test, "ease": result["ease"]}
 
 
+def fold_task(movielens: Path, name: str) -> RetrievalTask:
+    """recommend_bench's task of fold ``name``: its ``uN.test`` positives, ``uN.base`` seen."""
+    fold = read_fold(movielens / ARCHIVE, name)
+    threshold = Settings().features.rating_threshold
+    split = HeldOut(labelled(fold.base, threshold), labelled(fold.test, threshold))
+    return retrieval_task(split, fold.items)
+
+
+def holdout_task(movielens: Path, name: str) -> RetrievalTask:
+    """time_holdout_bench's task of part ``name``: each user's latest 20 % by time."""
+    holdout = read_holdout(movielens / LATEST_SMALL_ARCHIVE)
+    split = SPLITS[name](holdout, Settings())
+    return retrieval_task(split.held_out, split.catalogue)
+
+
 def chosen(values: dict[str, float]) -> str:
     """The pair choose_ordering picks: the best value, the earlier pair on ties."""
     return max(values, key=lambda key: (values[key], -list(values).index(key)))
 
 
 def markdown(folds: dict[str, dict]) -> str:
+    """One row per weight pair, a column per fold or part; then the choice's cost."""
     names = list(folds)
     pairs = list(next(iter(folds.values()))["test"])
 
@@ -121,16 +138,24 @@ def markdown(folds: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+BENCHMARKS = {"folds": (FOLDS, fold_task), "time-holdout": (tuple(SPLITS), holdout_task)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True, help="a recommend_bench --work")
+    parser.add_argument("--work", type=Path, required=True, help="the benchmark's --work")
+    parser.add_argument("--benchmark", choices=BENCHMARKS, default="folds")
     parser.add_argument("--movielens", type=Path, default=REPO.parent / "shared/data/movielens")
-    parser.add_argument("--folds", nargs="+", default=list(FOLDS), choices=FOLDS)
+    parser.add_argument("--parts", nargs="+", help="folds or parts (default: all)")
     parser.add_argument("--out", type=Path, help="write the markdown report to this file")
     args = parser.parse_args()
-    folds = {name: fold_landscape(args.work, args.movielens / ARCHIVE, name) for name in args.folds}
+    names, task_of = BENCHMARKS[args.benchmark]
+    parts = {
+        name: landscape(args.work, name, task_of(args.movielens, name))
+        for name in args.parts or names
+    }
     command = " ".join([".venv/bin/python", "benchmarks/ordering_bench.py", *sys.argv[1:]])
-    text = "\n".join(["```bash", command, "```", "", markdown(folds)])
+    text = "\n".join(["```bash", command, "```", "", markdown(parts)])
     print(text)
     if args.out:
         args.out.write_text(text)
