@@ -18,16 +18,17 @@ items, ratings). MODE bounds what runs:
   same factor.
 
 While it runs, the whole process tree under the subprocess (recflow's main process, the
-temporary Prefect server, the Dask workers, tritonserver and its Python stubs) is polled every
-``--poll`` seconds with psutil (CPU seconds and RSS per process), and the size of each top-level
-directory of the home every few polls. Stage boundaries are not guessed from the terminal: they
-are the start and end times of the run's Prefect flow runs (fetch-data, build-features) and task
-runs (each model's training task, the item-item fit, recommend's ordering, gate, trial,
-publish), read from the run's own Prefect database afterwards. Per-epoch times are the
-timestamps of training's ``epoch N: {...}`` log records in the same database (models/training.py
-logs one at each epoch's end, after its validation); examples/s of training alone are the
-models' manifests (``train_examples_per_s``). ``--timeout`` kills a size's run (its table says
-which stages did not finish). ``uptime`` is recorded before and after each size.
+temporary Prefect server, the Dask workers, tritonserver and its Python stubs) is polled with
+psutil at features_bench's interval (CPU seconds and RSS per process), and the size of each
+top-level directory of the home every few polls. Stage boundaries are not guessed from the
+terminal: they are the start and end times of the run's Prefect flow runs (fetch-data,
+build-features) and task runs (each model's training task, the item-item fit, recommend's
+ordering, gate, trial, publish), read from the run's own Prefect database afterwards.
+Per-epoch times are the timestamps of training's ``epoch N: {...}`` log records in the same
+database (models/training.py logs one at each epoch's end, after its validation); examples/s
+of training alone are the models' manifests (``train_examples_per_s``). ``--timeout`` kills a
+size's run (its table says which stages did not finish). ``uptime`` is recorded before and
+after each size.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.features_bench import _cpu_seconds, _tree_bytes, gib  # noqa: E402
+from benchmarks.features_bench import (  # noqa: E402
+    SAMPLE_POLL_S,
+    PeakSampler,
+    _cpu_seconds,
+    _tree_bytes,
+    gib,
+)
 from benchmarks.recommend_bench import code_state, uptime  # noqa: E402
 
 # (users, items, ratings) of the MovieLens releases the issue names.
@@ -64,7 +71,7 @@ SHAPES = {
 }
 MODES = ("full", "epoch", "features")
 # Directory sizes are walked every this many polls (a walk of a trained home takes a while).
-DISK_EVERY = 5
+DISK_EVERY = 10
 EPOCH_LINE = re.compile(r"^epoch (\d+): ")
 # Task runs by their task_key (Prefect: "<function name>-<hash of its code>"), and the stage
 # each one is reported as. Flow runs give fetch and features (their tasks are inside).
@@ -143,34 +150,19 @@ def kind_of(process: psutil.Process, main_pid: int) -> str:
     return "other"
 
 
-class TreeSampler:
-    """Polls the process tree under ``pid`` and the home's top-level directory sizes."""
+class TreeSampler(PeakSampler):
+    """Polls the process tree under ``pid`` and the home's top-level directory sizes: features
+    bench's sampler (its thread, its poll interval), other readings."""
 
-    def __init__(self, pid: int, home: Path, poll: float):
-        self.pid, self.home, self.poll = pid, home, poll
+    def __init__(self, pid: int, home: Path):
+        self.pid, self.home, self.polls = pid, home, 0
         self.samples: list[Sample] = []
         self._kinds: dict[int, str] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        polls = 0
-        while True:
-            self._sample(disk=polls % DISK_EVERY == 0)
-            polls += 1
-            if self._stop.wait(self.poll):
-                self._sample(disk=True)
-                return
-
-    def _sample(self, disk: bool) -> None:
+    def _sample(self) -> None:
+        disk, self.polls = self.polls % DISK_EVERY == 0, self.polls + 1
         processes = {}
         try:
             root = psutil.Process(self.pid)
@@ -217,7 +209,7 @@ def size_sets(name: str, mode: str) -> tuple[list[str], str, tuple[int, int, int
     return sets, mode, (users, items, ratings)
 
 
-def run_size(name: str, mode_arg: str, work: Path, poll: float, timeout: float) -> SizeRun:
+def run_size(name: str, mode_arg: str, work: Path, timeout: float, rss_cap: float) -> SizeRun:
     sets, mode, shape = size_sets(name, mode_arg)
     home = work / f"{name}-{mode_arg.replace('=', '')}"
     if home.exists():
@@ -235,8 +227,8 @@ def run_size(name: str, mode_arg: str, work: Path, poll: float, timeout: float) 
             command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO,
             start_new_session=True,
         )  # fmt: skip
-        with TreeSampler(process.pid, home, poll) as sampler:
-            stopped = watch(process, home, mode, started + timeout)
+        with TreeSampler(process.pid, home) as sampler:
+            stopped = watch(process, home, mode, started + timeout, sampler, rss_cap)
         result.exit_code = process.returncode
     result.wall_s = time.time() - started
     result.uptime_after = uptime()
@@ -250,11 +242,28 @@ def run_size(name: str, mode_arg: str, work: Path, poll: float, timeout: float) 
     return result
 
 
-def watch(process: subprocess.Popen, home: Path, mode: str, deadline: float) -> str:
-    """Wait for the run; stop it after the features in ``features`` mode or at ``deadline``.
-    Returns why it was stopped, or ''."""
+def watch(
+    process: subprocess.Popen,
+    home: Path,
+    mode: str,
+    deadline: float,
+    sampler: TreeSampler,
+    rss_cap: float,
+) -> str:
+    """Wait for the run; stop it after the features in ``features`` mode, at ``deadline``, or
+    when the tree's RSS passes ``rss_cap`` bytes (the machine is shared: the kernel's OOM
+    killer would pick the largest process, maybe someone else's). Returns why it was stopped,
+    or ''."""
     while process.poll() is None:
         time.sleep(2)
+        latest = sampler.samples[-1] if sampler.samples else None
+        tree = sum(rss for _, _, rss in latest.processes.values()) if latest else 0
+        if tree > rss_cap:
+            stop(process)
+            return (
+                f"**stopped at the --rss-cap**: the process tree held {gib(tree)} "
+                f"({time.strftime('%H:%M:%S')})"
+            )
         if mode == "features" and "train-models" in flow_runs_started(home):
             stop(process)
             return "stopped (SIGINT) when Prefect recorded the train-models flow run: bounded run"
@@ -415,7 +424,7 @@ def disk_growth(samples: list[Sample], start: float, end: float | None) -> int:
     """Bytes the home's directories grew by over [start, end] (sum of positive changes)."""
     with_disk = [s for s in samples if s.disk is not None]
     first = [s for s in with_disk if s.t <= start]
-    after = [s for s in with_disk if end is None or s.t >= end]
+    after = [s for s in with_disk if end is not None and s.t >= end]
     begin = first[-1].disk if first else {}
     finish = after[0].disk if after else (with_disk[-1].disk if with_disk else {})
     return sum(max(0, size - begin.get(name, 0)) for name, size in finish.items())
@@ -547,8 +556,9 @@ def report(runs: list[SizeRun], command: str, notes: str) -> str:
         "give its load. Data: the product's synthetic source (tasks/synthetic.py) at each "
         "release's users, items and ratings. Stage windows: the run's Prefect flow and task "
         "runs. CPU s: the whole process tree (main process, Prefect server, Dask workers, "
-        "Triton, stubs) over the stage's window, polled with psutil. Peak RSS: the largest "
-        "process of each kind in the window (xN: how many there were). Home grew by: the "
+        f"Triton, stubs) over the stage's window, polled with psutil (every {SAMPLE_POLL_S} s; "
+        "1 s in the ml-1m run, measured with the first revision of this script). Peak RSS: the "
+        "largest process of each kind in the window (xN: how many there were). Home grew by: the "
         "growth of the home's directories over the window (sampled; the Dask spill directory "
         "is outside it).",
         "",
@@ -569,8 +579,10 @@ def main() -> None:
         help=f"NAME:MODE, NAME one of {list(SHAPES)}, MODE one of {list(MODES)} or sample=N",
     )
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/scale"))
-    parser.add_argument("--poll", type=float, default=1.0, help="seconds between samples")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per size")
+    parser.add_argument(
+        "--rss-cap", type=float, default=10.0, help="GiB of the tree's RSS that stop a run"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scale.md")
     parser.add_argument("--notes", type=Path, help="markdown appended to the report")
     parser.add_argument(
@@ -592,7 +604,7 @@ def main() -> None:
         name, _, mode = spec.partition(":")
         if name not in SHAPES or not (mode in MODES or mode.startswith("sample=")):
             parser.error(f"--size {spec!r}")
-        runs.append(run_size(name, mode, args.work_dir, args.poll, args.timeout))
+        runs.append(run_size(name, mode, args.work_dir, args.timeout, args.rss_cap * 2**30))
         # Everything measured, samples included, to rewrite the report without running again.
         saved = args.work_dir / f"{name}-{mode.replace('=', '')}.pickle"
         saved.write_bytes(pickle.dumps((runs[-1], command)))
