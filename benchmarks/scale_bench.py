@@ -259,7 +259,9 @@ def watch(
         latest = sampler.samples[-1] if sampler.samples else None
         tree = sum(rss for _, _, rss in latest.processes.values()) if latest else 0
         if tree > rss_cap:
-            stop(process)
+            # At once: the ml-10m run grew from the 10 GiB cap to 20.5 GiB during the grace
+            # period of a SIGINT, and the kernel's OOM killer ended it.
+            stop(process, signals=((signal.SIGKILL, 10),))
             return (
                 f"**stopped at the --rss-cap**: the process tree held {gib(tree)} "
                 f"({time.strftime('%H:%M:%S')})"
@@ -273,8 +275,16 @@ def watch(
     return ""
 
 
-def stop(process: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGINT, 60), (signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+def stop(
+    process: subprocess.Popen,
+    signals: tuple[tuple[signal.Signals, float], ...] = (
+        (signal.SIGINT, 60),
+        (signal.SIGTERM, 30),
+        (signal.SIGKILL, 10),
+    ),
+) -> None:
+    """Send the run's process group each signal in turn until it exits."""
+    for sig, wait in signals:
         try:
             os.killpg(process.pid, sig)
         except ProcessLookupError:
