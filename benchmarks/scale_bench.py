@@ -585,7 +585,7 @@ def main() -> None:
     parser.add_argument(
         "--size",
         action="append",
-        required=True,
+        default=[],
         help=f"NAME:MODE, NAME one of {list(SHAPES)}, MODE one of {list(MODES)} or sample=N",
     )
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/scale"))
@@ -605,9 +605,12 @@ def main() -> None:
     notes = args.notes.read_text() if args.notes else ""
     if args.report_from:
         saved = [pickle.loads(path.read_bytes()) for path in args.report_from]
-        args.out.write_text(report([run for run, _ in saved], saved[-1][1], notes))
+        commands = "\n".join(dict.fromkeys(command for _, command in saved))
+        args.out.write_text(report([run for run, _ in saved], commands, notes))
         print(args.out.read_text())
         return
+    if not args.size:
+        parser.error("give --size (or --report-from)")
     command = shlex.join([".venv/bin/python", "benchmarks/scale_bench.py", *sys.argv[1:]])
     runs = []
     for spec in args.size:
