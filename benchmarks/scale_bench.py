@@ -500,7 +500,7 @@ def size_table(run: SizeRun) -> list[str]:
         end = stage.end if stage.end is not None else run.samples[-1].t
         cpu = cpu_between(run.samples, stage.start, stage.end)
         rows, unit = stage_rows(run, stage)
-        per_cpu = f"{rows / cpu:,.0f} {unit}" if rows and cpu > 0 else ""
+        per_cpu = f"{rows / cpu:,.0f} {unit}" if rows and cpu > 0 and stage.end else ""
         unfinished = "" if stage.end is not None else " (unfinished)"
         lines.append(
             f"| {stage.name}{unfinished} | {end - stage.start:,.0f} | {cpu:,.0f} | {per_cpu} | "
