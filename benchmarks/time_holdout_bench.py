@@ -60,6 +60,7 @@ import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -104,6 +105,15 @@ PARTS = ("latest-small", "implicit")
 GOAL_RATIOS = {"latest-small": EASE_RATIO, "implicit": 1.0}
 # examples/movielens_as_own_data.py's string ids: "u" + userId, "m" + movieId.
 USER_PREFIX, ITEM_PREFIX = "u", "m"
+
+
+class Split(NamedTuple):
+    """A part's training and held-out rows in the ids the published tables hold, the catalogue
+    lists are drawn from, and how requests name the ids."""
+
+    held_out: HeldOut
+    catalogue: np.ndarray
+    ids: EndpointIds
 
 
 @dataclass(frozen=True)
@@ -151,14 +161,13 @@ def run_implicit(home: Path, mirror: Path, overrides: list[str]) -> float:
     return recflow_run(home, [f"paths.home={home}", *overrides], config=config)
 
 
-def evaluate_latest_small(holdout: Holdout, settings: Settings) -> dict:
+def latest_small_split(holdout: Holdout, settings: Settings) -> Split:
     threshold = settings.features.rating_threshold
     split = HeldOut(labelled(holdout.train, threshold), labelled(holdout.test, threshold))
-    out = evaluated(split, holdout.items, settings, EndpointIds(), latest_tuning_rows(holdout))
-    return out | {"per-item mean auc": per_item_mean_auc(split)}
+    return Split(split, holdout.items, EndpointIds())
 
 
-def evaluate_implicit(holdout: Holdout, settings: Settings) -> dict:
+def implicit_split(holdout: Holdout, settings: Settings) -> Split:
     """In the int64 ids recflow hashes the shape's strings to; every row an interaction."""
     users = USER_PREFIX + pd.concat([holdout.train, holdout.test])[USER_ID].astype(str)
     items = ITEM_PREFIX + pd.Series(holdout.items).astype(str)
@@ -175,8 +184,7 @@ def evaluate_implicit(holdout: Holdout, settings: Settings) -> dict:
         )
 
     split = HeldOut(interactions(holdout.train), interactions(holdout.test))
-    catalogue = internal_ids(items)
-    return evaluated(split, catalogue, settings, EndpointIds(names), latest_tuning_rows(holdout))
+    return Split(split, internal_ids(items), EndpointIds(names))
 
 
 def latest_tuning_rows(holdout: Holdout) -> np.ndarray:
@@ -205,7 +213,16 @@ def evaluated(
 
 
 PIPELINES = {"latest-small": run_latest_small, "implicit": run_implicit}
-EVALUATIONS = {"latest-small": evaluate_latest_small, "implicit": evaluate_implicit}
+SPLITS = {"latest-small": latest_small_split, "implicit": implicit_split}
+
+
+def evaluate_part(name: str, holdout: Holdout, settings: Settings) -> dict:
+    """Every number of the report for one part whose run published into the settings' home;
+    the per-item mean's AUC where the part has ratings to grade."""
+    split, catalogue, ids = SPLITS[name](holdout, settings)
+    out = evaluated(split, catalogue, settings, ids, latest_tuning_rows(holdout))
+    graded = len(np.unique(split.valid[LABEL])) == 2
+    return out | ({"per-item mean auc": per_item_mean_auc(split)} if graded else {})
 
 
 def part_result(name: str, args: argparse.Namespace) -> dict:
@@ -218,7 +235,7 @@ def part_result(name: str, args: argparse.Namespace) -> dict:
         return PIPELINES[name](home, mirror, args.set)
 
     def evaluate(settings: Settings) -> dict:
-        return EVALUATIONS[name](holdout, settings)
+        return evaluate_part(name, holdout, settings)
 
     return measured(args.work / name, args.reuse, run, evaluate, args.set)
 

@@ -6,7 +6,8 @@ loopback ports. After a few warm-up requests it scores the
 held-out pairs the gate sampled (``trial_sample.parquet`` in the registry, one cold pair
 included), and every served score must equal the in-process score the gate computed for that
 pair within ``trial.atol``. The retrieval, recommend and similar endpoints answer top-k requests
-for a few of those users and items, which must equal what the same version directories answer
+for a few of those users and items (retrieval and recommend once more with a request-time
+history, :func:`probe_requests`), which must equal what the same version directories answer
 in-process: the same ids, scores within ``trial.atol``. The server starts with no model and
 loads the endpoints one by one through its API, a progress bar advancing as each is ready (the
 wait of the trial: each stub loads its version directory). The server is stopped whatever
@@ -32,6 +33,7 @@ from recflow.progress import run_each
 from recflow.registry import CandidateRecord, Registry, TrialResult, now
 from recflow.vocabulary import (
     EXCLUDE_SEEN_INPUT,
+    HISTORY_INPUT,
     ITEM_IDS_OUTPUT,
     ITEM_INPUT,
     K_INPUT,
@@ -123,7 +125,8 @@ def trial_serve(
         others = [endpoint.model(stage) for stage in exported if stage != RANKING]
         message = disagreement or (
             f"{len(sample)} served scores equal the in-process ones within {cfg.trial.atol}"
-            f", and {', '.join(others) or 'no other endpoint'} answered as in-process"
+            f", and {', '.join(others) or 'no other endpoint'} answered as in-process (with and"
+            " without a request-time history where they read one)"
         )
     passed = bool(diff[worst] <= cfg.trial.atol) and disagreement is None
     return TrialResult(passed=passed, max_abs_diff=float(diff[worst]), message=message, **result)
@@ -158,33 +161,71 @@ def _ranked_disagreement(
 ) -> str | None:
     """Ask each top-k endpoint about a few sampled users (items, for ``similar``) and compare
     with the same version directory run in-process; the first disagreement, or None."""
-    n, k = cfg.trial.ranked_rows, cfg.trial.ranked_k
-    # The sample's last pair is the cold one: cold users must be served too, cold items not
-    # (``similar`` rejects an item without an embedding).
-    users = [*sample[USER_INPUT].iloc[:-1].drop_duplicates()[: n - 1], sample[USER_INPUT].iloc[-1]]
-    probes = {USER_INPUT: users, ITEM_INPUT: list(sample[ITEM_INPUT].iloc[:-1].unique()[:n])}
     for stage, version_dir in exported.items():
         if stage == RANKING:
             continue  # its scores were compared with the gate's already
         name = endpoint.model(stage)
-        key = CONTRACTS[stage][0][0].name
         local = load_stage(stage, version_dir)
-        for value in probes[key]:
-            request = {key: _id_array([value]), K_INPUT: np.array([[k]], np.int32)}
-            if stage == RETRIEVAL:
-                request[EXCLUDE_SEEN_INPUT] = np.array([[True]])
+        for value, request in probe_requests(
+            stage, sample, cfg.trial.ranked_rows, cfg.trial.ranked_k
+        ):
             expected = local(request)
-            served = client.infer(name, request, [ITEM_IDS_OUTPUT, SCORES_OUTPUT])
+            served = client.infer(name, request, list(expected))
             served_ids, expected_ids = served[ITEM_IDS_OUTPUT], expected[ITEM_IDS_OUTPUT]
-            same_ids = np.array_equal(served_ids, expected_ids)
-            if not same_ids or not np.allclose(
+            same = np.array_equal(served_ids, expected_ids) and all(
+                np.array_equal(served[output], expected[output])
+                for output in expected
+                if output not in (ITEM_IDS_OUTPUT, SCORES_OUTPUT)
+            )
+            if not same or not np.allclose(
                 served[SCORES_OUTPUT], expected[SCORES_OUTPUT], atol=cfg.trial.atol, rtol=0
             ):
+                with_history = " with a history" if HISTORY_INPUT in request else ""
                 return (
-                    f"{name} for {key} {value}: served {served_ids.ravel()[:5].tolist()}..., "
-                    f"in-process {expected_ids.ravel()[:5].tolist()}..."
+                    f"{name} for {value}{with_history}: served {served_ids.ravel()[:5].tolist()}"
+                    f"..., in-process {expected_ids.ravel()[:5].tolist()}..."
                 )
     return None
+
+
+def probe_requests(
+    stage: str, sample: pd.DataFrame, n: int, k: int
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """The top-k requests trial serving sends ``stage``, each with what it asks about.
+
+    ``n`` of the sample's users, the cold one (the sample's last pair) included, or ``n`` of
+    its known items for ``similar`` (which rejects an item without an embedding). Where the
+    endpoint reads a request-time history, each user is asked again with one, so the history
+    path is served = in-process too: a known user's sampled held-out items (the events since
+    training an app would send), the cold user's the first sampled items (a user the version
+    never saw, ordered by a history), and each ends with the cold item, which the version
+    does not know (ignored and counted)."""
+    inputs = {spec.name for spec in CONTRACTS[stage][0]}
+    known = sample.iloc[:-1]
+    # Column by column: a row of the frame would be floats (the scores'), not ids.
+    cold_user, cold_item = sample[USER_INPUT].iloc[-1], sample[ITEM_INPUT].iloc[-1]
+    if ITEM_INPUT in inputs:
+        return [
+            (f"item {item}", _top_k_request(ITEM_INPUT, item, k))
+            for item in known[ITEM_INPUT].unique()[:n]
+        ]
+    users = [*known[USER_INPUT].drop_duplicates()[: n - 1], cold_user]
+    probes = []
+    for user in users:
+        request = _top_k_request(USER_INPUT, user, k)
+        if stage == RETRIEVAL:
+            request[EXCLUDE_SEEN_INPUT] = np.array([[True]])
+        probes.append((f"user {user}", request))
+        if HISTORY_INPUT in inputs:
+            own = known.loc[known[USER_INPUT] == user, ITEM_INPUT]
+            events = own if len(own) else known[ITEM_INPUT]
+            history = [*events.unique()[:k], cold_item]
+            probes.append((f"user {user}", request | {HISTORY_INPUT: _id_array(history).T}))
+    return probes
+
+
+def _top_k_request(key: str, value, k: int) -> dict[str, np.ndarray]:
+    return {key: _id_array([value]), K_INPUT: np.array([[k]], np.int32)}
 
 
 def _served_scores(client: RecflowClient, sample: pd.DataFrame, warmup: int) -> np.ndarray:

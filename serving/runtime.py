@@ -318,19 +318,24 @@ class RetrievalStage:
         )
         return owners[positions >= 0], positions[positions >= 0]
 
-    def seen_mask(
-        self,
-        user_ids: np.ndarray,
-        history: RequestHistory | None = None,
-        exported: bool = True,
-    ) -> np.ndarray:
-        """[users, items]: True where the user interacted with the item in the exported data
-        (unless not ``exported``) or, with a ``history``, in the request's."""
-        mask = np.zeros((len(user_ids), len(self.item_ids)), dtype=bool)
-        if exported:
-            mask[self.seen(user_ids)] = True
-        if history is not None:
-            mask[history.owners, history.positions] = True
+    def interactions(
+        self, user_ids: np.ndarray, history: RequestHistory | None = None, exported: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(row in ``user_ids``, catalogue position) of every item the users interacted with:
+        in the exported data (unless not ``exported``) and, with a ``history``, in the
+        request's. A pair may repeat; consumers treat them as a set."""
+        owners, positions = self.seen(user_ids) if exported else (np.empty(0, np.int64),) * 2
+        if history is None:
+            return owners, positions
+        return (
+            np.concatenate([owners, history.owners]),
+            np.concatenate([positions, history.positions]),
+        )
+
+    def mask(self, rows: int, interactions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """[rows, items]: True at each (row, position) of ``interactions``."""
+        mask = np.zeros((rows, len(self.item_ids)), dtype=bool)
+        mask[interactions] = True
         return mask
 
     def history(self, inputs: dict[str, np.ndarray], rows: int) -> RequestHistory:
@@ -353,7 +358,7 @@ class RetrievalStage:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf. A
         request's ``history`` is always left out (the two-tower's query does not read it)."""
-        exclude = self.seen_mask(user_ids, history, exported=exclude_seen)
+        exclude = self.mask(len(user_ids), self.interactions(user_ids, history, exclude_seen))
         best, best_scores = top_k(self.scores(user_ids), k, exclude)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
 
@@ -371,31 +376,33 @@ class RetrievalStage:
 # How recommend orders the lists of users the version never saw who send a history: by the
 # item-item scores of that history alone (docs/serving.md, "Request-time history").
 FROM_HISTORY = OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
+# An encoded item id no item-item weights are held for (models.item_item.ItemItemWeights).
+UNHELD = -1
 
 
 class ItemItemScores:
-    """recommend's item-item source (models/item_item.py): a user's seen items, as the version
-    knows them, times the exported weights. The weights are indexed by encoded item id, as
-    they were fitted; the catalogue's raw ids map to theirs through ``item_embeddings``."""
+    """recommend's item-item source (models/item_item.py): a user's interactions, as the
+    version and the request know them, times the exported weights. The weights are indexed by
+    encoded item id, as they were fitted; the catalogue's raw ids map to theirs through
+    ``item_embeddings``."""
 
-    def __init__(
-        self, version_dir: Path, retrieval: RetrievalStage, weights: ItemItemWeights | None = None
-    ):
+    def __init__(self, version_dir: Path, weights: ItemItemWeights | None = None):
         self.weights = weights or ItemItemWeights.load(version_dir / ITEM_ITEM)
         # The same file, in the same order, as the retrieval stage's catalogue.
-        encoded = pd.read_parquet(version_dir / ITEM_EMBEDDINGS, columns=[ITEM_ID])
-        self.encoded = encoded[ITEM_ID].to_numpy(np.int64)
-        self.retrieval = retrieval
+        encoded = pd.read_parquet(version_dir / ITEM_EMBEDDINGS, columns=[ITEM_ID])[ITEM_ID]
+        # An encoded id several catalogue items share names none of them: it is Categorify's
+        # bucket of the items training never saw (first seen in validation, or never rated) or
+        # saw too rarely. Were it scored, every item of the bucket would carry its one score,
+        # and on ml-latest-small by time 2,577 such items filled 22 % of item-item's top 10.
+        # It neither speaks for a history nor scores as a candidate (-1: no weights).
+        shared = encoded.duplicated(keep=False).to_numpy()
+        self.encoded = np.where(shared, UNHELD, encoded.to_numpy(np.int64))
 
-    def __call__(self, user_ids: np.ndarray, history: RequestHistory) -> np.ndarray:
-        """[users, catalogue items] scores, in the retrieval stage's catalogue order: each
-        user's seen items and the request's history, as one set."""
-        owners, positions = self.retrieval.seen(user_ids)
-        owners = np.concatenate([owners, history.owners])
-        positions = np.concatenate([positions, history.positions])
-        return self.weights.catalogue_scores(
-            owners, self.encoded[positions], len(user_ids), self.encoded
-        )
+    def __call__(self, rows: int, interactions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """[rows, catalogue items] scores, in the retrieval stage's catalogue order, of each
+        row's (row, catalogue position) ``interactions`` (RetrievalStage.interactions)."""
+        owners, positions = interactions
+        return self.weights.catalogue_scores(owners, self.encoded[positions], rows, self.encoded)
 
 
 class RecommendStage:
@@ -422,9 +429,7 @@ class RecommendStage:
         self.ranking = RankingPipeline(version_dir)
         self.ordering = self.retrieval.config.ordering
         self.item_item = (
-            ItemItemScores(version_dir, self.retrieval, item_item)
-            if (version_dir / ITEM_ITEM).is_file()
-            else None
+            ItemItemScores(version_dir, item_item) if (version_dir / ITEM_ITEM).is_file() else None
         )
 
     def recommend(
@@ -434,34 +439,39 @@ class RecommendStage:
         ``history`` is added to the users' seen items: left out of the lists, and read by the
         item-item source."""
         history = history or RequestHistory.none(len(user_ids))
+        rows = len(user_ids)
         k = min(k, len(self.retrieval.item_ids))
         n = max(k, self.retrieval.config.retrieval_candidates)
+        # One lookup of what each user interacted with: left out, and read by item-item.
+        interactions = self.retrieval.interactions(user_ids, history)
         retrieval_full = self.retrieval.scores(user_ids)
-        item_item_full = None if self.item_item is None else self.item_item(user_ids, history)
+        item_item_full = None if self.item_item is None else self.item_item(rows, interactions)
         positions = candidate_positions(
-            retrieval_full, item_item_full, n, self.retrieval.seen_mask(user_ids, history)
+            retrieval_full, item_item_full, n, self.retrieval.mask(rows, interactions)
         )
         found = positions >= 0
         candidates = np.where(found, self.retrieval.item_ids[np.maximum(positions, 0)], -1)
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        scored = (
-            gather(retrieval_full, positions),
-            ranking_scores,
-            None if item_item_full is None else gather(item_item_full, positions),
+        retrieval_scores = gather(retrieval_full, positions)
+        item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
+        order, scores = final_order(
+            retrieval_scores, ranking_scores, self.ordering, k, item_item_scores
         )
-        order, scores = final_order(scored[0], scored[1], self.ordering, k, scored[2])
-        if item_item_full is not None:
+        if item_item_scores is not None:
             # A user the version never saw has no query embedding and no ranker row of their
             # own (every unknown user gets the same): what a history says of them is theirs.
             new = ~self.retrieval.known_users.known(user_ids)
-            new &= np.isin(np.arange(len(user_ids)), history.owners)
+            new &= np.isin(np.arange(rows), history.owners)
             if new.any():
-                alone = final_order(
-                    *(part[new] for part in scored[:2]), FROM_HISTORY, k, scored[2][new]
+                order[new], scores[new] = final_order(
+                    retrieval_scores[new],
+                    ranking_scores[new],
+                    FROM_HISTORY,
+                    k,
+                    item_item_scores[new],
                 )
-                order[new], scores[new] = alone
         picked = np.take_along_axis(candidates, np.maximum(order, 0), axis=1)
         return np.where(order >= 0, picked, -1), scores
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
+from models import item_item
 from models.item_item import ItemItemWeights
+from recflow.vocabulary import ITEM_ID, RAW_ITEM_ID
+from serving import runtime
 
 RNG = np.random.default_rng(7)
 ITEMS = np.array([3, 5, 8, 13, 21, 34], dtype=np.int64)
@@ -54,3 +58,36 @@ def test_catalogue_items_the_model_does_not_hold_score_zero(tmp_path):
     got = weights.catalogue_scores(np.array([0]), np.array([8]), 1, catalogue)
     full = weights.scores(np.array([0]), weights.positions(np.array([8])), 1)
     np.testing.assert_allclose(got, [[full[0, 5], 0.0, full[0, 0]]])
+
+
+def test_scores_gathered_in_chunks_equal_the_dense_product(monkeypatch):
+    # The ordering's choice scores 1,024 users at a time: at ml-1m their histories gather
+    # ~170M weights, so they are gathered in chunks (a run without them died at 12 GiB).
+    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 4)
+    weights = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=3)
+    histories = [[3, 8, 13], [34], [], [5, 8, 13, 21, 34]]
+    owners = np.repeat(np.arange(4), [len(h) for h in histories])
+    ids = np.concatenate([np.asarray(h, np.int64) for h in histories])
+    chunked = weights.scores(owners, weights.positions(ids), 4)
+    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 1 << 22)
+    np.testing.assert_array_equal(chunked, weights.scores(owners, weights.positions(ids), 4))
+    whole = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
+    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 5)
+    np.testing.assert_allclose(
+        whole.scores(owners, whole.positions(ids), 4), dense_scores(histories), atol=1e-6
+    )
+
+
+def test_an_encoded_id_several_catalogue_items_share_neither_scores_nor_speaks(tmp_path):
+    # Categorify gives every item training never saw one id: 34 for raw items 100 and 101.
+    # Scored, all of them would carry its one score (on ml-latest-small by time they filled
+    # 22 % of item-item's top 10).
+    catalogue = pd.DataFrame({RAW_ITEM_ID: [10, 20, 100, 101], ITEM_ID: [3, 5, 34, 34]})
+    catalogue.to_parquet(tmp_path / runtime.ITEM_EMBEDDINGS)
+    weights = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
+    weights.save(tmp_path / runtime.ITEM_ITEM)
+    # User 0 saw raw items 10 and 100, user 1 only 101 (catalogue positions 0, 2 and 3).
+    scores = runtime.ItemItemScores(tmp_path)(2, (np.array([0, 0, 1]), np.array([0, 2, 3])))
+    np.testing.assert_allclose(scores[0], [0.0, DENSE[0, 1], 0.0, 0.0], atol=1e-6)
+    assert not scores[1].any()
+    assert DENSE[5, 1] != 0 and DENSE[0, 5] != 0  # 34's weights would have counted
