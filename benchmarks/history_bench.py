@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from recommend_bench import (  # noqa: E402
     served_settings,
     uptime,
 )
-from time_holdout_bench import Holdout, holdout_mirror  # noqa: E402
+from time_holdout_bench import ARCHIVE, Holdout, holdout_mirror, read_catalogue  # noqa: E402
 
 from models.baselines import fit_tuned, popularity_scores  # noqa: E402
 from models.metrics import top_k, top_k_metrics  # noqa: E402
@@ -73,7 +72,6 @@ from tasks.features import latest_share  # noqa: E402
 
 log = logging.getLogger("history_bench")
 
-ARCHIVE = f"{LATEST_SMALL}.zip"
 NEW_USERS_SHARE, NEW_USERS_SEED = 0.1, 30
 HISTORY_LENGTHS = (5, 20)
 RELEVANT = 4.0
@@ -108,13 +106,11 @@ def read_split(archive: Path) -> Split:
     is_new = ratings[USER_ID].isin(new).to_numpy()
     rest = ratings[~is_new].reset_index(drop=True)
     fresh = latest_share(rest, TEST_SHARE).to_numpy()
-    with zipfile.ZipFile(archive) as zf:
-        movies = pd.read_csv(zf.open(f"{LATEST_SMALL}/movies.csv"), usecols=["movieId"])
     return Split(
         rest[~fresh].reset_index(drop=True),
         ratings[is_new].reset_index(drop=True),
         rest[fresh].reset_index(drop=True),
-        movies["movieId"].to_numpy(np.int64),
+        read_catalogue(archive),
     )
 
 

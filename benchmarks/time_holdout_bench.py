@@ -126,13 +126,18 @@ class Holdout:
 def read_holdout(archive: Path) -> Holdout:
     ratings = read_ratings(archive)
     held = latest_share(ratings, TEST_SHARE).to_numpy()
-    with zipfile.ZipFile(archive) as zf:
-        movies = pd.read_csv(zf.open(f"{LATEST_SMALL}/movies.csv"), usecols=["movieId"])
     return Holdout(
         ratings[~held].reset_index(drop=True),
         ratings[held].reset_index(drop=True),
-        movies["movieId"].to_numpy(np.int64),
+        read_catalogue(archive),
     )
+
+
+def read_catalogue(archive: Path) -> np.ndarray:
+    """Every movie id of the archive's movies.csv: the catalogue lists are drawn from."""
+    with zipfile.ZipFile(archive) as zf:
+        movies = pd.read_csv(zf.open(f"{LATEST_SMALL}/movies.csv"), usecols=["movieId"])
+    return movies["movieId"].to_numpy(np.int64)
 
 
 def holdout_mirror(archive: Path, holdout: Holdout, directory: Path) -> Path:
