@@ -23,6 +23,7 @@ from models.training import (
     read_columns,
     read_schema,
     read_split,
+    scaled_for_rows,
     seed_everything,
 )
 from recflow.artifacts import RankingModel
@@ -62,7 +63,8 @@ def train_ranker(
     if cfg.label_grading:
         train = with_graded_labels(train, train_dir, cfg.label_grading)
     valid = read_split(valid_dir, schema, schema.column_names)
-    model = RANKING_ARCHITECTURES[cfg.architecture](schema, cfg)
+    applied = scaled_for_rows(cfg, train.num_rows)
+    model = RANKING_ARCHITECTURES[cfg.architecture](schema, applied)
     # Build on features alone: the SavedModel keeps the first call's signature, and export
     # calls without targets (a model first called by fit, with targets, cannot be exported).
     inputs, _ = next(iter(valid.batches(PREDICT_BATCH, shuffle=False)))
@@ -100,6 +102,7 @@ def train_ranker(
             architecture=cfg.architecture,
             params=cfg.model_dump(mode="json"),
             baseline_metrics=baseline,
+            embeddings_l2_per_step=applied.embeddings_l2,
             **dict(fit),
         )
         ranking.save_manifest(staging)

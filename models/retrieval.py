@@ -37,6 +37,7 @@ from models.training import (
     read_columns,
     read_schema,
     read_split,
+    scaled_for_rows,
     seed_everything,
     side_columns,
 )
@@ -166,7 +167,8 @@ def train_retriever(
     queries = valid.drop_duplicates(user_id).set_index(user_id).loc[task.users].reset_index()
 
     n_ids = int(schema[item_id].int_domain.max) + 1
-    model = build_retriever(schema, cfg, np.bincount(trained_items, minlength=n_ids))
+    applied = scaled_for_rows(cfg, len(trained_items))
+    model = build_retriever(schema, applied, np.bincount(trained_items, minlength=n_ids))
     compile_model(model, cfg.optimizer, cfg.learning_rate)
 
     def evaluate() -> dict[str, float]:
@@ -225,6 +227,7 @@ def train_retriever(
             features_fingerprint=fingerprint,
             params=cfg.model_dump(mode="json"),
             baseline_metrics=baseline,
+            embeddings_l2_per_step=applied.embeddings_l2,
             n_items=len(embeddings),
             dim=int(vectors.shape[1]),
             **dict(fit),

@@ -169,6 +169,9 @@ class TrainedModel(Artifact, FitSummary):
     features_fingerprint: str
     params: dict
     baseline_metrics: dict[str, float]
+    # The L2 factor applied to the embedding tables at each step: ``params``' embeddings_l2
+    # scaled for the training rows (models.training.scaled_for_rows). None: an older manifest.
+    embeddings_l2_per_step: float | None = None
 
 
 # --- features -----------------------------------------------------------------------------
