@@ -708,6 +708,14 @@ class ServingConfig(_Section):
     max_queue_delay_us: int = Field(0, ge=0)
     # Multi-stage recommend: candidates retrieved per user before ranking.
     retrieval_candidates: PositiveInt = 100
+    # Catalogues of at least this many items are searched through an approximate index of the
+    # item embeddings (serving/item_index.py) by retrieval, recommend and similar; smaller
+    # ones exactly. Measured in benchmarks/results/catalogue.md (docs/serving.md, "Large
+    # catalogues"): EXPLAINED-BELOW.
+    ann_min_items: PositiveInt = 100_000
+    # Inverted lists the index scans per query (of about 4 * sqrt(items)): recall@100 against
+    # exact search against latency, measured in the same place.
+    ann_probes: PositiveInt = 64
     # Larger k is rejected as INVALID_ARG; k above the catalog size returns the whole catalog.
     max_k: PositiveInt = 1000
     # The longest request-time history (item ids per user) retrieval and recommend take;
