@@ -50,19 +50,9 @@ def candidate_positions(
     Only a positive item-item score brings a candidate: a user without history (all zeros)
     gets retrieval's alone."""
     first, _ = top_k(retrieval_scores, n, exclude)
-    return item_item_candidates(first, item_item_scores, n, exclude)
-
-
-def item_item_candidates(
-    first: np.ndarray, item_item_scores: np.ndarray | None, n: int, exclude: np.ndarray | None
-) -> np.ndarray:
-    """``first`` [users, n] (retrieval's candidate positions, -1 for padding) followed by the
-    ``n`` best by item-item of the items neither in it nor excluded; ``first`` alone without
-    item-item scores. Serving's approximate index gives ``first`` without a full retrieval
-    score matrix (serving/runtime.py)."""
     if item_item_scores is None:
         return first
-    taken = np.zeros(item_item_scores.shape, dtype=bool) if exclude is None else exclude.copy()
+    taken = np.zeros(retrieval_scores.shape, dtype=bool) if exclude is None else exclude.copy()
     rows, columns = np.nonzero(first >= 0)
     taken[rows, first[rows, columns]] = True
     evidence = np.where(item_item_scores > 0, item_item_scores, -np.inf)

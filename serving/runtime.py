@@ -38,7 +38,7 @@ import pandas as pd
 
 from models.item_item import ItemItemWeights
 from models.metrics import top_k
-from models.ordering import candidate_positions, final_order, gather, item_item_candidates
+from models.ordering import candidate_positions, final_order, gather
 from recflow.artifacts import OrderingPolicy, VersionConfig, names_file
 from recflow.external_ids import EXTERNAL_ID, internal_ids
 from recflow.trust import require_trusted
@@ -437,12 +437,46 @@ class ItemItemScores:
         # It neither speaks for a history nor scores as a candidate (-1: no weights).
         shared = encoded.duplicated(keep=False).to_numpy()
         self.encoded = np.where(shared, UNHELD, encoded.to_numpy(np.int64))
+        # For large catalogues (the index's path, :meth:`candidates`): each catalogue item's
+        # row of the weights, and each row's catalogue position (-1: none or unheld).
+        self.held = self.weights.positions(self.encoded)
+        self.catalogue_positions = np.full(len(self.weights.items), -1, np.int64)
+        self.catalogue_positions[self.held[self.held >= 0]] = np.flatnonzero(self.held >= 0)
 
     def __call__(self, rows: int, interactions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """[rows, catalogue items] scores, in the retrieval stage's catalogue order, of each
         row's (row, catalogue position) ``interactions`` (RetrievalStage.interactions)."""
         owners, positions = interactions
         return self.weights.catalogue_scores(owners, self.encoded[positions], rows, self.encoded)
+
+    def candidates(
+        self, interactions: tuple[np.ndarray, np.ndarray], first: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``models.ordering.candidate_positions`` without [rows, catalogue items] matrices,
+        for large catalogues: ``first`` (retrieval's candidates, [rows, n] catalogue
+        positions), then the ``n`` best by positive item-item score of the items neither in it
+        nor in ``interactions``; and the item-item scores [rows, 2n] of them all (-inf at
+        padding). Only the items the weights hold (at most models.baselines.MAX_DENSE_ITEMS)
+        can score above 0, so the search runs over those: at 1M items the catalogue-wide
+        score row, its exclusion mask and its top-n took about 35 ms a user."""
+        if not len(self.weights.items):
+            return first, np.where(first >= 0, 0.0, -np.inf).astype(np.float32)
+        owners, positions = interactions
+        listed = np.nonzero(first >= 0)
+        scores = self.weights.scores(owners, self.held[positions], len(first))
+        # Held items without a catalogue position are no candidates; unheld ones score 0.
+        taken = np.zeros(scores.shape, dtype=bool)
+        taken[:, self.catalogue_positions < 0] = True
+        for row, position in ((owners, positions), (listed[0], first[listed])):
+            column = self.held[position]
+            taken[row[column >= 0], column[column >= 0]] = True
+        second, _ = top_k(np.where(scores > 0, scores, -np.inf), n, taken)
+        second = np.where(second >= 0, self.catalogue_positions[np.maximum(second, 0)], -1)
+        candidates = np.concatenate([first, second], axis=1)
+        columns = self.held[np.maximum(candidates, 0)]
+        picked = np.take_along_axis(scores, np.maximum(columns, 0), axis=1)
+        item_item = np.where(columns >= 0, picked, 0.0)
+        return candidates, np.where(candidates >= 0, item_item, -np.inf).astype(np.float32)
 
 
 class RecommendStage:
@@ -484,22 +518,25 @@ class RecommendStage:
         n = max(k, self.retrieval.config.retrieval_candidates)
         # One lookup of what each user interacted with: left out, and read by item-item.
         interactions = self.retrieval.interactions(user_ids, history)
-        item_item_full = None if self.item_item is None else self.item_item(rows, interactions)
-        exclude = self.retrieval.mask(rows, interactions)
         if self.retrieval.index is None:
+            item_item_full = None if self.item_item is None else self.item_item(rows, interactions)
             retrieval_full = self.retrieval.scores(user_ids)
-            positions = candidate_positions(retrieval_full, item_item_full, n, exclude)
+            positions = candidate_positions(
+                retrieval_full, item_item_full, n, self.retrieval.mask(rows, interactions)
+            )
             retrieval_scores = gather(retrieval_full, positions)
-        else:  # a large catalogue: no [users, items] retrieval product
-            first, _ = self.retrieval.best(user_ids, n, interactions)
-            positions = item_item_candidates(first, item_item_full, n, exclude)
+            item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
+        else:  # a large catalogue: no [users, catalogue items] matrix at all
+            positions, _ = self.retrieval.best(user_ids, n, interactions)
+            item_item_scores = None
+            if self.item_item is not None:
+                positions, item_item_scores = self.item_item.candidates(interactions, positions, n)
             retrieval_scores = self.retrieval.scores_at(user_ids, positions)
         found = positions >= 0
         candidates = np.where(found, self.retrieval.item_ids[np.maximum(positions, 0)], -1)
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
         order, scores = final_order(
             retrieval_scores, ranking_scores, self.ordering, k, item_item_scores
         )

@@ -7,6 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.item_item import ItemItemWeights
+from models.metrics import top_k
+from models.ordering import candidate_positions, gather
 from recflow.artifacts import VersionConfig
 from recflow.config import ServingConfig
 from recflow.vocabulary import EMBEDDING, ITEM_ID, ITEM_IDS_OUTPUT, K_INPUT, RAW_ITEM_ID, USER_ID
@@ -112,3 +115,28 @@ def test_the_lists_are_capped_by_the_items_and_an_item_is_not_its_own_neighbour(
     assert index.index.nlist == 500 // 64 and index.index.nprobe == 500 // 64
     best, _ = index.top_k(vectors[:3], 5, (np.arange(3), np.arange(3)))
     assert best.shape == (3, 5) and not (best == np.arange(3)[:, None]).any()
+
+
+def test_item_item_candidates_without_catalogue_matrices_equal_the_dense_ones(version_dir):
+    """recommend's index path (ItemItemScores.candidates) against its exact path
+    (models.ordering.candidate_positions over [users, catalogue] matrices)."""
+    rng = np.random.default_rng(2)
+    encoded = np.arange(ITEMS) + 3
+    # Weights over 300 of the catalogue's items and 20 ids the catalogue does not hold.
+    held = np.sort(
+        np.concatenate([rng.choice(encoded, 300, replace=False), ITEMS + 10 + np.arange(20)])
+    )
+    dense = rng.normal(size=(len(held), len(held))).astype(np.float32)
+    weights = ItemItemWeights.from_dense(held, dense, neighbours=50)
+    stage = runtime.RetrievalStage(version_dir)
+    item_item = runtime.ItemItemScores(version_dir, weights)
+    users = np.arange(USERS, dtype=np.int64)
+    interactions = stage.interactions(users)
+    n = 30
+    mask = stage.mask(USERS, interactions)
+    full = item_item(USERS, interactions)
+    expected = candidate_positions(stage.scores(users), full, n, mask)
+    first, _ = top_k(stage.scores(users), n, mask)
+    got, scores = item_item.candidates(interactions, first, n)
+    assert np.array_equal(got, expected)
+    assert np.allclose(scores, gather(full, expected))
