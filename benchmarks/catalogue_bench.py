@@ -49,16 +49,13 @@ from serving.repository import EndpointNames  # noqa: E402
 from serving.runtime import QUERIES, RetrievalStage, SimilarStage  # noqa: E402
 from serving.server import TritonServer, process_group  # noqa: E402
 
-# (users, items, ratings). Few users at 1M items: training's choice of recommend's ordering
-# (models/composed.py) and the gate score validation users against the whole catalogue in
-# batches of up to 1,024 users, dense: [1,024, 1M] float32 scores, their copies and top_k's
-# int64 argpartition would need well over 20 GiB, so 300 users (one batch) keep it near 7 GiB.
-# About 2 ratings per item at 1M, so that most items are trained (an item no training row holds
-# shares the embedding of Categorify's unknown bucket).
+# (users, items, ratings): the synthetic source allows at most 1,000 ratings per user, and
+# about 2 ratings per item at 1M leave most items trained (an item no training row holds shares
+# the embedding of Categorify's unknown bucket).
 SHAPES = {
     "10k": (5_000, 10_000, 300_000),
     "100k": (5_000, 100_000, 1_000_000),
-    "1m": (300, 1_000_000, 2_000_000),
+    "1m": (3_000, 1_000_000, 2_000_000),
 }
 RUN_SETS = (
     "ranking.epochs=1",
