@@ -81,9 +81,9 @@ def choose_ordering(
         for ranker, item in cfg.weight_pairs(item_item is not None)
     ]
     per_policy: dict[str, list[np.ndarray]] = {p.key: [] for p in pairs_tried}
-    batch = user_batch(len(task.candidates))
-    for start in range(0, len(task.users), batch):
-        rows = slice(start, start + batch)
+    at_once = user_batch(len(task.candidates))
+    for start in range(0, len(task.users), at_once):
+        rows = slice(start, start + at_once)
         users = queries.iloc[rows].reset_index(drop=True)
         retrieval_full = queries_of.encode(users) @ vectors.T
         item_item_full = None
