@@ -43,8 +43,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.recommend_bench import code_state, in_fold_home, uptime  # noqa: E402
 from benchmarks.scale_bench import recflow_command  # noqa: E402
 from benchmarks.serving_bench import CUDART_DIR, perf_analyzer, setup  # noqa: E402
+from models.metrics import top_k  # noqa: E402
 from recflow.config import ServingConfig, load_settings  # noqa: E402
-from serving.item_index import ITEM_INDEX  # noqa: E402
+from serving.item_index import ITEM_INDEX, ItemIndex, export_index  # noqa: E402
 from serving.repository import EndpointNames  # noqa: E402
 from serving.runtime import QUERIES, RetrievalStage, SimilarStage  # noqa: E402
 from serving.server import TritonServer, process_group  # noqa: E402
@@ -54,7 +55,7 @@ from serving.server import TritonServer, process_group  # noqa: E402
 # the embedding of Categorify's unknown bucket).
 SHAPES = {
     "10k": (5_000, 10_000, 300_000),
-    "100k": (5_000, 100_000, 1_000_000),
+    "100k": (3_000, 100_000, 300_000),
     "1m": (3_000, 1_000_000, 2_000_000),
 }
 RUN_SETS = (
@@ -70,6 +71,8 @@ RECALL_QUERIES = 500
 CHUNK = 50
 PROBES = (8, 16, 32, 64, 128)
 USERS_PER_REQUEST_SET = 32
+SWEEP_ITEMS = (10_000, 30_000, 100_000, 300_000, 1_000_000)
+SWEEP_QUERIES = 200
 STUB = "triton_python_backend_stub"
 
 
@@ -215,6 +218,40 @@ def recall(index_dir: Path, exact_dir: Path) -> dict[int, dict[str, float]]:
     return results
 
 
+def switch_sweep(version_dir: Path, work: Path) -> list[str]:
+    """Where the index starts to pay: the first N items of a version's real embeddings (N in
+    SWEEP_ITEMS), each searched exactly (numpy) and through an index built as the export builds
+    it (default ``serving.ann_probes``), one query a call as a stub serves one user, for
+    SWEEP_QUERIES of the version's user queries; p50 ms of each and the index's recall@100."""
+    rng = np.random.default_rng(2)
+    stage = RetrievalStage(version_dir)
+    queries = stage.queries[rng.choice(len(stage.queries), SWEEP_QUERIES, replace=False)]
+    cfg = ServingConfig(ann_min_items=1)
+    lines = [
+        f"| items | exact p50 ms | index p50 ms | index recall@100 (probes {cfg.ann_probes}) |",
+        "|---|---|---|---|",
+    ]
+    for items in [n for n in SWEEP_ITEMS if n <= len(stage.vectors)]:
+        vectors = stage.vectors[:items]
+        export_index(vectors, cfg, work / ITEM_INDEX)
+        index = ItemIndex(work / ITEM_INDEX)
+        none = (np.empty(0, np.int64),) * 2
+        times, found, expected = {"exact": [], "index": []}, [], []
+        for query in queries:
+            started = time.perf_counter()
+            expected.append(top_k(query[None] @ vectors.T, 100)[0])
+            times["exact"].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            found.append(index.top_k(query[None], 100, none)[0])
+            times["index"].append(time.perf_counter() - started)
+        p50 = {name: 1000 * float(np.median(values)) for name, values in times.items()}
+        share = overlap(np.concatenate(found), np.concatenate(expected))
+        lines.append(f"| {items:,} | {p50['exact']:.2f} | {p50['index']:.2f} | {share:.4f} |")
+        print(lines[-1], flush=True)
+    (work / ITEM_INDEX).unlink()
+    return lines
+
+
 def mib(values: list[int]) -> str:
     return " + ".join(f"{v / 2**20:.0f}" for v in sorted(values))
 
@@ -270,7 +307,21 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, required=True)
     parser.add_argument("--size", action="append", choices=list(SHAPES), required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--sweep", action="store_true", help="only the switch sweep, on each size's version"
+    )
     args = parser.parse_args()
+    if args.sweep:
+        sections = []
+        for name in args.size:
+            home = args.work_dir / name
+            version_dir = max((published(home) / "recflow_retrieval").glob("[0-9]*"))
+            loads = f"Load before: {uptime()}"
+            table = switch_sweep(version_dir, home)
+            sections += [f"## Switch sweep on the {name} version", "", loads, "", *table, ""]
+            sections += [f"Load after: {uptime()}", ""]
+        args.out.write_text(report(sections))
+        return
     sections = []
     for name in args.size:
         home = args.work_dir / name
