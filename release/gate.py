@@ -194,7 +194,7 @@ def recommend_metrics(
     stage = RecommendStage(version_dir, seen, weights)
     users = np.asarray(task.users, dtype=np.int64)
     # Batches of users, as the endpoint serves a request: bounded [users, catalogue] scores.
-    batch = user_batch(len(stage.retrieval.item_ids))
+    batch = user_batch(len(task.candidates))
     lists = np.concatenate(
         [
             stage.recommend(users[start : start + batch], max(ks))[0]
