@@ -20,7 +20,7 @@ import pandas as pd
 from merlin.schema import Tags
 
 from models.architectures import ranker_inputs
-from models.evaluation import USER_BATCH, RetrievalTask
+from models.evaluation import RetrievalTask, user_batch
 from models.item_item import ItemItemWeights
 from models.metrics import padded, per_user_top_k_metrics
 from models.ordering import candidate_positions, final_order, gather
@@ -81,8 +81,9 @@ def choose_ordering(
         for ranker, item in cfg.weight_pairs(item_item is not None)
     ]
     per_policy: dict[str, list[np.ndarray]] = {p.key: [] for p in pairs_tried}
-    for start in range(0, len(task.users), USER_BATCH):
-        rows = slice(start, start + USER_BATCH)
+    at_once = user_batch(len(task.candidates))
+    for start in range(0, len(task.users), at_once):
+        rows = slice(start, start + at_once)
         users = queries.iloc[rows].reset_index(drop=True)
         retrieval_full = queries_of.encode(users) @ vectors.T
         item_item_full = None

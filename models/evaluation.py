@@ -19,6 +19,15 @@ from models.metrics import padded, per_user_top_k_metrics, top_k
 
 # Users scored at once: bounds the dense [users, catalogue] score matrix.
 USER_BATCH = 1024
+# ... and so do its cells, for large catalogues: at 1M items 1,024 users' float32 scores, their
+# copy, the negation and top_k's int64 positions come to about 20 GiB (issue #33's 1M-item
+# runs); 2^28 cells keep them near 5 GiB, and catalogues up to 262,144 items at 1,024 users.
+MAX_BATCH_CELLS = 2**28
+
+
+def user_batch(items: int) -> int:
+    """Users to score at once against a catalogue of ``items``."""
+    return max(1, min(USER_BATCH, MAX_BATCH_CELLS // max(items, 1)))
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,9 @@ def evaluate_retrieval(
     if not len(task.users):
         raise ValueError("no validation user has a relevant item: top-k metrics are undefined")
     per_user: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(task.users), USER_BATCH):
-        rows = slice(start, start + USER_BATCH)
+    batch = user_batch(len(task.candidates))
+    for start in range(0, len(task.users), batch):
+        rows = slice(start, start + batch)
         ranked, _ = top_k(score(rows), max(ks), task.seen_mask(rows))
         # A catalogue of fewer than max(ks) candidates (a small shop's) ranks them all.
         ranked = padded(ranked, max(ks))

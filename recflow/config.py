@@ -708,6 +708,17 @@ class ServingConfig(_Section):
     max_queue_delay_us: int = Field(0, ge=0)
     # Multi-stage recommend: candidates retrieved per user before ranking.
     retrieval_candidates: PositiveInt = 100
+    # Catalogues of at least this many items are searched through an approximate index of the
+    # item embeddings (serving/item_index.py) by retrieval, recommend and similar; smaller
+    # ones exactly (docs/serving.md, "Large catalogues"). Measured on a 1M-item version's
+    # embeddings (benchmarks/results/catalogue.md): one exact query costs 0.15 ms at 10k items,
+    # 1.8 ms at 100k and 23 ms at 1M, the index under 0.5 ms at each. Below 100k exact search
+    # stays under a tenth of recommend's 25 ms budget and answers exactly.
+    ann_min_items: PositiveInt = 100_000
+    # Inverted lists the index scans per query (of about 4 * sqrt(items)). On the 1M-item
+    # version retrieval's recall@100 against exact search was 0.944 at 8, 0.992 at 16 and 1.0
+    # from 32 on, at 0.24-0.45 ms a query; 64 leaves room for less clustered embeddings.
+    ann_probes: PositiveInt = 64
     # Larger k is rejected as INVALID_ARG; k above the catalog size returns the whole catalog.
     max_k: PositiveInt = 1000
     # The longest request-time history (item ids per user) retrieval and recommend take;

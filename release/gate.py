@@ -31,7 +31,7 @@ import pandas as pd
 from prefect import task
 
 from models.baselines import ItemItemKind, fit_tuned, popularity_scores, random_rows
-from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.evaluation import RetrievalTask, evaluate_retrieval, user_batch
 from models.item_item import ItemItemWeights
 from models.metrics import binary_metrics, padded, top_k_metrics
 from recflow.artifacts import (
@@ -77,7 +77,6 @@ log = logging.getLogger(__name__)
 
 # Rows per in-process scoring call: bounds memory on large validation splits.
 SCORE_CHUNK_ROWS = 65_536
-RECOMMEND_CHUNK_USERS = 1024
 # Ids no dataset uses: the trial sample ends with this pair so the cold path is served too.
 COLD_ID = 2**62
 
@@ -195,10 +194,11 @@ def recommend_metrics(
     stage = RecommendStage(version_dir, seen, weights)
     users = np.asarray(task.users, dtype=np.int64)
     # Batches of users, as the endpoint serves a request: bounded [users, catalogue] scores.
+    batch = user_batch(len(task.candidates))
     lists = np.concatenate(
         [
-            stage.recommend(users[start : start + RECOMMEND_CHUNK_USERS], max(ks))[0]
-            for start in range(0, len(users), RECOMMEND_CHUNK_USERS)
+            stage.recommend(users[start : start + batch], max(ks))[0]
+            for start in range(0, len(users), batch)
         ]
     )
     positions = pd.Index(task.candidates).get_indexer(lists.ravel()).reshape(lists.shape)

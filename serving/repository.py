@@ -55,6 +55,7 @@ from recflow.vocabulary import (
 )
 from serving import runtime
 from serving.export import ServingFeatures, write_queries, write_ranker, write_rows
+from serving.item_index import ITEM_INDEX, export_index
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,10 @@ STAGE_FILES = {
     SIMILAR: (runtime.ITEM_EMBEDDINGS,),
 }
 
+# The endpoints that search the item embeddings, and so the approximate index where the
+# catalogue has one.
+INDEXED_STAGES = (RETRIEVAL, RECOMMEND, SIMILAR)
+
 
 def _write_versions(
     staging: dict[str, Path],
@@ -297,6 +302,7 @@ def _write_versions(
             pairs = seen[[USER_ID, ITEM_ID]].drop_duplicates()
             pairs.to_parquet(work / runtime.SEEN, index=False)
             shutil.copy(retrieval.item_embeddings, work / runtime.ITEM_EMBEDDINGS)
+            export_index(runtime.item_embeddings(work)[1], cfg, work / ITEM_INDEX)
         for stage, directory in staging.items():
             shutil.copy(TRITON_MODEL_SOURCE, directory / "model.py")
             (directory / runtime.VERSION_CONFIG).write_text(config)
@@ -305,6 +311,8 @@ def _write_versions(
             if stage == RECOMMEND and candidate.item_item is not None:
                 served = candidate.item_item.served_weights_file
                 shutil.copy(served, directory / runtime.ITEM_ITEM)
+            if stage in INDEXED_STAGES and (work / ITEM_INDEX).is_file():
+                shutil.copy(work / ITEM_INDEX, directory / ITEM_INDEX)
             if features.external_ids and stage != RANKING:  # they answer with item ids
                 shutil.copy(features.external_ids_file(ITEM_ID), directory)
     finally:

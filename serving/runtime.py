@@ -9,13 +9,16 @@ TensorFlow, Merlin, NVTabular, Prefect or Dask:
 * ``ranking`` (:class:`RankingPipeline`): ``user_id``/``item_id`` -> the encoded feature rows
   of those ids (:class:`FeatureRows`) -> the ranker as ONNX (:class:`OnnxModel`).
 * ``retrieval`` (:class:`RetrievalStage`): ``user_id`` -> the user's precomputed query
-  embedding -> exact top-k over the item embeddings, optionally without the user's seen items.
+  embedding -> top-k over the item embeddings, optionally without the user's seen items: exact,
+  or from the version's approximate index where it has one (a catalogue of at least
+  ``serving.ann_min_items`` items, serving/item_index.py).
 * ``recommend`` (:class:`RecommendStage`): for all users of a request at once, the
   ``retrieval_candidates`` best unseen items by retrieval and as many more by the item-item
   model (:class:`ItemItemScores`, where the version has one), one ranking call over all those
   candidates, then the top k by ``models.ordering.final_order`` of the retrieval, ranking and
   item-item scores under the version's ``ordering`` policy (chosen on validation in training).
-* ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine.
+* ``similar`` (:class:`SimilarStage`): item -> nearest items by embedding cosine (exact, or
+  from the same index).
 
 Ids the export did not know (cold users and items) get the feature row, and the query
 embedding, that the fitted workflow gives an id it has never seen. Where the dataset's ids are
@@ -57,6 +60,7 @@ from recflow.vocabulary import (
     SIMILAR,
     USER_ID,
 )
+from serving.item_index import ITEM_INDEX, ItemIndex
 
 # Files of a version directory (docs/layout.md), written by serving/export.py.
 USER_ROWS, ITEM_ROWS = "user_rows.npz", "item_rows.npz"
@@ -277,6 +281,13 @@ def item_embeddings(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return items[RAW_ITEM_ID].to_numpy(np.int64), np.stack(items[EMBEDDING]).astype(np.float32)
 
 
+def load_index(version_dir: Path) -> ItemIndex | None:
+    """The version's approximate index of its item embeddings; None where the export wrote
+    none (a catalogue below ``serving.ann_min_items``: exact search)."""
+    path = version_dir / ITEM_INDEX
+    return ItemIndex(path) if path.is_file() else None
+
+
 def _ranked(ids: np.ndarray, scores: np.ndarray) -> dict[str, np.ndarray]:
     return {ITEM_IDS_OUTPUT: ids.astype(np.int64), SCORES_OUTPUT: scores.astype(np.float32)}
 
@@ -286,7 +297,8 @@ def _unknown(history: RequestHistory) -> dict[str, np.ndarray]:
 
 
 class RetrievalStage:
-    """The ``retrieval`` endpoint: exact top-k of item embeddings for each user's query."""
+    """The ``retrieval`` endpoint: top-k of item embeddings for each user's query, exact or
+    from the version's approximate index."""
 
     merge_requests = False
 
@@ -298,6 +310,7 @@ class RetrievalStage:
         self.known_users, queries = _load_npz(version_dir / QUERIES)
         self.queries = queries[VECTORS]
         self.item_ids, self.vectors = item_embeddings(version_dir)
+        self.index = load_index(version_dir)
         if seen is None:
             seen = pd.read_parquet(version_dir / SEEN)
         seen = seen.sort_values(USER_ID, kind="stable")
@@ -349,6 +362,33 @@ class RetrievalStage:
         """Retrieval scores [users, items] of the whole catalogue."""
         return self.query(user_ids) @ self.vectors.T
 
+    def scores_at(self, user_ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Retrieval scores [users, n] of the items at catalogue ``positions`` [users, n];
+        -inf at padding (-1)."""
+        picked = self.vectors[np.maximum(positions, 0)]
+        scores = np.einsum("ud,und->un", self.query(user_ids), picked)
+        return np.where(positions >= 0, scores, -np.inf).astype(np.float32)
+
+    def best(
+        self, user_ids: np.ndarray, k: int, interactions: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Catalogue positions and retrieval scores [users, min(k, items)] of each user's best
+        items outside ``interactions``, best first; padding -1 and -inf. From the index where
+        the version has one; a row the index could not fill (its probed lists held fewer
+        eligible items) is searched exactly, so every row keeps k items while there are."""
+        if self.index is None:
+            return top_k(self.scores(user_ids), k, self.mask(len(user_ids), interactions))
+        best, scores = self.index.top_k(self.query(user_ids), k, interactions)
+        short = (best < 0).any(axis=1)
+        if short.any():
+            owners, positions = interactions
+            rows = np.flatnonzero(short)
+            keep = short[owners]
+            renumbered = (np.cumsum(short) - 1)[owners[keep]], positions[keep]
+            exact = self.scores(user_ids[rows])
+            best[rows], scores[rows] = top_k(exact, k, self.mask(len(rows), renumbered))
+        return best, scores
+
     def top_k(
         self,
         user_ids: np.ndarray,
@@ -358,8 +398,8 @@ class RetrievalStage:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw item ids and retrieval scores [users, k], best first; padding: -1 and -inf. A
         request's ``history`` is always left out (the two-tower's query does not read it)."""
-        exclude = self.mask(len(user_ids), self.interactions(user_ids, history, exclude_seen))
-        best, best_scores = top_k(self.scores(user_ids), k, exclude)
+        interactions = self.interactions(user_ids, history, exclude_seen)
+        best, best_scores = self.best(user_ids, k, interactions)
         return np.where(best >= 0, self.item_ids[best], -1), best_scores
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -397,12 +437,46 @@ class ItemItemScores:
         # It neither speaks for a history nor scores as a candidate (-1: no weights).
         shared = encoded.duplicated(keep=False).to_numpy()
         self.encoded = np.where(shared, UNHELD, encoded.to_numpy(np.int64))
+        # For large catalogues (the index's path, :meth:`candidates`): each catalogue item's
+        # row of the weights, and each row's catalogue position (-1: none or unheld).
+        self.held = self.weights.positions(self.encoded)
+        self.catalogue_positions = np.full(len(self.weights.items), -1, np.int64)
+        self.catalogue_positions[self.held[self.held >= 0]] = np.flatnonzero(self.held >= 0)
 
     def __call__(self, rows: int, interactions: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """[rows, catalogue items] scores, in the retrieval stage's catalogue order, of each
         row's (row, catalogue position) ``interactions`` (RetrievalStage.interactions)."""
         owners, positions = interactions
         return self.weights.catalogue_scores(owners, self.encoded[positions], rows, self.encoded)
+
+    def candidates(
+        self, interactions: tuple[np.ndarray, np.ndarray], first: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``models.ordering.candidate_positions`` without [rows, catalogue items] matrices,
+        for large catalogues: ``first`` (retrieval's candidates, [rows, n] catalogue
+        positions), then the ``n`` best by positive item-item score of the items neither in it
+        nor in ``interactions``; and the item-item scores [rows, 2n] of them all (-inf at
+        padding). Only the items the weights hold (at most models.baselines.MAX_DENSE_ITEMS)
+        can score above 0, so the search runs over those: at 1M items the catalogue-wide
+        score row, its exclusion mask and its top-n took about 35 ms a user."""
+        if not len(self.weights.items):
+            return first, np.where(first >= 0, 0.0, -np.inf).astype(np.float32)
+        owners, positions = interactions
+        listed = np.nonzero(first >= 0)
+        scores = self.weights.scores(owners, self.held[positions], len(first))
+        # Held items without a catalogue position are no candidates; unheld ones score 0.
+        taken = np.zeros(scores.shape, dtype=bool)
+        taken[:, self.catalogue_positions < 0] = True
+        for row, position in ((owners, positions), (listed[0], first[listed])):
+            column = self.held[position]
+            taken[row[column >= 0], column[column >= 0]] = True
+        second, _ = top_k(np.where(scores > 0, scores, -np.inf), n, taken)
+        second = np.where(second >= 0, self.catalogue_positions[np.maximum(second, 0)], -1)
+        candidates = np.concatenate([first, second], axis=1)
+        columns = self.held[np.maximum(candidates, 0)]
+        picked = np.take_along_axis(scores, np.maximum(columns, 0), axis=1)
+        item_item = np.where(columns >= 0, picked, 0.0)
+        return candidates, np.where(candidates >= 0, item_item, -np.inf).astype(np.float32)
 
 
 class RecommendStage:
@@ -444,18 +518,25 @@ class RecommendStage:
         n = max(k, self.retrieval.config.retrieval_candidates)
         # One lookup of what each user interacted with: left out, and read by item-item.
         interactions = self.retrieval.interactions(user_ids, history)
-        retrieval_full = self.retrieval.scores(user_ids)
-        item_item_full = None if self.item_item is None else self.item_item(rows, interactions)
-        positions = candidate_positions(
-            retrieval_full, item_item_full, n, self.retrieval.mask(rows, interactions)
-        )
+        if self.retrieval.index is None:
+            item_item_full = None if self.item_item is None else self.item_item(rows, interactions)
+            retrieval_full = self.retrieval.scores(user_ids)
+            positions = candidate_positions(
+                retrieval_full, item_item_full, n, self.retrieval.mask(rows, interactions)
+            )
+            retrieval_scores = gather(retrieval_full, positions)
+            item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
+        else:  # a large catalogue: no [users, catalogue items] matrix at all
+            positions, _ = self.retrieval.best(user_ids, n, interactions)
+            item_item_scores = None
+            if self.item_item is not None:
+                positions, item_item_scores = self.item_item.candidates(interactions, positions, n)
+            retrieval_scores = self.retrieval.scores_at(user_ids, positions)
         found = positions >= 0
         candidates = np.where(found, self.retrieval.item_ids[np.maximum(positions, 0)], -1)
         ranking_scores = np.full(candidates.shape, -np.inf, dtype=np.float32)
         users = np.broadcast_to(user_ids[:, None], candidates.shape)
         ranking_scores[found] = self.ranking.scores(users[found], candidates[found])
-        retrieval_scores = gather(retrieval_full, positions)
-        item_item_scores = None if item_item_full is None else gather(item_item_full, positions)
         order, scores = final_order(
             retrieval_scores, ranking_scores, self.ordering, k, item_item_scores
         )
@@ -486,13 +567,15 @@ class RecommendStage:
 
 
 class SimilarStage:
-    """The ``similar`` endpoint: the items whose embeddings are closest to an item's."""
+    """The ``similar`` endpoint: the items whose embeddings are closest to an item's, exact or
+    from the version's approximate index."""
 
     merge_requests = False
 
     def __init__(self, version_dir: Path):
         version_dir = require_trusted(version_dir)
         self.item_ids, self.vectors = item_embeddings(version_dir)
+        self.index = load_index(version_dir)
         self._positions = pd.Index(self.item_ids)
         self.config = version_config(version_dir)
 
@@ -502,14 +585,21 @@ class SimilarStage:
         rows = self._positions.get_indexer(items)
         if (rows < 0).any():
             raise BadRequest(f"unknown item ids {items[rows < 0].tolist()}: no embedding")
-        scores = self.vectors[rows] @ self.vectors.T
-        itself = np.zeros(scores.shape, dtype=bool)
-        itself[np.arange(len(rows)), rows] = True
-        best, best_scores = top_k(scores, k, itself)
+        if self.index is None:
+            scores = self.vectors[rows] @ self.vectors.T
+            itself = np.zeros(scores.shape, dtype=bool)
+            itself[np.arange(len(rows)), rows] = True
+            best, best_scores = top_k(scores, k, itself)
+        else:
+            itself = (np.arange(len(rows)), rows)
+            best, best_scores = self.index.top_k(self.vectors[rows], k, itself)
         return _ranked(np.where(best >= 0, self.item_ids[best], -1), best_scores)
 
     def warm_up(self) -> None:
-        self.vectors[:1] @ self.vectors.T
+        if self.index is None:
+            self.vectors[:1] @ self.vectors.T
+        else:
+            self.index.top_k(self.vectors[:1], 1, (np.zeros(1, np.int64),) * 2)
 
 
 STAGES = {
