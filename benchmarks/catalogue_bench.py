@@ -14,7 +14,7 @@ without a new run (its ``run.log`` says how it was made).
 The published repository is then served twice by the bundled tritonserver (retrieval,
 recommend and similar, one after the other, never at once): as exported (``index``), and as
 a copy without ``item_index.faiss`` (``exact``: what a catalogue below the switch serves,
-serving/runtime.py ``load_index``). For each: seconds from the server's start to ready, the
+serving/runtime.py ``ItemVectors``). For each: seconds from the server's start to ready, the
 RSS of each ``triton_python_backend_stub`` once ready (recommend has two instances), and
 p50/p99 latency at concurrency 1 and 4 from perf_analyzer over gRPC (serving_bench's), for
 recommend (k=10), retrieval (k=100, seen items excluded) and similar (k=100). recall@100 of
@@ -231,8 +231,9 @@ def switch_sweep(version_dir: Path, work: Path) -> list[str]:
         f"| items | exact p50 ms | index p50 ms | index recall@100 (probes {cfg.ann_probes}) |",
         "|---|---|---|---|",
     ]
-    for items in [n for n in SWEEP_ITEMS if n <= len(stage.vectors)]:
-        vectors = stage.vectors[:items]
+    every = stage.vectors()
+    for items in [n for n in SWEEP_ITEMS if n <= len(every)]:
+        vectors = every[:items]
         export_index(vectors, cfg, work / ITEM_INDEX)
         index = ItemIndex(work / ITEM_INDEX)
         none = (np.empty(0, np.int64),) * 2

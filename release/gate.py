@@ -164,7 +164,7 @@ def retrieval_metrics(
     stage = RetrievalStage(version_dir)
     positions = pd.Index(stage.item_ids).get_indexer(task.candidates)
     known = positions >= 0
-    vectors = stage.vectors[positions[known]]
+    vectors = stage.vectors(positions[known])
 
     def scores(rows: slice) -> np.ndarray:
         queries = stage.query(task.users[rows])

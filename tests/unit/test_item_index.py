@@ -140,3 +140,15 @@ def test_item_item_candidates_without_catalogue_matrices_equal_the_dense_ones(ve
     got, scores = item_item.candidates(interactions, first, n)
     assert np.array_equal(got, expected)
     assert np.allclose(scores, gather(full, expected))
+
+
+def test_with_an_index_the_vectors_are_read_back_from_it_unchanged(version_dir):
+    _, exported = runtime.item_embeddings(version_dir)
+    stage = _with_index(version_dir, probes=4)
+    # One copy: the stage keeps no matrix of its own beside the index's lists.
+    assert stage.index is not None and stage.vectors._matrix is None
+    positions = np.array([[0, 7, ITEMS - 1], [3, 3, 1]])
+    assert np.array_equal(stage.vectors(positions), exported[positions])
+    assert np.array_equal(stage.vectors(), exported)
+    users = np.arange(5, dtype=np.int64)
+    assert np.array_equal(stage.scores(users), stage.query(users) @ exported.T)
