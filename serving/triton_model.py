@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow
 import triton_python_backend_utils as pb_utils
 
 from recflow.trust import require_trusted
@@ -22,11 +21,6 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         stage = config["parameters"]["recflow_stage"]["string_value"]
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        # Arrow's allocator keeps freed pages for a time by default, and a stub reads its files
-        # once, then serves for hours: reading a 1M-item embeddings file left 1.3 GB resident
-        # with the default, 0.38 GB with pages returned at once.
-        if pyarrow.default_memory_pool().backend_name == "jemalloc":
-            pyarrow.jemalloc_set_decay_ms(0)
         # Refused before anything is loaded from it (recflow/trust.py).
         self.stage = load_stage(stage, require_trusted(version_dir))
         # The first request must not be the one that pays for onnxruntime's first run.
