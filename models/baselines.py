@@ -16,13 +16,14 @@ history times an item x item matrix (:class:`ItemItemModel`):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.item_item import ItemItemWeights
 
 # Pseudo-count of the smoothed per-item rate: an item with few ratings stays near the global
 # positive rate instead of swinging to 0 or 1.
@@ -217,6 +218,31 @@ def choose_on(
         # Keep only the best fit so far: at 10,000 items each is 400 MB.
         models = {best: models[best]}
     return Tuned(models[best], best, validation)
+
+
+def choose_recency_decay(
+    weights: ItemItemWeights,
+    fitted_on: pd.DataFrame,
+    judged: pd.DataFrame,
+    user: str,
+    item: str,
+    decays: Sequence[float],
+) -> tuple[ItemItemWeights, dict[float, float]]:
+    """``weights`` with the decay of ``decays`` whose scores of each user's ``fitted_on`` rows
+    (oldest first: models/item_item.py) best recall the ``judged`` rows at TUNING_K, those
+    items excluded (ties: the earlier decay); and the recall of every decay."""
+    catalogue = np.union1d(fitted_on[item].to_numpy(np.int64), judged[item].to_numpy(np.int64))
+    task = RetrievalTask.build(fitted_on, judged, catalogue, user, item)
+    validation = {}
+    for decay in decays:
+        decayed = replace(weights, recency_decay=decay)
+
+        def score(rows: slice, decayed: ItemItemWeights = decayed) -> np.ndarray:
+            return decayed.users_scores(fitted_on, task.users[rows], task.candidates, user, item)
+
+        validation[decay] = evaluate_retrieval(task, score, (TUNING_K,))[f"recall@{TUNING_K}"]
+    best = max(validation, key=validation.get)
+    return replace(weights, recency_decay=best), validation
 
 
 def fit_tuned(

@@ -73,7 +73,8 @@ def choose_ordering(
     item_rows = candidates[item_cols]
     if item_item is not None:
         weights = ItemItemWeights.load(item_item.weights_file)
-        # A user's history is what the model was fitted on: the rated pairs, or the positives.
+        # A user's history is what the model was fitted on: the rated pairs, or the positives,
+        # each user's in time order as the feature build wrote them (recency_decay reads it).
         history = train if item_item.interactions == "rated" else train[train[target] == 1]
 
     pairs_tried = [
@@ -88,12 +89,8 @@ def choose_ordering(
         retrieval_full = queries_of.encode(users) @ vectors.T
         item_item_full = None
         if item_item is not None:
-            batch = history[history[user_id].isin(task.users[rows])]
-            item_item_full = weights.catalogue_scores(
-                np.searchsorted(task.users[rows], batch[user_id].to_numpy()),
-                batch[item_id].to_numpy(np.int64),
-                len(users),
-                candidates[item_id].to_numpy(np.int64),
+            item_item_full = weights.users_scores(
+                history, task.users[rows], candidates[item_id].to_numpy(np.int64), user_id, item_id
             )
         positions = candidate_positions(
             retrieval_full, item_item_full, n_candidates, task.seen_mask(rows)

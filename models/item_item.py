@@ -3,8 +3,13 @@
 Pure NumPy (no TensorFlow, no SciPy): the serving runtime imports it in the recommend stub, and
 training's choice of the ordering scores validation users with this same code.
 
-A user's scores are their binary history times a weight matrix B (EASE's, fitted in
-``tasks/train.py`` by ``models/baselines.py``): ``score[j] = sum(B[i, j] for i in history)``.
+A user's scores are their history times a weight matrix B (EASE's, fitted in ``tasks/train.py``
+by ``models/baselines.py``): ``score[j] = sum(w_i * B[i, j] for i in history)``. A history is a
+sequence, oldest first (the feature build writes each user's rows in time order; a request's
+history comes after what the version saw): an item followed by r more recent ones weighs
+``w_i = recency_decay ** r``. At 1 a history is a set, EASE's binary row; below 1 the latest
+items say most, which is what predicts a user's next interactions (``recency_decay`` is chosen on
+the time-ordered validation split: docs/training.md, "recommend's item-item source").
 B is dense where it is fitted, but for each target item j only the ``neighbours`` weights
 largest in magnitude are kept, so a 10,000-item catalogue serves from 80 MB instead of 400 MB.
 The kept weights are stored by row (CSR: row i holds what having item i says of other items),
@@ -12,7 +17,8 @@ so scoring a history gathers only its items' rows.
 
 File layout (``item_item.npz``, in an ``ItemItemSource`` and in a recommend version):
 ``items`` [n] int64, sorted, the encoded ids of B's rows and columns; ``indptr`` [n + 1] int64,
-``indices`` [nnz] int32 and ``weights`` [nnz] float32, the kept entries of each row.
+``indices`` [nnz] int32 and ``weights`` [nnz] float32, the kept entries of each row;
+``recency_decay`` [] float64 (absent in files written before it: 1).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 # Weights gathered at once when scoring: bounds the scratch arrays (about 40 bytes an entry).
 ENTRY_CHUNK = 1 << 22
@@ -32,6 +39,7 @@ class ItemItemWeights:
     indptr: np.ndarray  # [n + 1] int64: row i's entries are indptr[i]:indptr[i + 1]
     indices: np.ndarray  # [nnz] int32 column of each kept entry
     weights: np.ndarray  # [nnz] float32
+    recency_decay: float = 1.0  # what each later interaction takes off an earlier one's weight
 
     @classmethod
     def from_dense(cls, items: np.ndarray, dense: np.ndarray, neighbours: int) -> ItemItemWeights:
@@ -54,11 +62,17 @@ class ItemItemWeights:
     @classmethod
     def load(cls, path: Path) -> ItemItemWeights:
         with np.load(path, allow_pickle=False) as data:
-            return cls(data["items"], data["indptr"], data["indices"], data["weights"])
+            decay = float(data["recency_decay"]) if "recency_decay" in data.files else 1.0
+            return cls(data["items"], data["indptr"], data["indices"], data["weights"], decay)
 
     def save(self, path: Path) -> None:
         np.savez(
-            path, items=self.items, indptr=self.indptr, indices=self.indices, weights=self.weights
+            path,
+            items=self.items,
+            indptr=self.indptr,
+            indices=self.indices,
+            weights=self.weights,
+            recency_decay=np.float64(self.recency_decay),
         )
 
     def positions(self, ids: np.ndarray) -> np.ndarray:
@@ -71,12 +85,18 @@ class ItemItemWeights:
 
     def scores(self, owners: np.ndarray, history: np.ndarray, n_users: int) -> np.ndarray:
         """[n_users, n] float32 scores of users given as (owner row, item position) pairs of
-        their histories. Positions < 0 (items the model does not hold) and repeated pairs
-        count nothing / once: a history is a set."""
+        their histories, each owner's pairs oldest first. Positions < 0 (items the model does
+        not hold) add nothing but count as more recent events; an item given twice weighs as
+        its latest."""
         n = len(self.items)
+        later = _later_events(owners, n_users)
         keep = history >= 0
-        pairs = np.unique(owners[keep].astype(np.int64) * n + history[keep])
-        owners, history = pairs // max(n, 1), pairs % max(n, 1)
+        cells = owners[keep].astype(np.int64) * n + history[keep]
+        # Latest occurrence of each (user, item) first, then one per cell.
+        by_cell = np.lexsort((later[keep], cells))
+        cells, first = np.unique(cells[by_cell], return_index=True)
+        pair_weights = self.recency_decay ** later[keep][by_cell][first].astype(np.float64)
+        owners, history = cells // max(n, 1), cells % max(n, 1)
         starts, ends = self.indptr[history], self.indptr[history + 1]
         lengths = ends - starts
         flat = np.zeros(n_users * n, dtype=np.float64)
@@ -89,7 +109,8 @@ class ItemItemWeights:
             entry = np.repeat(part_starts - np.cumsum(part_lengths) + part_lengths, part_lengths)
             entry += np.arange(part_lengths.sum())
             cells = np.repeat(owners[part], part_lengths) * n + self.indices[entry]
-            flat += np.bincount(cells, weights=self.weights[entry], minlength=n_users * n)
+            gathered = self.weights[entry] * np.repeat(pair_weights[part], part_lengths)
+            flat += np.bincount(cells, weights=gathered, minlength=n_users * n)
         return flat.reshape(n_users, n).astype(np.float32)
 
     def catalogue_scores(
@@ -103,3 +124,21 @@ class ItemItemWeights:
         scores = self.scores(owners, self.positions(history), n_users)
         columns = self.positions(catalogue)
         return np.where(columns >= 0, scores[:, np.maximum(columns, 0)], 0.0).astype(np.float32)
+
+    def users_scores(
+        self, history: pd.DataFrame, users: np.ndarray, catalogue: np.ndarray, user: str, item: str
+    ) -> np.ndarray:
+        """[len(users), len(catalogue)] scores of ``users`` (sorted ids) from their rows of
+        ``history`` (columns ``user``, ``item``; each user's rows oldest first)."""
+        rows = history[history[user].isin(users)]
+        owners = np.searchsorted(users, rows[user].to_numpy())
+        return self.catalogue_scores(owners, rows[item].to_numpy(np.int64), len(users), catalogue)
+
+
+def _later_events(owners: np.ndarray, n_users: int) -> np.ndarray:
+    """For each pair, how many pairs of the same owner come after it (0: the owner's latest)."""
+    grouped = np.argsort(owners, kind="stable")
+    ends = np.cumsum(np.bincount(owners, minlength=n_users))
+    later = np.empty(len(owners), dtype=np.int64)
+    later[grouped] = ends[owners[grouped]] - 1 - np.arange(len(owners))
+    return later

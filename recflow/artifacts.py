@@ -412,11 +412,12 @@ class RetrievalModel(TrainedModel):
 
 
 class ItemItemSource(Artifact):
-    """recommend's second candidate source (models/item_item.py): EASE, its λ chosen on the
-    validation split. Two fits with that λ, each's kept weights in a file:
-    :attr:`weights_file`, on the training split (what the ordering is chosen with and the gate
-    judges), and :attr:`served_weights_file`, on the training and validation splits (what the
-    export serves: the most recent interactions say most about the next ones)."""
+    """recommend's second candidate source (models/item_item.py): EASE, its λ and the history's
+    recency decay chosen on the validation split. Two fits with that λ and decay, each's kept
+    weights in a file: :attr:`weights_file`, on the training split (what the ordering is chosen
+    with and the gate judges), and :attr:`served_weights_file`, on the training and validation
+    splits (what the export serves: the most recent interactions say most about the next
+    ones)."""
 
     features_fingerprint: str
     # Which training rows are a user's history: every rated pair, or only the positives
@@ -428,6 +429,10 @@ class ItemItemSource(Artifact):
     n_items: int
     # recall@10 of the validation split's positives for every λ tried (λ as a string -> value).
     validation: dict[str, float]
+    # The history's recency decay chosen after λ (models/item_item.py; 1: a set, as before it
+    # existed), and recall@10 of the validation positives for every decay tried.
+    recency_decay: float = 1.0
+    recency_validation: dict[str, float] = {}
     fit_seconds: float
 
     @property

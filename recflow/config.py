@@ -414,6 +414,17 @@ class ItemItemConfig(_Section):
     # 10 with 0.0857 dense, 0.0851 keeping 1024 and 0.0798 keeping 256; 1024 is 80 MB at the
     # 10,000-item limit.
     neighbours: PositiveInt = 1024
+    # What each later interaction takes off an earlier one's weight in a history
+    # (models/item_item.py), chosen on validation after λ; 1 reads a history as a set
+    # (docs/training.md, "Recency": 0.8 on ml-latest-small by time, 1 on a random split).
+    recency_decays: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.5)
+
+    @field_validator("recency_decays")
+    @classmethod
+    def _decays_in_unit_interval(cls, decays: tuple[float, ...]) -> tuple[float, ...]:
+        if not decays or not all(0.0 < d <= 1.0 for d in decays):
+            raise ValueError(f"recency decays must be a non-empty list in (0, 1], got {decays}")
+        return decays
 
 
 class OrderingConfig(_Section):

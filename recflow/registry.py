@@ -10,7 +10,8 @@ Layout under ``paths.registry_dir`` (docs/registry.md)::
     candidates/<id>/trial_sample.parquet   held-out pairs and the in-process scores they must get
     candidates/<id>/schema.pbtxt    the feature schema the model was trained on
     candidates/<id>/seen.parquet    raw user_id, item_id pairs the serving endpoints treat as
-                                    already seen (every interaction of the candidate's dataset)
+                                    already seen (every interaction of the candidate's dataset,
+                                    each user's in time order)
     bundles/<id>/                   the candidate's endpoints, exported once by the gate
                                     (recflow.artifacts.ExportedCandidate): what trial serving
                                     and every publish, promote and rollback install

@@ -64,6 +64,7 @@ from recflow.vocabulary import (
     RECOMMEND,
     RETRIEVAL,
     SCORE_OUTPUT,
+    TIMESTAMP,
     USER_ID,
     MetricKey,
     metric_keys,
@@ -509,8 +510,13 @@ def gate(raw: RawDataset, contenders: Sequence[Candidate], settings: Settings) -
         )
     registry = Registry.from_settings(settings)
     ids = contender_ids(contenders)
-    # What the served endpoints treat as seen: every interaction of the dataset.
-    seen = pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID]).drop_duplicates()
+    # What the served endpoints treat as seen: every interaction of the dataset, each user's
+    # in time order (an item's latest), as recommend's item-item source reads a history.
+    seen = (
+        pd.read_parquet(raw.interactions, columns=[USER_ID, ITEM_ID, TIMESTAMP])
+        .sort_values([USER_ID, TIMESTAMP, ITEM_ID], kind="stable")
+        .drop_duplicates([USER_ID, ITEM_ID], keep="last")[[USER_ID, ITEM_ID]]
+    )
     exports = [
         export_candidate(id_, candidate, seen, settings.serving, registry.exported_dir(id_))
         for id_, candidate in zip(ids, contenders, strict=True)

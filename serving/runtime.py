@@ -234,9 +234,9 @@ def _request_k(inputs: dict[str, np.ndarray], rows: int, max_k: int) -> int:
 
 class RequestHistory(NamedTuple):
     """The ``history`` input of a request, as catalogue positions: each known item id with the
-    row it belongs to (a row's duplicates kept; consumers treat a history as a set), and per
-    row how many ids the version does not know (ignored, and answered as
-    ``history_unknown``)."""
+    row it belongs to, each row's in the request's order (most recent last; duplicates kept:
+    an item counts as its latest), and per row how many ids the version does not know
+    (ignored, and answered as ``history_unknown``)."""
 
     owners: np.ndarray
     positions: np.ndarray
@@ -323,9 +323,9 @@ class RetrievalStage:
     merge_requests = False
 
     def __init__(self, version_dir: Path, seen: pd.DataFrame | None = None):
-        """``seen`` (``user_id``, ``item_id``) replaces the version's ``seen.parquet``: the gate
-        scores a version in-process with only the training split's pairs as seen, since it
-        judges the held-out ones."""
+        """``seen`` (``user_id``, ``item_id``, each user's pairs in time order) replaces the
+        version's ``seen.parquet``: the gate scores a version in-process with only the training
+        split's pairs as seen, since it judges the held-out ones."""
         version_dir = require_trusted(version_dir)
         self.known_users, queries = _load_npz(version_dir / QUERIES)
         self.queries = queries[VECTORS]
@@ -356,7 +356,9 @@ class RetrievalStage:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(row in ``user_ids``, catalogue position) of every item the users interacted with:
         in the exported data (unless not ``exported``) and, with a ``history``, in the
-        request's. A pair may repeat; consumers treat them as a set."""
+        request's. Each row's pairs come oldest first (the exported ones in time order, then the
+        history's, which are more recent): recommend's item-item source weighs them by recency.
+        A pair may repeat."""
         owners, positions = self.seen(user_ids) if exported else (np.empty(0, np.int64),) * 2
         if history is None:
             return owners, positions

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 from prefect import task
 
-from models.baselines import TUNING_K, Cooccurrence, choose_on, ease
+from models.baselines import TUNING_K, Cooccurrence, choose_on, choose_recency_decay, ease
 from models.composed import choose_ordering
 from models.item_item import ItemItemWeights
 from models.ranking import train_ranker
@@ -88,9 +89,10 @@ def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) ->
     """EASE on the feature build's interactions (encoded ids), written to ``model_dir``.
 
     λ is the value of ``cfg.l2_grid`` whose fit on the training split best recalls the
-    validation split's positives (recall@10, training items excluded). That fit is kept for the
+    validation split's positives (recall@10, training items excluded); then, with that fit, the
+    history's recency decay of ``cfg.recency_decays`` likewise. That fit is kept for the
     ordering's choice and the gate, which judge on the validation rows; the served fit is
-    refitted with λ on both splits (``ItemItemSource``).
+    refitted with λ on both splits and reads histories with the same decay (``ItemItemSource``).
     """
     started = time.perf_counter()
     target = binary_target(read_schema(features.train_dir))
@@ -102,14 +104,17 @@ def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) ->
     interactions = "positives" if features.feedback == "implicit" else "rated"
     if interactions == "positives":
         train, valid = train[train[target] == 1], valid[valid[target] == 1]
-    model, l2, validation = choose_on(
-        "ease", train, valid[valid[target] == 1], USER_ID, ITEM_ID, cfg.l2_grid
-    )
+    positives = valid[valid[target] == 1]
+    model, l2, validation = choose_on("ease", train, positives, USER_ID, ITEM_ID, cfg.l2_grid)
     weights = ItemItemWeights.from_dense(model.items, model.weights, cfg.neighbours)
     del model  # dense, up to 400 MB at 10,000 items: one at a time
+    weights, by_decay = choose_recency_decay(
+        weights, train, positives, USER_ID, ITEM_ID, cfg.recency_decays
+    )
     every = pd.concat([train, valid], ignore_index=True)
     model = ease(Cooccurrence.build(every[USER_ID].to_numpy(), every[ITEM_ID].to_numpy()), l2)
     served = ItemItemWeights.from_dense(model.items, model.weights, cfg.neighbours)
+    served = replace(served, recency_decay=weights.recency_decay)
     del model
     with atomic_dir(model_dir) as staging:
         source = ItemItemSource(
@@ -120,16 +125,21 @@ def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) ->
             neighbours=cfg.neighbours,
             n_items=len(weights.items),
             validation={f"{value:g}": metric for value, metric in validation.items()},
+            recency_decay=weights.recency_decay,
+            recency_validation={f"{value:g}": metric for value, metric in by_decay.items()},
             fit_seconds=time.perf_counter() - started,
         )
         weights.save(staging / source.weights_file.name)
         served.save(staging / source.served_weights_file.name)
         source.save_manifest(staging)
     log.info(
-        "item-item: EASE λ %g on %d items, validation recall@%d %.4f, fitted in %.1f s",
+        "item-item: EASE λ %g, recency decay %g on %d items, validation recall@%d %.4f "
+        "(%.4f as a set), fitted in %.1f s",
         source.l2,
+        source.recency_decay,
         source.n_items,
         TUNING_K,
+        by_decay[source.recency_decay],
         validation[l2],
         source.fit_seconds,
     )

@@ -380,3 +380,31 @@ def test_list_columns_are_profiled_as_in_one_pass(built):
     assert stats == built.profile().tables["features"]
     genres = profile_table(dd.read_parquet(str(built.train_dir)), {"genres": "list<int64>"})
     assert stats["genres"] == genres["genres"]
+
+
+def test_each_users_rows_are_written_in_time_order(raw, tmp_path):
+    """recommend's item-item source reads a user's rows as a sequence, oldest first
+    (models/item_item.py): every split, in raw and encoded ids, keeps each user's time order,
+    across several partitions too."""
+    built = build_features(raw, FeaturesConfig(partition_rows=500), tmp_path)
+    interactions = pd.read_parquet(raw.interactions)
+    when = interactions.groupby(["user_id", "item_id"])["timestamp"].agg(["min", "max"])
+    for split in ("train", "valid"):
+        rows, encoded = (
+            pd.concat(
+                pd.read_parquet(part) for part in sorted(directory.glob("*.parquet"), key=_number)
+            )
+            for directory in (built.held_out_dir / split, getattr(built, f"{split}_dir"))
+        )
+        np.testing.assert_array_equal(rows["rating"].to_numpy(), encoded["rating"].to_numpy())
+        times = when.loc[pd.MultiIndex.from_frame(rows[["user_id", "item_id"]])]
+        # A pair rated twice is kept at one of its times: the earliest bounds what follows.
+        earliest, latest = times["min"].to_numpy(), times["max"].to_numpy()
+        same_user = rows["user_id"].to_numpy()[1:] == rows["user_id"].to_numpy()[:-1]
+        assert (rows["user_id"].diff().fillna(1) != 0).sum() == rows["user_id"].nunique()
+        assert (latest[1:][same_user] >= earliest[:-1][same_user]).all()
+
+
+def _number(part) -> int:
+    """part.12.parquet, part_12.parquet: 12."""
+    return int("".join(c for c in part.stem if c.isdigit()))

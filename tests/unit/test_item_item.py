@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models import item_item
+from models import baselines, item_item
 from models.item_item import ItemItemWeights
 from recflow.vocabulary import ITEM_ID, RAW_ITEM_ID
 from serving import runtime
@@ -91,3 +91,55 @@ def test_an_encoded_id_several_catalogue_items_share_neither_scores_nor_speaks(t
     np.testing.assert_allclose(scores[0], [0.0, DENSE[0, 1], 0.0, 0.0], atol=1e-6)
     assert not scores[1].any()
     assert DENSE[5, 1] != 0 and DENSE[0, 5] != 0  # 34's weights would have counted
+
+
+def test_an_item_followed_by_r_more_recent_ones_weighs_decay_to_the_r(tmp_path):
+    decay = 0.5
+    dense = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
+    dense = ItemItemWeights(dense.items, dense.indptr, dense.indices, dense.weights, decay)
+    dense.save(tmp_path / "w.npz")
+    weights = ItemItemWeights.load(tmp_path / "w.npz")
+    assert weights.recency_decay == decay
+    # User 0: 3, 8, 3 again, then 99 (not held: still an event); user 1: 34 then 5.
+    owners = np.array([1, 0, 0, 1, 0, 0])
+    ids = np.array([34, 3, 8, 5, 3, 99])
+    got = weights.scores(owners, weights.positions(ids), 2)
+    rows = np.searchsorted(ITEMS, [3, 8, 34, 5])
+    expected = [
+        decay**1 * DENSE[rows[0]] + decay**2 * DENSE[rows[1]],  # 3 at its latest
+        decay**1 * DENSE[rows[2]] + DENSE[rows[3]],
+    ]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_files_written_before_the_decay_read_a_history_as_a_set(tmp_path):
+    weights = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
+    np.savez(
+        tmp_path / "old.npz",
+        items=weights.items,
+        indptr=weights.indptr,
+        indices=weights.indices,
+        weights=weights.weights,
+    )
+    assert ItemItemWeights.load(tmp_path / "old.npz").recency_decay == 1.0
+
+
+def test_the_decay_is_chosen_on_the_judged_rows():
+    # One user: twelve old items (0..11) each point to an item of their own (12..23) more
+    # strongly than the latest item (24) points to the one the user picks next (25). As a set
+    # the history ranks all twelve first; halved at each later event, the next item leads.
+    items = np.arange(26, dtype=np.int64)
+    dense = np.zeros((26, 26), dtype=np.float32)
+    dense[np.arange(12), np.arange(12, 24)] = 1.0
+    dense[24, 25] = 0.6
+    weights = ItemItemWeights.from_dense(items, dense, neighbours=26)
+    # User 8 only puts items 12..23 in the catalogue the lists are drawn from.
+    fitted_on = pd.DataFrame(
+        {"user": [7] * 13 + [8] * 12, "item": [*range(12), 24, *range(12, 24)]}
+    )
+    judged = pd.DataFrame({"user": [7], "item": [25]})
+    chosen, validation = baselines.choose_recency_decay(
+        weights, fitted_on, judged, "user", "item", (1.0, 0.5)
+    )
+    assert validation == {1.0: 0.0, 0.5: 1.0}
+    assert chosen.recency_decay == 0.5
