@@ -105,7 +105,8 @@ class Evaluated(NamedTuple):
 
 
 class HeldOut(NamedTuple):
-    """The candidate's split as raw ``user_id, item_id, label`` rows, in a stable order."""
+    """The candidate's split as raw ``user_id, item_id, label`` rows, by user, each user's in
+    time order as the feature build wrote them (recommend's item-item source reads them so)."""
 
     train: pd.DataFrame
     valid: pd.DataFrame
@@ -126,7 +127,7 @@ def held_out(features: FeatureSet) -> HeldOut:
         )
 
     def labelled(rows: pd.DataFrame) -> pd.DataFrame:
-        rows = rows.sort_values(columns, kind="stable", ignore_index=True)
+        rows = rows.sort_values(USER_ID, kind="stable", ignore_index=True)
         labels = (rows[RATING] >= features.positive_threshold).astype("int8")
         return rows[[USER_ID, ITEM_ID]].assign(**{LABEL: labels})
 

@@ -278,3 +278,28 @@ def test_recommend_lists_of_a_catalogue_smaller_than_k_are_scored(monkeypatch, t
     metrics = gate.recommend_metrics(tmp_path, task, None, (1, 100))
     assert metrics["recall@100"] == 1.0 and metrics["recall@1"] == 0.5
     assert metrics["mrr@100"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_the_held_out_rows_keep_each_users_time_order(tmp_path):
+    # recommend's item-item source weighs a history by recency: the gate's in-process lists
+    # read the training rows as the feature build wrote them, oldest first per user (sorting
+    # them by item, as it once did for a stable order, scored another history than served).
+    import pandas as pd
+
+    from recflow.artifacts import HELD_OUT, FeatureSet
+
+    written = {
+        "train": pd.DataFrame({"user_id": [5, 5, 5, 2, 2], "item_id": [9, 1, 4, 7, 3]}),
+        "valid": pd.DataFrame({"user_id": [2, 5], "item_id": [8, 6]}),
+    }
+    for split, rows in written.items():
+        (tmp_path / HELD_OUT / split).mkdir(parents=True)
+        rows.assign(rating=np.float32(4.0)).to_parquet(
+            tmp_path / HELD_OUT / split / "part.0.parquet"
+        )
+    features = FeatureSet(
+        path=tmp_path, fingerprint="f", variant="v", n_train=5, n_valid=2, cardinalities={}
+    )
+    split = gate.held_out(features)
+    assert split.train["user_id"].tolist() == [2, 2, 5, 5, 5]
+    assert split.train["item_id"].tolist() == [7, 3, 9, 1, 4]
