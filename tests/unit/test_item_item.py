@@ -143,3 +143,15 @@ def test_the_decay_is_chosen_on_the_judged_rows():
     )
     assert validation == {1.0: 0.0, 0.5: 1.0}
     assert chosen.recency_decay == 0.5
+
+
+def test_items_too_old_to_weigh_are_left_out():
+    # Item 3 followed by fourteen events weighs 0.5**14 < MIN_PAIR_WEIGHT at decay 0.5: not
+    # gathered; followed by thirteen it still counts.
+    weights = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
+    weights = ItemItemWeights(weights.items, weights.indptr, weights.indices, weights.weights, 0.5)
+    assert 0.5**14 < item_item.MIN_PAIR_WEIGHT <= 0.5**13
+    for later, expected in ((14, DENSE[5]), (13, DENSE[5] + 0.5**13 * DENSE[0])):
+        history = np.array([0] + [5] * later)  # item 3, then 34 again and again
+        got = weights.scores(np.zeros(len(history), np.int64), history, 1)
+        np.testing.assert_allclose(got[0], expected, atol=1e-7)
