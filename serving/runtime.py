@@ -435,23 +435,9 @@ class RetrievalStage:
         self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
 
 
-def new_user_ordering(policy: OrderingPolicy) -> OrderingPolicy:
-    """How recommend orders the list of a user the version never saw who sends a history
-    (docs/serving.md, "Request-time history"): ``policy``'s ranker and item-item weights,
-    chosen on validation, rescaled to sum to 1. Retrieval's share goes: its query is the one
-    every unknown user shares. The ranker's row for an unknown user still carries what it
-    learned of the items, a prior that five events cannot replace; the item-item scores say
-    what the history adds. A policy without item-item weight would ignore the history, so the
-    item-item scores order such a list alone."""
-    total = policy.ranker_weight + policy.item_item_weight
-    if policy.item_item_weight == 0:
-        return OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
-    return OrderingPolicy(
-        ranker_weight=policy.ranker_weight / total,
-        item_item_weight=policy.item_item_weight / total,
-    )
-
-
+# How recommend orders the lists of users the version never saw who send a history: by the
+# item-item scores of that history alone (docs/serving.md, "Request-time history").
+FROM_HISTORY = OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
 # An encoded item id no item-item weights are held for (models.item_item.ItemItemWeights).
 UNHELD = -1
 
@@ -538,7 +524,6 @@ class RecommendStage:
         self.retrieval = RetrievalStage(version_dir, seen)
         self.ranking = RankingPipeline(version_dir)
         self.ordering = self.retrieval.config.ordering
-        self.new_user_ordering = new_user_ordering(self.ordering)
         self.item_item = (
             ItemItemScores(version_dir, item_item) if (version_dir / ITEM_ITEM).is_file() else None
         )
@@ -579,15 +564,14 @@ class RecommendStage:
         )
         if item_item_scores is not None:
             # A user the version never saw has no query embedding and no ranker row of their
-            # own (every unknown user gets the same): their list is what the history says,
-            # beside the ranker's prior on the items (new_user_ordering).
+            # own (every unknown user gets the same): what a history says of them is theirs.
             new = ~self.retrieval.known_users.known(user_ids)
             new &= np.isin(np.arange(rows), history.owners)
             if new.any():
                 order[new], scores[new] = final_order(
                     retrieval_scores[new],
                     ranking_scores[new],
-                    self.new_user_ordering,
+                    FROM_HISTORY,
                     k,
                     item_item_scores[new],
                 )

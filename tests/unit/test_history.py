@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recflow.artifacts import OrderingPolicy
 from recflow.external_ids import internal_ids
 from recflow.vocabulary import HISTORY_INPUT, USER_ID
-from serving.runtime import BadRequest, ExternalIdStage, RequestHistory, new_user_ordering
+from serving.runtime import BadRequest, ExternalIdStage, RequestHistory
 
 CATALOGUE = pd.Index(np.array([10, 20, 30, 40], dtype=np.int64))
 
@@ -68,19 +67,3 @@ def test_string_histories_are_hashed_like_ids_and_empty_strings_pad(tmp_path):
     got = echo.inputs[HISTORY_INPUT]
     sku, c17 = internal_ids([b"sku 1", b"c-17"])
     assert got.tolist() == [[sku, -1], [c17, sku]]
-
-
-@pytest.mark.parametrize(
-    ("ranker", "item_item", "expected"),
-    [
-        (0.3, 0.4, (0.3 / 0.7, 0.4 / 0.7)),  # retrieval's share goes, the rest keeps its ratio
-        (0.0, 0.6, (0.0, 1.0)),
-        (1.0, 0.0, (0.0, 1.0)),  # no item-item weight would ignore the history
-        (0.0, 0.0, (0.0, 1.0)),
-    ],
-)
-def test_a_new_users_list_keeps_the_validated_ratio_of_ranker_and_history(
-    ranker, item_item, expected
-):
-    policy = new_user_ordering(OrderingPolicy(ranker_weight=ranker, item_item_weight=item_item))
-    assert (policy.ranker_weight, policy.item_item_weight) == pytest.approx(expected)
