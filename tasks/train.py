@@ -134,7 +134,7 @@ def fit_item_item(features: FeatureSet, cfg: ItemItemConfig, model_dir: Path) ->
         source.save_manifest(staging)
     log.info(
         "item-item: EASE λ %g, recency decay %g on %d items, validation recall@%d %.4f "
-        "(%.4f as a set), fitted in %.1f s",
+        "(dense EASE as a set: %.4f), fitted in %.1f s",
         source.l2,
         source.recency_decay,
         source.n_items,
