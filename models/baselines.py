@@ -234,8 +234,9 @@ def choose_recency_decay(
     catalogue = np.union1d(fitted_on[item].to_numpy(np.int64), judged[item].to_numpy(np.int64))
     task = RetrievalTask.build(fitted_on, judged, catalogue, user, item)
     validation = {}
+    dense = weights.densified()  # every validation user, once per decay: one product each
     for decay in decays:
-        decayed = replace(weights, recency_decay=decay)
+        decayed = replace(dense, recency_decay=decay)
 
         def score(rows: slice, decayed: ItemItemWeights = decayed) -> np.ndarray:
             return decayed.users_scores(fitted_on, task.users[rows], task.candidates, user, item)

@@ -155,3 +155,18 @@ def test_items_too_old_to_weigh_are_left_out():
         history = np.array([0] + [5] * later)  # item 3, then 34 again and again
         got = weights.scores(np.zeros(len(history), np.int64), history, 1)
         np.testing.assert_allclose(got[0], expected, atol=1e-7)
+
+
+def test_the_dense_copy_scores_as_the_gather(monkeypatch):
+    # Training's choice of the decay scores through the dense copy; serving gathers.
+    monkeypatch.setattr(item_item, "DENSE_USER_CHUNK", 2)  # users in several blocks
+    sparse = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=3)
+    sparse = ItemItemWeights(sparse.items, sparse.indptr, sparse.indices, sparse.weights, 0.7)
+    histories = [[3, 8, 13, 8], [34], [], [5, 8, 13, 21, 34]]
+    owners = np.repeat(np.arange(4), [len(h) for h in histories])
+    positions = sparse.positions(np.concatenate([np.asarray(h, np.int64) for h in histories]))
+    dense = sparse.densified()
+    assert dense.dense is not None and np.count_nonzero(dense.dense) == len(sparse.weights)
+    np.testing.assert_allclose(
+        dense.scores(owners, positions, 4), sparse.scores(owners, positions, 4), atol=1e-6
+    )
