@@ -1,7 +1,7 @@
 """``recommend``'s second candidate source: an item-item model as it is stored and served.
 
-Pure NumPy (no TensorFlow, no SciPy): the serving runtime imports it in the recommend stub, and
-training's choice of the ordering scores validation users with this same code.
+NumPy and pandas only (no TensorFlow, no SciPy): the serving runtime imports it in the recommend
+stub, and training's choice of the ordering scores validation users with this same code.
 
 A user's scores are their history times a weight matrix B (EASE's, fitted in ``tasks/train.py``
 by ``models/baselines.py``): ``score[j] = sum(w_i * B[i, j] for i in history)``. A history is a
@@ -9,7 +9,7 @@ sequence, oldest first (the feature build writes each user's rows in time order;
 history comes after what the version saw): an item followed by r more recent ones weighs
 ``w_i = recency_decay ** r``. At 1 a history is a set, EASE's binary row; below 1 the latest
 items say most, which is what predicts a user's next interactions (``recency_decay`` is chosen on
-the time-ordered validation split: docs/training.md, "recommend's item-item source").
+the validation split: docs/training.md, "recommend's item-item source", Recency).
 B is dense where it is fitted, but for each target item j only the ``neighbours`` weights
 largest in magnitude are kept, so a 10,000-item catalogue serves from 80 MB instead of 400 MB.
 The kept weights are stored by row (CSR: row i holds what having item i says of other items),
