@@ -13,6 +13,7 @@ pair is the policy; every pair's value is kept with it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,12 @@ def choose_ordering(
     item_item: ItemItemSource | None,
     n_candidates: int,
     cfg: OrderingConfig,
+    unseen_user: pd.DataFrame | None = None,
 ) -> OrderingPolicy:
     """The (ranker, item-item) weights of ``cfg.weight_pairs`` whose composed lists score the
-    best ``cfg.monitor`` on the validation split (ties: the earlier pair)."""
+    best ``cfg.monitor`` on the validation split (ties: the earlier pair); with an item-item
+    source and ``unseen_user`` (the encoded user columns serving gives an id it never saw),
+    also the weights for new users who send a history (:func:`choose_new_user_ordering`)."""
     k = int(cfg.monitor.partition("@")[2])
     if k > n_candidates:
         raise ValueError(f"ordering.monitor {cfg.monitor} asks for more than {n_candidates} items")
@@ -106,15 +110,127 @@ def choose_ordering(
             axis=1,
         )
         ranking_scores = predict_frame(ranker, pairs, ranker_schema).reshape(positions.shape)
-        for policy in pairs_tried:
-            order, _ = final_order(retrieval_scores, ranking_scores, policy, k, item_item_scores)
-            ranked = np.where(order >= 0, np.take_along_axis(positions, order, axis=1), -1)
-            # Fewer than k candidates in a small catalogue: the places past it are misses.
-            metrics = per_user_top_k_metrics(padded(ranked, k), task.relevant[rows], [k])
-            per_policy[policy.key].append(metrics[cfg.monitor])
+        scored = (positions, retrieval_scores, ranking_scores, item_item_scores)
+        for key, metric in _per_pair(pairs_tried, scored, task.relevant[rows], cfg).items():
+            per_policy[key].append(metric)
     values = {key: float(np.concatenate(parts).mean()) for key, parts in per_policy.items()}
-    best = max(pairs_tried, key=lambda p: (values[p.key], -pairs_tried.index(p)))
+    best = _best(pairs_tried, values)
     log.info(
         "recommend ordering: validation %s by (ranker, item-item) weights %s", cfg.monitor, values
     )
-    return best.model_copy(update={"validation": values})
+    new_users = None
+    if item_item is not None and unseen_user is not None and cfg.new_user_histories:
+        # The unseen id's ranker row against every item, and its query: the same for each
+        # new user, so scored once.
+        unseen = unseen_user[user_cols].loc[np.zeros(len(item_rows), dtype=np.int64)]
+        pairs = pd.concat([unseen.reset_index(drop=True), item_rows.reset_index(drop=True)], axis=1)
+        new_users = choose_new_user_ordering(
+            task,
+            history,
+            weights,
+            retrieval_row=(queries_of.encode(unseen_user[user_cols]) @ vectors.T)[0],
+            ranking_row=predict_frame(ranker, pairs, ranker_schema),
+            pairs_tried=pairs_tried,
+            n_candidates=n_candidates,
+            cfg=cfg,
+            columns=(user_id, item_id),
+        )
+    return best.model_copy(update={"validation": values, "new_users": new_users})
+
+
+def _per_pair(
+    pairs_tried: list[OrderingPolicy],
+    scored: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None],
+    relevant: Sequence[np.ndarray],
+    cfg: OrderingConfig,
+) -> dict[str, np.ndarray]:
+    """Each pair's per-user ``cfg.monitor`` of the composed top k, from the candidates'
+    (positions, retrieval, ranking, item-item scores) and each user's relevant positions."""
+    positions, retrieval_scores, ranking_scores, item_item_scores = scored
+    k = int(cfg.monitor.partition("@")[2])
+    metrics = {}
+    for policy in pairs_tried:
+        order, _ = final_order(retrieval_scores, ranking_scores, policy, k, item_item_scores)
+        ranked = np.where(order >= 0, np.take_along_axis(positions, order, axis=1), -1)
+        # Fewer than k candidates in a small catalogue: the places past it are misses.
+        by_user = per_user_top_k_metrics(padded(ranked, k), relevant, [k])
+        metrics[policy.key] = by_user[cfg.monitor]
+    return metrics
+
+
+def _best(pairs_tried: list[OrderingPolicy], values: dict[str, float]) -> OrderingPolicy:
+    """The pair with the best value; ties: the earlier pair."""
+    return max(pairs_tried, key=lambda p: (values[p.key], -pairs_tried.index(p)))
+
+
+def choose_new_user_ordering(
+    task: RetrievalTask,
+    history: pd.DataFrame,
+    weights: ItemItemWeights,
+    retrieval_row: np.ndarray,
+    ranking_row: np.ndarray,
+    pairs_tried: list[OrderingPolicy],
+    n_candidates: int,
+    cfg: OrderingConfig,
+    columns: tuple[str, str],
+) -> OrderingPolicy | None:
+    """The weights for users the version never saw who send a history, chosen on validation
+    users scored as new.
+
+    Serving knows such a user only by the items they send: their query embedding and ranker
+    row are the unseen id's, the same for everyone, so the retrieval and ranker scores are an
+    item prior, and only the item-item scores of the history are theirs. Each sampled
+    validation user (at most ``cfg.new_user_sample``, seeded) is scored that way for each
+    length n of ``cfg.new_user_histories``: their first n training interactions by time
+    (the rows the item-item model reads) as the history, the unseen id's scores, their
+    validation positives relevant. Their other training items are left out of the list, as
+    for known users: they are neither relevant nor future. The pair with the best mean over
+    the lengths wins; each pair's mean is kept in ``validation``.
+    """
+    user_id, item_id = columns
+    rng = np.random.default_rng(0)
+    rows = np.arange(len(task.users))
+    if len(rows) > cfg.new_user_sample:
+        rows = np.sort(rng.choice(rows, cfg.new_user_sample, replace=False))
+    counts = history[user_id].value_counts()
+    per_policy: dict[str, list[float]] = {p.key: [] for p in pairs_tried}
+    for length in cfg.new_user_histories:
+        # Users with fewer interactions than the length would be scored with fewer events.
+        kept = rows[counts.reindex(task.users[rows], fill_value=0).to_numpy() >= length]
+        if not len(kept):
+            continue
+        first = history[history[user_id].isin(task.users[kept])].groupby(user_id).head(length)
+        at_once = user_batch(len(task.candidates))
+        by_length: dict[str, list[np.ndarray]] = {p.key: [] for p in pairs_tried}
+        for start in range(0, len(kept), at_once):
+            batch = kept[start : start + at_once]
+            item_item_full = weights.users_scores(
+                first, task.users[batch], task.candidates, user_id, item_id
+            )
+            retrieval_full = np.broadcast_to(retrieval_row, item_item_full.shape)
+            positions = candidate_positions(
+                retrieval_full, item_item_full, n_candidates, task.seen_mask(batch)
+            )
+            scored = (
+                positions,
+                gather(retrieval_full, positions),
+                gather(np.broadcast_to(ranking_row, item_item_full.shape), positions),
+                gather(item_item_full, positions),
+            )
+            relevant = [task.relevant[row] for row in batch]
+            for key, metric in _per_pair(pairs_tried, scored, relevant, cfg).items():
+                by_length[key].append(metric)
+        for key, parts in by_length.items():
+            per_policy[key].append(float(np.concatenate(parts).mean()))
+    if not any(per_policy.values()):
+        return None
+    values = {key: float(np.mean(means)) for key, means in per_policy.items()}
+    log.info(
+        "recommend ordering for new users: validation %s of %d users scored as new with %s "
+        "events, by (ranker, item-item) weights %s",
+        cfg.monitor,
+        len(rows),
+        "/".join(map(str, cfg.new_user_histories)),
+        values,
+    )
+    return _best(pairs_tried, values).model_copy(update={"validation": values})

@@ -74,8 +74,9 @@ class RetrievalTask:
             relevant=tuple(kept[u].astype(np.int64) for u in users),
         )
 
-    def seen_mask(self, rows: slice) -> np.ndarray:
-        seen = self.seen[rows]
+    def seen_mask(self, rows: slice | np.ndarray) -> np.ndarray:
+        """[users, candidates] True where ``self.users[rows]`` interacted in training."""
+        seen = [self.seen[row] for row in np.arange(len(self.users))[rows]]
         mask = np.zeros((len(seen), len(self.candidates)), dtype=bool)
         for row, items in enumerate(seen):
             mask[row, items] = True

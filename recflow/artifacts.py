@@ -334,6 +334,10 @@ class OrderingPolicy(BaseModel):
     # The validation metric of every pair of weights that was tried (:attr:`key` -> value), so
     # the record shows how close the alternatives were; empty if nothing was measured.
     validation: dict[str, float] = {}
+    # How the lists of users the version never saw who send a history are ordered, chosen on
+    # validation users scored as new (models/composed.py). None: by the history's item-item
+    # scores alone, what versions exported before it serve.
+    new_users: OrderingPolicy | None = None
 
     @model_validator(mode="after")
     def _weights_leave_retrieval_a_share(self) -> OrderingPolicy:
@@ -348,6 +352,11 @@ class OrderingPolicy(BaseModel):
     def key(self) -> str:
         """How :attr:`validation` names these weights: ``ranker <w>, item-item <w>``."""
         return f"ranker {self.ranker_weight:g}, item-item {self.item_item_weight:g}"
+
+    def served(self) -> OrderingPolicy:
+        """The weights without the validation record: what a version's ``version.json`` holds."""
+        new_users = None if self.new_users is None else self.new_users.served()
+        return self.model_copy(update={"validation": {}, "new_users": new_users})
 
 
 class VersionConfig(BaseModel):

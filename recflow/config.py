@@ -438,6 +438,14 @@ class OrderingConfig(_Section):
     item_item_weights: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     # The composed list's validation metric the weights maximise (ties: the earlier pair).
     monitor: str = "recall@10"
+    # Users the version never saw who send a history get weights of their own, chosen on
+    # validation users scored as new with their first n interactions as the history, for each
+    # n here (models/composed.py); the mean over the lengths decides. Empty: no choice, such
+    # users are ordered by the history's item-item scores alone. 5 and 20: a sign-up's first
+    # session and a user a few sessions in.
+    new_user_histories: tuple[PositiveInt, ...] = (5, 20)
+    # Validation users scored as new: at most this many, a seeded sample above it.
+    new_user_sample: PositiveInt = 2000
 
     @field_validator("ranker_weights", "item_item_weights")
     @classmethod

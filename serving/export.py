@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from merlin.schema import Schema, Tags
+from merlin.schema import Schema
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
 
 from models.architectures import ranker_inputs
@@ -25,7 +25,7 @@ from models.predict import input_columns, predict_frame, predict_rows
 from recflow.artifacts import FeatureSet, RankingModel
 from recflow.vocabulary import ITEM_ID, USER_ID
 from serving import runtime
-from tasks.features import attach_side_features, load_workflow, serving_workflow
+from tasks.features import ServingFeatures
 
 # The largest difference between ONNX and Keras scores a publish accepts.
 MAX_ABS_DIFF = 1e-5
@@ -33,7 +33,6 @@ MAX_ABS_DIFF = 1e-5
 CHECK_ROWS = 4096
 # ONNX opset 17: the newest onnxruntime 1.32 and tf2onnx 1.17 both support fully.
 OPSET = 17
-SIDES = {USER_ID: Tags.USER, ITEM_ID: Tags.ITEM}
 
 
 class ExportMismatch(RuntimeError):
@@ -71,44 +70,6 @@ def model_signature(schema: Schema) -> list[tf.TensorSpec]:
         else:
             specs.append(tf.TensorSpec([None], dtype, name=name))
     return specs
-
-
-class ServingFeatures:
-    """A feature build's serving workflow and side-feature tables: raw ids -> workflow rows."""
-
-    def __init__(self, features: FeatureSet):
-        self.workflow = serving_workflow(load_workflow(features.workflow_dir))
-        self.items = pd.read_parquet(features.lookup_dir / "items.parquet")
-        users = features.lookup_dir / "users.parquet"
-        self.users = pd.read_parquet(users) if users.exists() else None
-        vocabulary = features.id_counts(USER_ID).index.to_numpy(np.int64)
-        lookup = np.empty(0, np.int64) if self.users is None else self.users[USER_ID]
-        self.known = {
-            USER_ID: np.unique(np.concatenate([vocabulary, np.asarray(lookup, np.int64)])),
-            ITEM_ID: np.unique(self.items[ITEM_ID].to_numpy(np.int64)),
-        }
-
-    @property
-    def output_schema(self) -> Schema:
-        return self.workflow.output_schema
-
-    def transform(self, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
-        raw = pd.DataFrame({USER_ID: user_ids.astype(np.int64), ITEM_ID: item_ids.astype(np.int64)})
-        return self.workflow.transform(attach_side_features(raw, self.items, self.users))
-
-    def side_rows(self, side: str) -> tuple[np.ndarray, pd.DataFrame]:
-        """The known ids of ``side`` and their encoded columns, then one row for unseen ids.
-
-        Each side's columns are encoded from pairs with an arbitrary id of the other side; the
-        workflow's ops are column-wise, so those columns do not depend on the other id.
-        """
-        known = self.known[side]
-        unseen = np.array([known.max(initial=0) + 1], dtype=np.int64)
-        ids = np.concatenate([known, unseen])
-        other = np.zeros_like(ids)
-        pairs = (ids, other) if side == USER_ID else (other, ids)
-        columns = self.output_schema.select_by_tag(SIDES[side]).column_names
-        return known, self.transform(*pairs)[columns].reset_index(drop=True)
 
 
 def write_rows(features: ServingFeatures, directory: Path) -> pd.DataFrame:

@@ -55,8 +55,9 @@ from recflow.vocabulary import (
     USER_INPUT,
 )
 from serving import runtime
-from serving.export import ServingFeatures, write_queries, write_ranker, write_rows
+from serving.export import write_queries, write_ranker, write_rows
 from serving.item_index import ITEM_INDEX, export_index
+from tasks.features import ServingFeatures
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def _write_versions(
         max_history=cfg.max_history,
         retrieval_candidates=cfg.retrieval_candidates,
         # The final ordering recommend applies, as measured on validation at training time.
-        ordering=ranking.ordering.model_copy(update={"validation": {}}),
+        ordering=ranking.ordering.served(),
         external_ids=features.external_ids,
         candidate=candidate_id,
     ).model_dump_json()

@@ -435,8 +435,9 @@ class RetrievalStage:
         self.top_k(np.zeros(1, np.int64), 1, exclude_seen=True)
 
 
-# How recommend orders the lists of users the version never saw who send a history: by the
-# item-item scores of that history alone (docs/serving.md, "Request-time history").
+# How recommend orders the lists of users the version never saw who send a history, in a
+# version whose ordering chose no weights for them: by the item-item scores of that history
+# alone (docs/serving.md, "Request-time history").
 FROM_HISTORY = OrderingPolicy(ranker_weight=0.0, item_item_weight=1.0)
 # An encoded item id no item-item weights are held for (models.item_item.ItemItemWeights).
 UNHELD = -1
@@ -524,6 +525,7 @@ class RecommendStage:
         self.retrieval = RetrievalStage(version_dir, seen)
         self.ranking = RankingPipeline(version_dir)
         self.ordering = self.retrieval.config.ordering
+        self.new_user_ordering = self.ordering.new_users or FROM_HISTORY
         self.item_item = (
             ItemItemScores(version_dir, item_item) if (version_dir / ITEM_ITEM).is_file() else None
         )
@@ -564,14 +566,15 @@ class RecommendStage:
         )
         if item_item_scores is not None:
             # A user the version never saw has no query embedding and no ranker row of their
-            # own (every unknown user gets the same): what a history says of them is theirs.
+            # own (every unknown user gets the same): what a history says of them is theirs,
+            # weighed against that shared prior by the weights chosen for new users.
             new = ~self.retrieval.known_users.known(user_ids)
             new &= np.isin(np.arange(rows), history.owners)
             if new.any():
                 order[new], scores[new] = final_order(
                     retrieval_scores[new],
                     ranking_scores[new],
-                    FROM_HISTORY,
+                    self.new_user_ordering,
                     k,
                     item_item_scores[new],
                 )

@@ -69,6 +69,7 @@ _KINDS = {
 SPLIT_FLAG = "__valid"
 # Implicit feedback's negatives: the power of an item's count its sampling weight is.
 NEGATIVE_POPULARITY_POWER = 0.75
+SIDES = {USER_ID: Tags.USER, ITEM_ID: Tags.ITEM}
 
 
 def fingerprint(raw: RawDataset, cfg: FeaturesConfig, validation: ValidationConfig) -> str:
@@ -547,6 +548,52 @@ def side_workflow(workflow: nvt.Workflow, side: str) -> nvt.Workflow:
     other = Tags.ITEM if side == "user" else Tags.USER
     drop = {*workflow.output_schema.select_by_tag(other).column_names, RATING}
     return workflow.remove_inputs([c for c in workflow.input_schema.column_names if c in drop])
+
+
+class ServingFeatures:
+    """A feature build's serving workflow and side-feature tables: raw ids -> workflow rows."""
+
+    def __init__(self, features: FeatureSet):
+        self.workflow = serving_workflow(load_workflow(features.workflow_dir))
+        self.items = pd.read_parquet(features.lookup_dir / "items.parquet")
+        users = features.lookup_dir / "users.parquet"
+        self.users = pd.read_parquet(users) if users.exists() else None
+        vocabulary = features.id_counts(USER_ID).index.to_numpy(np.int64)
+        lookup = np.empty(0, np.int64) if self.users is None else self.users[USER_ID]
+        self.known = {
+            USER_ID: np.unique(np.concatenate([vocabulary, np.asarray(lookup, np.int64)])),
+            ITEM_ID: np.unique(self.items[ITEM_ID].to_numpy(np.int64)),
+        }
+
+    @property
+    def output_schema(self) -> Schema:
+        return self.workflow.output_schema
+
+    def transform(self, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
+        raw = pd.DataFrame({USER_ID: user_ids.astype(np.int64), ITEM_ID: item_ids.astype(np.int64)})
+        return self.workflow.transform(attach_side_features(raw, self.items, self.users))
+
+    def side_rows(self, side: str) -> tuple[np.ndarray, pd.DataFrame]:
+        """The known ids of ``side`` and their encoded columns, then one row for unseen ids
+        (the row serving gives an id it does not know)."""
+        known = self.known[side]
+        return known, self._encoded(side, np.concatenate([known, self._unseen(side)]))
+
+    def unseen_row(self, side: str) -> pd.DataFrame:
+        """The encoded columns of ``side`` for an id the build never saw: the last row of
+        :meth:`side_rows`, without encoding the known ones."""
+        return self._encoded(side, self._unseen(side))
+
+    def _unseen(self, side: str) -> np.ndarray:
+        return np.array([self.known[side].max(initial=0) + 1], dtype=np.int64)
+
+    def _encoded(self, side: str, ids: np.ndarray) -> pd.DataFrame:
+        """Each side's columns are encoded from pairs with an arbitrary id of the other side;
+        the workflow's ops are column-wise, so those columns do not depend on the other id."""
+        other = np.zeros_like(ids)
+        pairs = (ids, other) if side == USER_ID else (other, ids)
+        columns = self.output_schema.select_by_tag(SIDES[side]).column_names
+        return self.transform(*pairs)[columns].reset_index(drop=True)
 
 
 def build_features(

@@ -27,7 +27,7 @@ from recflow.artifacts import (
 from recflow.atomic import atomic_dir
 from recflow.config import ItemItemConfig, OrderingConfig, RankingConfig, RetrievalConfig
 from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL, USER_ID
-from tasks.features import load_workflow, side_workflow
+from tasks.features import ServingFeatures, load_workflow, side_workflow
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def choose_recommend_ordering(
         candidate.item_item,
         retrieval_candidates,
         cfg,
+        unseen_user=ServingFeatures(features).unseen_row(USER_ID),
     )
     ranking = ranking.model_copy(update={"ordering": policy})
     ranking.save_manifest()

@@ -220,6 +220,11 @@ def test_first_run_is_blessed_on_absolute_bounds_alone(home, data, first):
     live = settings_for(home).paths.triton_repo / endpoint.model("recommend") / "1"
     served = RecommendStage(live)
     assert served.ordering.key == ordering.key and served.item_item is not None
+    # New users who send a history get the weights chosen for them, on the same grid.
+    new_users = ordering.new_users
+    assert new_users is not None and set(new_users.validation) == set(ordering.validation)
+    assert new_users.validation[new_users.key] == max(new_users.validation.values())
+    assert served.new_user_ordering == new_users.served() == served.ordering.new_users
     lineage = stored.lineage
     assert (lineage.variant, lineage.data_checksum) == (raw.variant, raw.checksum)
     assert lineage.features_fingerprint == features.fingerprint

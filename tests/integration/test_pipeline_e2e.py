@@ -21,9 +21,9 @@ from recflow.config import RankingConfig
 from recflow.registry import Registry
 from recflow.vocabulary import RANKING
 from recflow_client import RecflowClient, TritonRequestError
-from serving.export import ServingFeatures
 from serving.repository import EndpointNames
 from serving.server import TritonServer
+from tasks.features import ServingFeatures
 from tests.support.prefect_server import latest_artifact
 from tests.support.settings import small_settings
 

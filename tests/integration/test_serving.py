@@ -16,10 +16,11 @@ import tritonclient.grpc as grpcclient
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow_client import HttpRecflowClient, RecflowClient, TritonRequestError
-from serving.export import ExportMismatch, ServingFeatures, check_equivalence, held_out_rows
+from serving.export import ExportMismatch, check_equivalence, held_out_rows
 from serving.repository import EndpointNames
 from serving.runtime import HEAVY_MODULES, RANKER, RankingPipeline, RecommendStage
 from serving.server import TritonServer
+from tasks.features import ServingFeatures
 from tests.support.published import CANDIDATE, Published
 from tests.support.retrieval import ExactRetriever
 

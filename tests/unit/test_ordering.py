@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.ordering import candidate_positions, final_order, final_scores
-from recflow.artifacts import OrderingPolicy
+from recflow.artifacts import OrderingPolicy, VersionConfig
 from recflow.config import OrderingConfig
 
 RANKER, RETRIEVAL, HALF = (OrderingPolicy(ranker_weight=w) for w in (1.0, 0.0, 0.5))
@@ -93,3 +93,21 @@ def test_the_weights_leave_retrieval_a_non_negative_share():
     pairs = OrderingConfig(ranker_weights=(0.0, 0.7), item_item_weights=(0.0, 0.4)).weight_pairs
     assert pairs(item_item=True) == [(0.0, 0.0), (0.0, 0.4), (0.7, 0.0)]
     assert pairs(item_item=False) == [(0.0, 0.0), (0.7, 0.0)]
+
+
+def test_a_version_keeps_both_policies_weights_without_their_validation_records():
+    chosen = OrderingPolicy(
+        ranker_weight=0.3,
+        item_item_weight=0.6,
+        validation={"ranker 0.3, item-item 0.6": 0.12},
+        new_users=OrderingPolicy(
+            ranker_weight=0.2, item_item_weight=0.2, validation={"ranker 0.2, item-item 0.2": 0.08}
+        ),
+    )
+    served = VersionConfig.model_validate_json(
+        VersionConfig(max_k=10, retrieval_candidates=50, ordering=chosen.served()).model_dump_json()
+    ).ordering
+    assert (served.key, served.new_users.key) == (chosen.key, chosen.new_users.key)
+    assert served.validation == served.new_users.validation == {}
+    # A version exported before new users had weights of their own reads as none.
+    assert VersionConfig(max_k=10, retrieval_candidates=50).ordering.new_users is None
