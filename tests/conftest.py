@@ -87,7 +87,7 @@ SHARED_SETUPS = {
 LONGEST_FIRST = [
     "published-model-set",  # ~9: serving, soak, restart, publish faults, two concurrent runs
     "prefect-server",  # ~5: server start, a scheduled pipeline run and a cached rerun
-    "test_own_data.py",  # ~4: three pipeline runs on your own data, each served
+    "test_own_data.py",  # ~3: two pipeline runs on your own data, each served
     "test_gate_registry.py",  # ~3: two trainings, three Triton starts
     "test_pipeline_e2e.py",  # ~2: a pipeline run with trial serving, then Triton
     "test_tune_flow.py",

@@ -4,6 +4,7 @@ as the gRPC one does, from the same server."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -12,7 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
+import typer
+from typer.testing import CliRunner
 
+from cli.serve import register
 from models.predict import predict_frame
 from models.ranking import load_model
 from recflow_client import HttpRecflowClient, RecflowClient, TritonRequestError
@@ -229,6 +233,18 @@ def test_a_history_makes_a_new_users_list_and_is_left_out_of_it(
     assert not set(history) & {item for item, _ in retrieved}
     with HttpRecflowClient.from_config(server.config) as over_http:
         assert over_http.recommend(COLD_USER, k=10, history=history) == told
+    # The CLI sends it too, integer ids written as the dataset has them.
+    cli = typer.Typer()
+    register(cli)
+    settings = published.settings.model_copy(update={"serving": server.config})
+    printed = CliRunner().invoke(
+        cli,
+        ["recommend", "--user", str(COLD_USER), "-k", "10", "--json"]
+        + ["--history", ",".join(map(str, history))],
+        obj=settings,
+    )
+    assert printed.exit_code == 0, printed.output
+    assert [row["item_id"] for row in json.loads(printed.output)] == [i for i, _ in told]
 
 
 def test_http_client_answers_every_endpoint_as_grpc_does(
