@@ -1,8 +1,8 @@
 """Your own data through the whole product: ml-latest-small re-written by
 examples/movielens_as_own_data.py as parquet with string ids and as implicit feedback (ratings
-dropped), each through `recflow run` (gate and trial serving included), served by Triton and
-asked over gRPC by `recflow recommend` and the client; and as CSV with the product's own
-column names, through the import and the feature build.
+dropped), each through `recflow run` (the gate; trial serving on the parquet one), served by
+Triton and asked over gRPC by `recflow recommend` and the client; and as CSV with the
+product's own column names, through the import and the feature build.
 
 Past the import a source's columns go by internal names (docs/data.md), so the CSV shape's
 path from there on is any integer-id dataset's: the published model set serves one, asked by
@@ -52,6 +52,9 @@ FAST = [
 ]
 # The user each test asks for, as each shape spells it.
 USER = {"parquet": "u1", "implicit": "u1"}
+# Trial serving (Triton on the candidate, served lists = in-process ones) runs on the parquet
+# shape's string ids; its path does not depend on the feedback, so the implicit run skips it.
+SHAPE_SETTINGS = {"parquet": [], "implicit": ["trial.enabled=false"]}
 
 
 @pytest.fixture(scope="module", params=["parquet", "implicit"])
@@ -60,14 +63,15 @@ def served(request, tmp_path_factory, prefect_harness):
     config = write_example(
         movielens_archive("ml-latest-small.zip"), tmp_path_factory.mktemp(shape), shape, USERS
     )
-    args = ["--config", str(config), *(a for pair in FAST for a in ("-s", pair))]
+    overrides = [*FAST, *SHAPE_SETTINGS[shape]]
+    args = ["--config", str(config), *(a for pair in overrides for a in ("-s", pair))]
     # --config (and load_settings) name the YAML in RECFLOW_CONFIG for the processes a run
     # starts: in this worker it must not outlive the module, or later tests read this YAML.
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RECFLOW_CONFIG", str(config))
         run = CliRunner(env={"COLUMNS": "200"}).invoke(app, [*args, "run"])
         assert run.exit_code == 0, run.output
-        settings = load_settings(config, FAST)
+        settings = load_settings(config, overrides)
         with TritonServer.from_settings(settings) as server:
             yield shape, settings, server, args
 
