@@ -17,6 +17,7 @@ from models.metrics import binary_metrics
 from models.training import (
     EpochHook,
     SplitTensors,
+    batch_for_rows,
     binary_target,
     compile_model,
     fit_keeping_best,
@@ -64,6 +65,7 @@ def train_ranker(
         train = with_graded_labels(train, train_dir, cfg.label_grading)
     valid = read_split(valid_dir, schema, schema.column_names)
     applied = scaled_for_rows(cfg, train.num_rows)
+    batch_size = batch_for_rows(cfg.batch_size, cfg.max_batch_size, train.num_rows)
     model = RANKING_ARCHITECTURES[cfg.architecture](schema, applied)
     # Build on features alone: the SavedModel keeps the first call's signature, and export
     # calls without targets (a model first called by fit, with targets, cannot be exported).
@@ -76,7 +78,7 @@ def train_ranker(
 
     fit = fit_keeping_best(
         model,
-        train.batches(cfg.batch_size, shuffle=True),
+        train.batches(batch_size, shuffle=True),
         epochs=cfg.epochs,
         patience=cfg.patience,
         evaluate=evaluate,
@@ -103,6 +105,7 @@ def train_ranker(
             params=cfg.model_dump(mode="json"),
             baseline_metrics=baseline,
             embeddings_l2_per_step=applied.embeddings_l2,
+            batch_size_applied=batch_size,
             **dict(fit),
         )
         ranking.save_manifest(staging)

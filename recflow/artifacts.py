@@ -172,6 +172,9 @@ class TrainedModel(Artifact, FitSummary):
     # The L2 factor applied to the embedding tables at each step: ``params``' embeddings_l2
     # scaled for the training rows (models.training.scaled_for_rows). None: an older manifest.
     embeddings_l2_per_step: float | None = None
+    # The batch trained with: the ranker's grows with the training rows
+    # (models.training.batch_for_rows). None: an older manifest, or the retrieval model's.
+    batch_size_applied: int | None = None
 
 
 # --- features -----------------------------------------------------------------------------

@@ -333,7 +333,10 @@ class RankingConfig(_Section):
     label_grading: float = Field(0.25, ge=0, lt=0.5)
     optimizer: Optimizer = "adam"
     learning_rate: float = Field(3e-3, gt=0)
+    # The batch on up to 100,000 training rows; above them it doubles with each doubling of the
+    # rows, up to max_batch_size (models.training.batch_for_rows; equal to batch_size: fixed).
     batch_size: PositiveInt = 512
+    max_batch_size: PositiveInt = 8192
     # Graded labels learn for longer: on ml-100k u1.base's validation split the best epoch was
     # 17 (binary labels: 10, after which they overfit).
     epochs: PositiveInt = 25

@@ -59,6 +59,8 @@ def test_the_default_ranker_learns_the_planted_signal_and_beats_the_item_mean(ra
     best = ranking.history[ranking.best_epoch - 1]
     assert best["auc"] == max(row["auc"] for row in ranking.history) == ranking.metrics["auc"]
     assert ranking.model_dir.is_dir() and ranking.train_examples_per_s > 0
+    # Small data trains at the setting's batch; the manifest says what was applied.
+    assert ranking.batch_size_applied == ranking.params["batch_size"]
 
 
 def test_same_seed_and_data_give_the_same_metrics(features, settings):
