@@ -7,7 +7,9 @@ validation users, in encoded ids: every catalogue item a user did not interact w
 may be a candidate, the ranker scores each candidate from the user's and the item's feature
 columns, and every (ranker, item-item) weight pair of the grid is scored by recall/ndcg/mrr@k
 of the composed top k (models/metrics.py), the user's validation positives relevant. The best
-pair is the policy; every pair's value is kept with it.
+pair is the policy; every pair's value is kept with it. Users the version never saw who send a
+history get a pair of their own, chosen on validation users scored as new
+(:func:`choose_new_user_ordering`).
 """
 
 from __future__ import annotations
