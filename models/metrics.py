@@ -88,11 +88,9 @@ def per_user_top_k_metrics(
         raise ValueError(f"ranked {ranked.shape} needs one row per user ({len(relevant)} users)")
     if ranked.shape[1] < max(ks):
         raise ValueError(f"ranked lists hold {ranked.shape[1]} items, fewer than k={max(ks)}")
-    n_relevant = np.array([len(np.unique(items)) for items in relevant])
+    hits, n_relevant = _hits(ranked, relevant)
     if (n_relevant == 0).any():
         raise ValueError("every user needs at least one relevant item: recall is undefined")
-    hits = np.stack([np.isin(row, items) for row, items in zip(ranked, relevant, strict=True)])
-    hits = hits.astype(np.float64)
     discounts = 1.0 / np.log2(np.arange(2, ranked.shape[1] + 2))
     out = {}
     for k in ks:
@@ -103,6 +101,27 @@ def per_user_top_k_metrics(
         out[f"ndcg@{k}"] = (top * discounts[:k]).sum(axis=1) / ideal
         out[f"mrr@{k}"] = 1.0 / first
     return out
+
+
+def _hits(ranked: np.ndarray, relevant: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """[users, n] float64 1.0 where ``ranked[u]``'s item is one of ``relevant[u]``, and each
+    user's number of distinct relevant items.
+
+    Sorted (user, item) codes looked up all at once: a set lookup per user cost 13 of the 79 s
+    of choosing recommend's ordering on ml-1m-shaped data (6,040 users, 26 weight pairs).
+    """
+    owners = np.repeat(np.arange(len(relevant)), [len(items) for items in relevant])
+    flat = np.concatenate([np.asarray(items).ravel() for items in relevant] + [np.empty(0, int)])
+    # Items by their place among the relevant ones, so user * width + place cannot overflow.
+    ids = np.unique(flat)
+    width = len(ids) + 1
+    relevant_cells = np.unique(owners * width + np.searchsorted(ids, flat))
+    found = np.searchsorted(ids, ranked).clip(max=max(len(ids) - 1, 0))
+    places = np.where(ids[found] == ranked, found, len(ids)) if len(ids) else np.zeros_like(ranked)
+    cells = np.arange(len(ranked))[:, None] * width + places
+    at = np.searchsorted(relevant_cells, cells).clip(max=max(len(relevant_cells) - 1, 0))
+    hits = relevant_cells[at] == cells if len(relevant_cells) else np.zeros(ranked.shape, bool)
+    return hits.astype(np.float64), np.bincount(relevant_cells // width, minlength=len(relevant))
 
 
 def top_k_metrics(

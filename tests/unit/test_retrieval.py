@@ -1,10 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 from merlin.schema import ColumnSchema, Schema, Tags
 
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
+from models.predict import predict_rows
 from models.retrieval import QueryEncoder
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 from tests.support.retrieval import ExactRetriever
@@ -90,8 +92,8 @@ def test_retriever_returns_raw_ids_best_first_without_excluded_items():
     )
 
     def encoder(inputs, training=False):
-        # User u's query is item u's vector.
-        return vectors[np.asarray(inputs[USER])]
+        # User u's query is item u's vector (in TensorFlow: predict_rows traces the encoder).
+        return tf.gather(vectors, inputs[USER])
 
     retriever = ExactRetriever(QueryEncoder(encoder, schema), items)
     ids, scores = retriever.top_k(pd.DataFrame({USER: [0, 2]}), k=3, exclude=[{100}, {999}])
@@ -99,3 +101,30 @@ def test_retriever_returns_raw_ids_best_first_without_excluded_items():
     np.testing.assert_allclose(scores[1], [1.0, 0.6, 0.0], atol=1e-6)
     ids, scores = retriever.top_k(pd.DataFrame({USER: [0]}), k=4, exclude=[{100, 200}])
     assert ids.tolist() == [[300, 400, -1, -1]] and np.isneginf(scores[0, 2:]).all()
+
+
+def test_predict_rows_traces_the_model_once_for_batches_of_every_length():
+    """Each batch of another length (the last one, list columns' values) used to trace the
+    model's call again: 184 traces, 12 of the 79 s of choosing ml-1m's ordering."""
+    schema = Schema(
+        [
+            ColumnSchema(USER, dtype=np.int64, tags=[Tags.USER_ID, Tags.USER, Tags.CATEGORICAL]),
+            ColumnSchema(
+                "genres",
+                dtype=np.int64,
+                tags=[Tags.USER, Tags.CATEGORICAL],
+                dims=(None, None),
+            ),
+        ]
+    )
+    traces = []
+
+    def model(inputs, training=False):
+        traces.append(1)  # Python runs only while TensorFlow traces
+        counts = tf.cast(inputs["genres__offsets"][1:] - inputs["genres__offsets"][:-1], tf.int64)
+        return inputs[USER] * 10 + counts
+
+    rows = pd.DataFrame({USER: np.arange(7), "genres": [[1] * (i % 3) for i in range(7)]})
+    scores = predict_rows(model, rows, schema, batch_size=3)
+    assert scores.tolist() == [10 * i + i % 3 for i in range(7)]
+    assert len(traces) == 1
