@@ -87,8 +87,9 @@ class ItemItemWeights:
 
     def densified(self) -> ItemItemWeights:
         """The same model scoring through a dense copy of its kept weights: for many users at
-        once (training's choice of the decay scores every validation user once per decay),
-        where gathering row by row costs more than the product. Up to 400 MB at 10,000 items."""
+        once (training's choices of the decay and the ordering, the gate's recommend metrics:
+        every validation user), where gathering row by row costs more than the product. Up to
+        400 MB at 10,000 items."""
         n = len(self.items)
         dense = np.zeros((n, n), dtype=np.float32)
         rows = np.repeat(np.arange(n), np.diff(self.indptr))

@@ -158,7 +158,8 @@ def test_items_too_old_to_weigh_are_left_out():
 
 
 def test_the_dense_copy_scores_as_the_gather(monkeypatch):
-    # Training's choice of the decay scores through the dense copy; serving gathers.
+    # Training's choices (decay, ordering) and the gate score through the dense copy; serving
+    # gathers.
     monkeypatch.setattr(item_item, "DENSE_USER_CHUNK", 2)  # users in several blocks
     sparse = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=3)
     sparse = ItemItemWeights(sparse.items, sparse.indptr, sparse.indices, sparse.weights, 0.7)
