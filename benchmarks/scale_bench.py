@@ -209,8 +209,13 @@ def size_sets(name: str, mode: str) -> tuple[list[str], str, tuple[int, int, int
     return sets, mode, (users, items, ratings)
 
 
-def run_size(name: str, mode_arg: str, work: Path, timeout: float, rss_cap: float) -> SizeRun:
+def run_size(
+    name: str, mode_arg: str, work: Path, timeout: float, rss_cap: float, extra: list[str]
+) -> SizeRun:
+    """One size through ``recflow run``, with the ``extra`` settings (``KEY=VALUE``) after the
+    size's own."""
     sets, mode, shape = size_sets(name, mode_arg)
+    sets += extra
     home = work / f"{name}-{mode_arg.replace('=', '')}"
     if home.exists():
         raise SystemExit(f"{home} exists: give a fresh --work-dir or remove it")
@@ -596,6 +601,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/scale.md")
     parser.add_argument("--notes", type=Path, help="markdown appended to the report")
     parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every size's run, after the size's own (e.g. retrieval.epochs=10)",
+    )
+    parser.add_argument(
         "--report-from",
         type=Path,
         nargs="+",
@@ -617,7 +629,9 @@ def main() -> None:
         name, _, mode = spec.partition(":")
         if name not in SHAPES or not (mode in MODES or mode.startswith("sample=")):
             parser.error(f"--size {spec!r}")
-        runs.append(run_size(name, mode, args.work_dir, args.timeout, args.rss_cap * 2**30))
+        runs.append(
+            run_size(name, mode, args.work_dir, args.timeout, args.rss_cap * 2**30, args.set)
+        )
         # Everything measured, samples included, to rewrite the report without running again.
         saved = args.work_dir / f"{name}-{mode.replace('=', '')}.pickle"
         saved.write_bytes(pickle.dumps((runs[-1], command)))
