@@ -153,6 +153,9 @@ def choose_recommend_ordering(
     ``retrieval_candidates`` the endpoint ranks) and recorded in its ranking model's manifest
     (the policy the export serves)."""
     features, ranking = candidate.features, candidate.ranking
+    # The unseen id's encoded row (the fitted workflow, loaded) is read only to choose new
+    # users' weights, and those need an item-item source.
+    for_new_users = candidate.item_item is not None and bool(cfg.new_user_histories)
     policy = choose_ordering(
         features.train_dir,
         features.valid_dir,
@@ -162,7 +165,7 @@ def choose_recommend_ordering(
         candidate.item_item,
         retrieval_candidates,
         cfg,
-        unseen_user=ServingFeatures(features).unseen_row(USER_ID),
+        unseen_user=ServingFeatures(features).unseen_row(USER_ID) if for_new_users else None,
     )
     ranking = ranking.model_copy(update={"ordering": policy})
     ranking.save_manifest()

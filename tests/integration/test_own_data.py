@@ -105,7 +105,8 @@ def test_recommend_answers_in_the_datasets_own_ids_over_grpc_and_http(served):
     )
     user = np.array([[USER[shape].encode()]])
     local = load_stage(RECOMMEND, version_dir)({USER_INPUT: user, K_INPUT: np.array([[5]])})
-    expected = [i.decode() if isinstance(i, bytes) else str(i) for i in local[ITEM_IDS_OUTPUT][0]]
+    # Both shapes name items by string ids: the stage returns them as bytes.
+    expected = [item.decode() for item in local[ITEM_IDS_OUTPUT][0]]
     assert listed == expected
     with RecflowClient.from_config(server.config) as client:
         top = client.recommend(USER[shape], k=5)
