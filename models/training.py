@@ -133,9 +133,11 @@ def scaled_for_rows(cfg: SectionConfig, rows: int) -> SectionConfig:
     so the decay a table gets per epoch grows with the rows while the evidence per user or item
     grows far less: at ml-1m's 802,407 rows the setting chosen on ml-100k held the two-tower
     near most-popular for its first epochs. Above ``REFERENCE_ROWS`` the factor is scaled by
-    ``REFERENCE_ROWS / rows``, the decay per epoch the defaults were chosen with; at or
-    below it, it is the setting, so ml-100k trains as before (docs/training.md, "Training at
-    other sizes").
+    ``REFERENCE_ROWS / rows``, the decay per epoch the defaults were chosen with at the
+    setting's batch; at or below it, it is the setting, so ml-100k trains as before
+    (docs/training.md, "Training at other sizes"). The ranker's batch also grows with the rows
+    (:func:`batch_for_rows`): fewer steps an epoch, so its tables decay less per epoch than at
+    the reference size.
     """
     scale = min(1.0, REFERENCE_ROWS / rows)
     return cfg.model_copy(update={"embeddings_l2": cfg.embeddings_l2 * scale})

@@ -18,7 +18,8 @@ def test_above_them_the_decay_per_epoch_stays_the_reference_one(cfg):
     rows = 8 * REFERENCE_ROWS
     applied = scaled_for_rows(cfg, rows)
     assert applied.embeddings_l2 == pytest.approx(cfg.embeddings_l2 / 8)
-    # Per epoch: steps (rows / batch) times the per-step factor, as at the reference size.
+    # Per epoch at the setting's batch: steps (rows / batch) times the per-step factor, as at
+    # the reference size (the ranker's batch grows past it: batch_for_rows, below).
     per_epoch = rows / cfg.batch_size * applied.embeddings_l2
     assert per_epoch == pytest.approx(REFERENCE_ROWS / cfg.batch_size * cfg.embeddings_l2)
     assert type(applied) is type(cfg)
