@@ -74,10 +74,18 @@ class SplitTensors:
         if remainder < min_rows and self.num_rows > batch_size:
             # take, not filter: Keras needs the number of batches (steps_per_execution > 1).
             rows = rows.take(self.num_rows - remainder)
+        # Fixed parallelism and no autotuning: tf.data's autotuner wakes on a period that doubles
+        # from 10 ms to 60 s, and freeing an epoch's iterator waits for its next wake-up. Epochs
+        # ended 10.23 s, 20.47 s ... after they started, whatever their work: 8 s more on some
+        # two-tower epochs of 12 s at ml-1m (docs/training.md, "Where a two-tower step goes").
+        # A batch is one gather per column: one call at a time, two ahead, keeps a step fed.
+        options = tf.data.Options()
+        options.autotune.enabled = False
         return (
             rows.batch(batch_size)
-            .map(self._gather, num_parallel_calls=tf.data.AUTOTUNE)
-            .prefetch(tf.data.AUTOTUNE)
+            .map(self._gather, num_parallel_calls=1)
+            .prefetch(2)
+            .with_options(options)
         )
 
     def _gather(self, rows: tf.Tensor):

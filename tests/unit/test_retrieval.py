@@ -70,6 +70,9 @@ def test_retrieval_batches_leave_out_a_last_batch_of_one_row(rows, sizes):
     batches = split.batches(8, shuffle=True, min_rows=2)
     assert [len(batch[USER]) for batch in batches] == sizes
     assert int(batches.cardinality()) == len(sizes)
+    # tf.data's autotuner held each epoch's end until its next wake-up, up to 8 s of a 12 s
+    # two-tower epoch at ml-1m (benchmarks/results/epoch_gap.md).
+    assert batches.options().autotune.enabled is False
 
 
 def test_item_mean_baseline_is_smoothed_towards_the_global_rate():
