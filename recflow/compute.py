@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import dask.config
 import pynvml
 from distributed import Client, LocalCluster
 
@@ -116,9 +117,36 @@ def open_cluster(cfg: ComputeConfig) -> Iterator[tuple[Client, Device]]:
         return
 
     device = resolve_device(cfg.device, detect_gpus(), cudf_available())
-    with _start_local_cluster(cfg, device) as cluster, Client(cluster) as client:
+    with (
+        _workers_environment_kept_out(),
+        _start_local_cluster(cfg, device) as cluster,
+        Client(cluster) as client,
+    ):
         _log_cluster(client, device)
         yield client, device
+
+
+@contextmanager
+def _workers_environment_kept_out() -> Iterator[None]:
+    """Give this process its environment back once the local cluster is closed.
+
+    Dask's nannies set ``distributed.nanny.pre-spawn-environ`` (MALLOC_TRIM_THRESHOLD_=65536,
+    OMP/MKL/OPENBLAS_NUM_THREADS=1) in the spawning process's own environment, on purpose, so
+    that workers start with them (dask/distributed#6841), and leave them there. Every process
+    recflow started afterwards inherited them: Triton's stubs, a CLI run inside a test, a
+    benchmark's training subprocess, where TensorFlow trained the ml-1m two-tower at half
+    speed with that trim threshold (docs/stack.md, "Dask's worker environment").
+    """
+    names = dask.config.get("distributed.nanny.pre-spawn-environ", {}).keys()
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _remote_device(client: Client, requested: RequestedDevice) -> Device:
