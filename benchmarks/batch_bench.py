@@ -113,15 +113,21 @@ def measure(features_dir: Path, config: Config, sets: list[str], work: Path) -> 
     command = [sys.executable, __file__, "--train", str(features_dir), f"{config.batch}"]
     command += [f"--rate={config.learning_rate}" if config.learning_rate else "--rate="]
     command += [f"--model-dir={out}", *(f"--set={s}" for s in sets)]
-    before, started = uptime(), time.perf_counter()
-    print(f"[{config.label}] {before}", flush=True)
-    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if finished.returncode:
-        raise SystemExit(f"{config.label} failed:\n{finished.stderr[-3000:]}")
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
-    result |= {"wall_s": time.perf_counter() - started, "before": before, "after": uptime()}
+    result = timed_subprocess(command, config.label)
     print(f"[{config.label}] AUC {result['auc']:.4f} in {result['wall_s']:.0f} s", flush=True)
     return result
+
+
+def timed_subprocess(command: list[str], label: str) -> dict:
+    """Run one measurement's subprocess from the repository root: the JSON object it prints
+    last, with its wall seconds and the ``uptime`` lines before and after it."""
+    before, started = uptime(), time.perf_counter()
+    print(f"[{label}] {before}", flush=True)
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    if finished.returncode:
+        raise SystemExit(f"{label} failed:\n{finished.stderr[-3000:]}")
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    return result | {"wall_s": time.perf_counter() - started, "before": before, "after": uptime()}
 
 
 def report(
@@ -146,7 +152,7 @@ def report(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for config, r in zip(configs, results, strict=True):
-        load = f"{_load(r['before'])} -> {_load(r['after'])}"
+        load = f"{one_minute_load(r['before'])} -> {one_minute_load(r['after'])}"
         lines.append(
             f"| batch {config.batch}, lr {r['learning_rate']:g} | {r['auc']:.4f} | "
             f"{r['auc'] - reference:+.4f} | {r['best_epoch']} / {r['epochs_run']} "
@@ -164,7 +170,8 @@ def report(
     return "\n".join(lines) + "\n"
 
 
-def _load(line: str) -> str:
+def one_minute_load(line: str) -> str:
+    """The 1-minute load average of an ``uptime`` line."""
     return line.rsplit("load average:", 1)[-1].split(",")[0].strip()
 
 

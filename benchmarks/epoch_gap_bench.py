@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,8 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.batch_bench import build  # noqa: E402
-from benchmarks.recommend_bench import code_state, uptime  # noqa: E402
+from benchmarks.batch_bench import build, one_minute_load, timed_subprocess  # noqa: E402
+from benchmarks.recommend_bench import code_state  # noqa: E402
 from benchmarks.scale_bench import SHAPES  # noqa: E402
 
 PIPELINES = ("autotuned", "product")
@@ -85,13 +84,7 @@ def measure(features_dir: Path, model: str, epochs: int, pipeline: str, work: Pa
     out = work / "models" / f"{model}-{pipeline}-{time.strftime('%Y%m%dT%H%M%S')}"
     command = [sys.executable, __file__, "--train", str(features_dir), model, str(epochs)]
     command += [pipeline, str(out)]
-    before, started = uptime(), time.perf_counter()
-    print(f"[{pipeline}] {before}", flush=True)
-    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    if finished.returncode:
-        raise SystemExit(f"{pipeline} failed:\n{finished.stderr[-3000:]}")
-    result = json.loads(finished.stdout.strip().splitlines()[-1])
-    result |= {"wall_s": time.perf_counter() - started, "before": before, "after": uptime()}
+    result = timed_subprocess(command, pipeline)
     print(f"[{pipeline}] {result['epoch_seconds']} in {result['wall_s']:.0f} s", flush=True)
     return result
 
@@ -109,7 +102,7 @@ def report(size: str, model: str, epochs: int, results: dict[str, dict], command
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for pipeline, r in results.items():
-        load = f"{_load(r['before'])} -> {_load(r['after'])}"
+        load = f"{one_minute_load(r['before'])} -> {one_minute_load(r['after'])}"
         label = "autotuned (before)" if pipeline == "autotuned" else "product (autotuning off)"
         lines.append(
             f"| {label} | {', '.join(f'{s:g}' for s in r['epoch_seconds'])} | "
@@ -117,10 +110,6 @@ def report(size: str, model: str, epochs: int, results: dict[str, dict], command
             f"{r['wall_s']:.0f} | {load} |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _load(line: str) -> str:
-    return line.rsplit("load average:", 1)[-1].split(",")[0].strip()
 
 
 def main() -> None:
