@@ -76,8 +76,8 @@ class SplitTensors:
             rows = rows.take(self.num_rows - remainder)
         # Fixed parallelism and no autotuning: tf.data's autotuner wakes on a period that doubles
         # from 10 ms to 60 s, and freeing an epoch's iterator waits for its next wake-up. Epochs
-        # ended 10.23 s, 20.47 s ... after they started, whatever their work: 8 s more on some
-        # two-tower epochs of 12 s at ml-1m (docs/training.md, "Where a two-tower step goes").
+        # ended 10.23 s, 20.47 s, 40.95 s ... after they started, whatever their work: ml-1m
+        # two-tower epochs of 21 s took 41 (docs/training.md, "The fit loop").
         # A batch is one gather per column: one call at a time, two ahead, keeps a step fed.
         options = tf.data.Options()
         options.autotune.enabled = False
