@@ -39,6 +39,15 @@ STOP_TIMEOUT_S = 15.0
 RUN_TIMEOUT_S = 900.0
 POLL_S = 1.0
 API_ATTEMPTS = 5
+# What Prefect's client retries: SQLite was busy (503; the scheduler writes too), or the server
+# answered too slowly or dropped the connection.
+BUSY_SERVER_CODES = {408, 429, 502, 503}
+BUSY_SERVER_ERRORS = (
+    httpx.TimeoutException,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
 FINAL_STATES = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 DEPLOYMENT = "ci"
 # Far from any test run (1 January), so the runner never starts a scheduled run by itself.
@@ -74,11 +83,20 @@ class PrefectServer:
         }
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One REST call, retried as Prefect's own client retries (prefect.client.base): a busy
+        server is not a wrong one. On a loaded 2-core CI machine a GET of a flow run once waited
+        past 30 s while a pipeline ran against the same SQLite database."""
         for attempt in range(API_ATTEMPTS):
-            response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
-            # 503: SQLite was busy (the scheduler writes too); Prefect's client retries as well.
-            if response.status_code != 503 or attempt == API_ATTEMPTS - 1:
-                break
+            last = attempt == API_ATTEMPTS - 1
+            try:
+                response = httpx.request(method, f"{self.api_url}{path}", timeout=30, **kwargs)
+            except BUSY_SERVER_ERRORS as error:
+                if last:
+                    detail = f"{method} {path}: {error!r}; {self.log}:\n{tail(self.log)}"
+                    raise RuntimeError(detail) from error
+            else:
+                if response.status_code not in BUSY_SERVER_CODES or last:
+                    break
             time.sleep(2**attempt)
         response.raise_for_status()
         return response.json() if response.content else None
@@ -167,7 +185,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float, log: Pa
 
 
 def tail(log: Path, lines: int = 60) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
 
 
 @contextmanager
