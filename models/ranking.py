@@ -21,6 +21,7 @@ from models.training import (
     binary_target,
     compile_model,
     fit_keeping_best,
+    optimizer_for,
     read_columns,
     read_schema,
     read_split,
@@ -71,14 +72,15 @@ def train_ranker(
     # calls without targets (a model first called by fit, with targets, cannot be exported).
     inputs, _ = next(iter(valid.batches(PREDICT_BATCH, shuffle=False)))
     model(inputs, training=False)
-    compile_model(model, cfg.optimizer, cfg.learning_rate)
+    batches = train.batches(batch_size, shuffle=True)
+    compile_model(model, optimizer_for(cfg, int(batches.cardinality())))
 
     def evaluate() -> dict[str, float]:
         return binary_metrics(*predict_split(model, valid))
 
     fit = fit_keeping_best(
         model,
-        train.batches(batch_size, shuffle=True),
+        batches,
         epochs=cfg.epochs,
         patience=cfg.patience,
         evaluate=evaluate,

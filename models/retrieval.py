@@ -34,6 +34,7 @@ from models.training import (
     binary_target,
     compile_model,
     fit_keeping_best,
+    optimizer_for,
     read_columns,
     read_schema,
     read_split,
@@ -169,7 +170,6 @@ def train_retriever(
     n_ids = int(schema[item_id].int_domain.max) + 1
     applied = scaled_for_rows(cfg, len(trained_items))
     model = build_retriever(schema, applied, np.bincount(trained_items, minlength=n_ids))
-    compile_model(model, cfg.optimizer, cfg.learning_rate)
 
     def evaluate() -> dict[str, float]:
         query_vectors = predict_rows(model.query_encoder, queries, user_schema)
@@ -181,12 +181,14 @@ def train_retriever(
     train = read_split(
         train_dir, full, user_cols + item_cols, positives_of=None if rated else target
     )
+    # A batch of one row has no in-batch negative to learn from, and Merlin's contrastive
+    # output and log-q correction fail on it (a ConcatOp error from inside TensorFlow):
+    # rows % batch_size == 1 ended every epoch with one. The row is in the next epoch's.
+    batches = train.batches(cfg.batch_size, shuffle=True, min_rows=2)
+    compile_model(model, optimizer_for(cfg, int(batches.cardinality())))
     fit = fit_keeping_best(
         model,
-        # A batch of one row has no in-batch negative to learn from, and Merlin's contrastive
-        # output and log-q correction fail on it (a ConcatOp error from inside TensorFlow):
-        # rows % batch_size == 1 ended every epoch with one. The row is in the next epoch's.
-        train.batches(cfg.batch_size, shuffle=True, min_rows=2),
+        batches,
         epochs=cfg.epochs,
         patience=cfg.patience,
         evaluate=evaluate,

@@ -173,17 +173,24 @@ def batch_for_rows(batch_size: int, max_batch_size: int, rows: int) -> int:
 STEPS_PER_EXECUTION = 16
 
 
-def compile_model(model: tf.keras.Model, optimizer: str, learning_rate: float) -> None:
+def optimizer_for(cfg: SectionConfig, steps_per_epoch: int) -> tf.keras.optimizers.Optimizer:
+    """``cfg.optimizer`` at ``cfg.learning_rate``, held or (``cosine``) lowered to 0 along a half
+    cosine over ``cfg.epochs`` epochs of ``steps_per_epoch`` steps (SGDR's schedule without
+    restarts, Loshchilov & Hutter 2017). The rate follows the optimizer's step count, so an
+    early stop leaves it where that epoch had it."""
+    rate: float | tf.keras.optimizers.schedules.LearningRateSchedule = cfg.learning_rate
+    if cfg.learning_rate_schedule == "cosine":
+        rate = tf.keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=cfg.epochs * steps_per_epoch
+        )
+    return tf.keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": rate}})
+
+
+def compile_model(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer) -> None:
     """Compile for ``fit_keeping_best``. No Keras metrics: Merlin's defaults (top-k over each
     batch's logits for retrieval) would run every step and never be read; early stopping and
     the gate read our own (models/metrics.py)."""
-    model.compile(
-        optimizer=tf.keras.optimizers.get(
-            {"class_name": optimizer, "config": {"learning_rate": learning_rate}}
-        ),
-        metrics=[],
-        steps_per_execution=STEPS_PER_EXECUTION,
-    )
+    model.compile(optimizer=optimizer, metrics=[], steps_per_execution=STEPS_PER_EXECUTION)
     # Keras traces train_step through AutoGraph, which rewrites the source of every Merlin
     # block it calls: about 4 of the first epoch's 6-7 s on ml-100k, in every run. Merlin's
     # train step branches on Python values only, so the plain trace is the same graph (the

@@ -293,6 +293,9 @@ class FeaturesConfig(_Section):
 
 
 Optimizer = Literal["adam", "adagrad", "sgd"]
+# How the learning rate moves over the epoch budget (models.training.optimizer_for): held, or
+# lowered from ``learning_rate`` to 0 along a half cosine ending with the last epoch.
+LearningRateSchedule = Literal["constant", "cosine"]
 # Top-k metric names the retrieval model reports, e.g. recall@10.
 TOP_K_METRICS = ("recall", "ndcg", "mrr")
 
@@ -333,6 +336,7 @@ class RankingConfig(_Section):
     label_grading: float = Field(0.25, ge=0, lt=0.5)
     optimizer: Optimizer = "adam"
     learning_rate: float = Field(3e-3, gt=0)
+    learning_rate_schedule: LearningRateSchedule = "constant"
     # The batch on up to 100,000 training rows; above them it doubles with each doubling of the
     # rows, up to max_batch_size (models.training.batch_for_rows; equal to batch_size: fixed).
     batch_size: PositiveInt = 512
@@ -389,6 +393,7 @@ class RetrievalConfig(_Section):
     interactions: Literal["rated", "positives"] = "rated"
     optimizer: Optimizer = "adam"
     learning_rate: float = Field(3e-3, gt=0)
+    learning_rate_schedule: LearningRateSchedule = "constant"
     batch_size: PositiveInt = 1024
     epochs: PositiveInt = 20
     patience: int = Field(3, ge=0)

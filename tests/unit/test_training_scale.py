@@ -1,9 +1,10 @@
 """What training applies follows the training rows: the embedding L2 per step
-(models.training.scaled_for_rows) and the ranker's batch (models.training.batch_for_rows)."""
+(models.training.scaled_for_rows), the ranker's batch (models.training.batch_for_rows) and the
+learning rate over the epoch budget's steps (models.training.optimizer_for)."""
 
 import pytest
 
-from models.training import REFERENCE_ROWS, batch_for_rows, scaled_for_rows
+from models.training import REFERENCE_ROWS, batch_for_rows, optimizer_for, scaled_for_rows
 from recflow.config import RankingConfig, RetrievalConfig
 
 
@@ -49,3 +50,20 @@ def test_the_rankers_batch_doubles_with_each_doubling_of_the_rows_up_to_its_cap(
 def test_a_cap_at_the_batch_keeps_it_and_a_larger_setting_is_not_cut():
     assert batch_for_rows(512, 512, 10**7) == 512
     assert batch_for_rows(16384, 8192, 10**7) == 16384
+
+
+@pytest.mark.parametrize("cfg", [RankingConfig, RetrievalConfig])
+def test_a_cosine_schedule_falls_from_the_rate_to_zero_at_the_end_of_the_epoch_budget(cfg):
+    optimizer = optimizer_for(
+        cfg(learning_rate=0.004, learning_rate_schedule="cosine", epochs=4), steps_per_epoch=10
+    )
+    rate = optimizer.learning_rate
+    # Halfway through the 40 steps, half the rate: a half cosine, not a per-epoch step.
+    assert [float(rate(step)) for step in (0, 20, 40)] == pytest.approx([0.004, 0.002, 0.0])
+    assert float(rate(10)) == pytest.approx(0.002 * (1 + 2**-0.5))
+
+
+def test_a_constant_schedule_keeps_the_rate_and_the_optimizer():
+    optimizer = optimizer_for(RankingConfig(optimizer="sgd", learning_rate=0.01), 10)
+    assert optimizer.get_config()["name"] == "SGD"
+    assert float(optimizer.learning_rate) == pytest.approx(0.01)
