@@ -30,6 +30,7 @@ import argparse
 import json
 import shlex
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,8 +64,8 @@ def train_one(features_dir: Path, model: str, config: str, out: Path) -> dict:
     }
 
 
-def measure(features_dir: Path, model: str, config: str, work: Path, index: int) -> dict:
-    out = work / "models" / f"{model}-{index}"
+def measure(features_dir: Path, model: str, config: str, models_dir: Path) -> dict:
+    out = models_dir / config.replace(",", "_")
     command = [sys.executable, __file__, "--train", str(features_dir), model, config]
     result = timed_subprocess([*command, f"--model-dir={out}"], config)
     print(f"[{config}] {result['metric']:.4f} in {result['wall_s']:.0f} s", flush=True)
@@ -119,10 +120,9 @@ def main() -> None:
     if not args.work or not args.config:
         parser.error("--work and at least one --config are needed")
     features = build(args.work, args.size)
-    results = [
-        measure(features, args.model, config, args.work, index)
-        for index, config in enumerate(args.config)
-    ]
+    # One directory per invocation: models are saved atomically and never overwritten.
+    models_dir = Path(tempfile.mkdtemp(prefix=f"{args.model}-", dir=args.work))
+    results = [measure(features, args.model, config, models_dir) for config in args.config]
     text = report(args.size, args.model, args.config, results, features, shlex.join(sys.argv))
     print(text)
     if args.out:
