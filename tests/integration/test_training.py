@@ -12,9 +12,11 @@ from merlin.schema import Tags
 
 from models.architectures import ID_ONLY
 from models.evaluation import RetrievalTask
-from models.metrics import top_k_metrics
+from models.metrics import binary_metrics, top_k_metrics
 from models.predict import input_columns
-from models.training import binary_target, read_columns, read_schema, side_columns
+from models.ranking import load_model, model_schema, predict_split
+from models.training import binary_target, read_columns, read_schema, read_split, side_columns
+from recflow.artifacts import FeatureSet, RankingModel
 from recflow.config import RankingArchitecture, RankingConfig
 from recflow.vocabulary import RAW_ITEM_ID
 from serving.export import write_ranker
@@ -52,12 +54,21 @@ def retrieval(request, features, settings):
     return train_retrieval(features, cfg, settings.paths.models_dir / f"retrieval-{request.param}")
 
 
-def test_the_default_ranker_learns_the_planted_signal_and_beats_the_item_mean(ranking):
+def reloaded_metrics(ranking: RankingModel, features: FeatureSet) -> dict[str, float]:
+    """The saved ranker, loaded as serving's export loads it, scored on the validation split."""
+    schema = model_schema(read_schema(features.train_dir), ranking.architecture)
+    valid = read_split(features.valid_dir, schema, schema.column_names)
+    return binary_metrics(*predict_split(load_model(ranking.model_dir), valid))
+
+
+def test_the_default_ranker_learns_the_planted_signal_and_beats_the_item_mean(ranking, features):
     assert ranking.metrics["auc"] >= 0.75
     assert ranking.metrics["auc"] > ranking.baseline_metrics["auc"]
     # The kept weights are those of the best epoch, and the manifest says which one that was.
     best = ranking.history[ranking.best_epoch - 1]
     assert best["auc"] == max(row["auc"] for row in ranking.history) == ranking.metrics["auc"]
+    # ... and what was saved (configs and weights, no traces: models.training.save_model).
+    assert reloaded_metrics(ranking, features) == pytest.approx(ranking.metrics, abs=1e-6)
     assert ranking.model_dir.is_dir() and ranking.train_examples_per_s > 0
     # Small data trains at the setting's batch; the manifest says what was applied.
     assert ranking.batch_size_applied == ranking.params["batch_size"]
@@ -131,12 +142,22 @@ OTHER_RANKERS = [
 def test_every_ranking_architecture_learns_and_exports_unchanged(
     architecture, features, settings, tmp_path
 ):
-    """The same loop trains each, and its ONNX export scores held-out rows like Keras does
-    (``write_ranker`` raises otherwise), reading only the columns the architecture takes."""
+    """The same loop trains each, its saved model reloads to the kept epoch's scores, and its
+    ONNX export scores held-out rows like Keras does (``write_ranker`` raises otherwise),
+    reading only the columns the architecture takes."""
     cfg = settings.ranking.model_copy(update={"architecture": architecture, "epochs": 3})
     model = train_ranking(features, cfg, settings.paths.models_dir / f"ranking-{architecture}")
     assert model.architecture == architecture
     assert model.metrics["auc"] > model.baseline_metrics["auc"]
+    reloaded = reloaded_metrics(model, features)
+    if architecture == "dcn":
+        # Known, not fixed: DCN's SavedModel reloads with every variable equal but scores that
+        # differ by up to ~0.01 (2 epochs: logloss 0.5296 trained, 0.5270 reloaded). Serving
+        # exports the reloaded model and the gate scores what is served, so gating holds; the
+        # manifest's validation numbers are the trained model's.
+        assert reloaded["auc"] == pytest.approx(model.metrics["auc"], abs=1e-3)
+    else:
+        assert reloaded == pytest.approx(model.metrics, abs=1e-6)
     schema = read_schema(features.train_dir)
     write_ranker(model, features, schema, tmp_path / "ranking.onnx")
     graph = onnx.load(str(tmp_path / "ranking.onnx"))

@@ -7,7 +7,7 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
-from models.retrieval import QueryEncoder
+from models.retrieval import QueryEncoder, save_query_encoder
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 from tests.support.retrieval import ExactRetriever
 
@@ -131,3 +131,29 @@ def test_predict_rows_traces_the_model_once_for_batches_of_every_length():
     scores = predict_rows(model, rows, schema, batch_size=3)
     assert scores.tolist() == [10 * i + i % 3 for i in range(7)]
     assert len(traces) == 1
+
+
+class ConfiglessTower(tf.keras.Model):
+    """A tower Keras cannot rebuild from a config (it has none): only its traces revive it."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = tf.keras.layers.Embedding(4, 2)
+
+    def call(self, inputs, training=False):
+        return self.table(inputs[USER]) * 2.0
+
+
+def test_a_query_encoder_that_does_not_rebuild_from_its_configs_is_saved_with_traces(
+    tmp_path, caplog
+):
+    schema = Schema(
+        [ColumnSchema(USER, dtype=np.int64, tags=[Tags.USER_ID, Tags.USER, Tags.CATEGORICAL])]
+    )
+    rows = pd.DataFrame({USER: [0, 1, 2, 3]})
+    tower = ConfiglessTower()
+    trained = predict_rows(tower, rows, schema)
+    save_query_encoder(tower, rows, schema, tmp_path / "query_encoder")
+    assert "saving it with traces" in caplog.text
+    reloaded = tf.keras.models.load_model(str(tmp_path / "query_encoder"))
+    np.testing.assert_array_equal(predict_rows(reloaded, rows, schema), trained)
