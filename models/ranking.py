@@ -25,6 +25,7 @@ from models.training import (
     read_columns,
     read_schema,
     read_split,
+    save_model,
     scaled_for_rows,
     seed_everything,
 )
@@ -99,7 +100,9 @@ def train_ranker(
     )
 
     with atomic_dir(out_dir) as staging:
-        model.save(str(staging / "model"))
+        save_model(
+            model, staging / "model", lambda ranker: np.asarray(ranker(inputs, training=False))
+        )
         ranking = RankingModel(
             path=out_dir,
             features_fingerprint=fingerprint,

@@ -15,7 +15,6 @@ item's embedding next to its raw id, and the serving runtime searches it exactly
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import merlin.models.tf as mm
@@ -39,6 +38,7 @@ from models.training import (
     read_columns,
     read_schema,
     read_split,
+    save_model,
     scaled_for_rows,
     seed_everything,
     side_columns,
@@ -71,37 +71,6 @@ class QueryEncoder:
     def encode(self, user_rows: pd.DataFrame) -> np.ndarray:
         """Query embeddings [rows, dim] of transformed user feature rows (the user workflow's)."""
         return predict_rows(self.encoder, user_rows, self.schema).astype(np.float32)
-
-
-def save_query_encoder(
-    encoder: tf.keras.Model, rows: pd.DataFrame, schema: Schema, path: Path
-) -> None:
-    """The query tower as a Keras SavedModel of its layers' configs and weights, checked.
-
-    Merlin's ``Encoder.save`` keeps Keras's default of also tracing every layer's call, so
-    that Keras can revive a layer whose class or config fails it: 5.7 of its 6.1 s on the
-    tests' small data, where the towers train in 12, and 4x the load time. Loaders here import
-    Merlin, whose layers are registered Keras classes rebuilt from their configs (Keras's own
-    save is called: Merlin's wants the traced signature for a schema file recflow does not
-    read). The rebuild is kept only if it loads and encodes ``rows`` as the trained tower
-    does; otherwise Merlin's traced save is written. (Some of Merlin's rankers, NCF and MF
-    here, only load through their traces.)
-    """
-    tf.keras.Model.save(
-        encoder, str(path), include_optimizer=False, save_traces=False, save_format="tf"
-    )
-    trained = predict_rows(encoder, rows, schema)
-    try:
-        rebuilt = predict_rows(tf.keras.models.load_model(str(path)), rows, schema)
-        if np.allclose(rebuilt, trained, rtol=0, atol=1e-6):
-            return
-        problem = "encodes differently"
-    # Keras's revival raises ValueError, TypeError or KeyError, depending on the layer.
-    except Exception as error:  # noqa: BLE001
-        problem = f"does not load ({error.__class__.__name__})"
-    log.warning("query encoder rebuilt from its configs %s: saving it with traces", problem)
-    shutil.rmtree(path)
-    encoder.save(str(path))
 
 
 def _encoder(schema: Schema, cfg: RetrievalConfig) -> mm.Encoder:
@@ -250,7 +219,11 @@ def train_retriever(
         }
     )
     with atomic_dir(out_dir) as staging:
-        save_query_encoder(model.query_encoder, queries, user_schema, staging / "query_encoder")
+        save_model(
+            model.query_encoder,
+            staging / "query_encoder",
+            lambda encoder: predict_rows(encoder, queries, user_schema),
+        )
         (staging / "query_schema").mkdir()
         TensorflowMetadata.from_merlin_schema(user_schema).to_proto_text_file(
             str(staging / "query_schema")

@@ -7,7 +7,8 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
-from models.retrieval import QueryEncoder, save_query_encoder
+from models.retrieval import QueryEncoder
+from models.training import save_model
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 from tests.support.retrieval import ExactRetriever
 
@@ -144,16 +145,14 @@ class ConfiglessTower(tf.keras.Model):
         return self.table(inputs[USER]) * 2.0
 
 
-def test_a_query_encoder_that_does_not_rebuild_from_its_configs_is_saved_with_traces(
-    tmp_path, caplog
-):
+def test_a_model_that_does_not_rebuild_from_its_configs_is_saved_with_traces(tmp_path, caplog):
     schema = Schema(
         [ColumnSchema(USER, dtype=np.int64, tags=[Tags.USER_ID, Tags.USER, Tags.CATEGORICAL])]
     )
     rows = pd.DataFrame({USER: [0, 1, 2, 3]})
     tower = ConfiglessTower()
     trained = predict_rows(tower, rows, schema)
-    save_query_encoder(tower, rows, schema, tmp_path / "query_encoder")
+    save_model(tower, tmp_path / "query_encoder", lambda model: predict_rows(model, rows, schema))
     assert "saving it with traces" in caplog.text
     reloaded = tf.keras.models.load_model(str(tmp_path / "query_encoder"))
     np.testing.assert_array_equal(predict_rows(reloaded, rows, schema), trained)
