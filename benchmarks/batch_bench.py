@@ -152,13 +152,8 @@ def report(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for config, r in zip(configs, results, strict=True):
-        load = f"{one_minute_load(r['before'])} -> {one_minute_load(r['after'])}"
-        lines.append(
-            f"| batch {config.batch}, lr {r['learning_rate']:g} | {r['auc']:.4f} | "
-            f"{r['auc'] - reference:+.4f} | {r['best_epoch']} / {r['epochs_run']} "
-            f"({r['epochs_cap']}) | {r['train_seconds']:.0f} | {r['examples_per_s']:,.0f} | "
-            f"{r['wall_s']:.0f} | {load} |"
-        )
+        label = f"batch {config.batch}, lr {r['learning_rate']:g}"
+        lines.append(training_row(label, r["auc"], reference, r))
     lines += [
         "",
         f"Largest batch tried within {TOLERANCE} AUC of the first config: **{max(within)}**.",
@@ -168,6 +163,17 @@ def report(
     ]
     lines += [f"- {c.label}: {r['history']}" for c, r in zip(configs, results, strict=True)]
     return "\n".join(lines) + "\n"
+
+
+def training_row(label: str, metric: float, reference: float, r: dict) -> str:
+    """A table row of one training: its validation metric and difference to the reference,
+    kept epoch / epochs run (cap), training seconds, examples/s, wall seconds and load."""
+    load = f"{one_minute_load(r['before'])} -> {one_minute_load(r['after'])}"
+    return (
+        f"| {label} | {metric:.4f} | {metric - reference:+.4f} | {r['best_epoch']} / "
+        f"{r['epochs_run']} ({r['epochs_cap']}) | {r['train_seconds']:.0f} | "
+        f"{r['examples_per_s']:,.0f} | {r['wall_s']:.0f} | {load} |"
+    )
 
 
 def one_minute_load(line: str) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.batch_bench import build, one_minute_load, timed_subprocess  # noqa: E402
+from benchmarks.batch_bench import build, timed_subprocess, training_row  # noqa: E402
 from benchmarks.recommend_bench import code_state  # noqa: E402
 from benchmarks.scale_bench import SHAPES  # noqa: E402
 
@@ -91,12 +91,7 @@ def report(
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for config, r in zip(configs, results, strict=True):
-        load = f"{one_minute_load(r['before'])} -> {one_minute_load(r['after'])}"
-        lines.append(
-            f"| `{config}` | {r['metric']:.4f} | {r['metric'] - reference:+.4f} | "
-            f"{r['best_epoch']} / {r['epochs_run']} ({r['epochs_cap']}) | "
-            f"{r['train_seconds']:.0f} | {r['examples_per_s']:,.0f} | {r['wall_s']:.0f} | {load} |"
-        )
+        lines.append(training_row(f"`{config}`", r["metric"], reference, r))
     lines += ["", f"Validation {monitor} per epoch:", ""]
     lines += [f"- `{c}`: {r['history']}" for c, r in zip(configs, results, strict=True)]
     return "\n".join(lines) + "\n"
