@@ -211,7 +211,7 @@ def save_model(
     from their configs (Keras's own save is called: Merlin's wants the traced signature for a
     schema file recflow does not read). The rebuild is kept only if it loads and ``outputs``
     gives what it gives for the trained model; otherwise Merlin's traced save is written.
-    Rebuilt from configs, Merlin's NCF and MF rankers did not load and DCN scored differently.
+    Merlin's NCF and MF rankers do not load from their configs, so they are saved traced.
     """
     tf.keras.Model.save(
         model, str(path), include_optimizer=False, save_traces=False, save_format="tf"

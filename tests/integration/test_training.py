@@ -149,15 +149,7 @@ def test_every_ranking_architecture_learns_and_exports_unchanged(
     model = train_ranking(features, cfg, settings.paths.models_dir / f"ranking-{architecture}")
     assert model.architecture == architecture
     assert model.metrics["auc"] > model.baseline_metrics["auc"]
-    reloaded = reloaded_metrics(model, features)
-    if architecture == "dcn":
-        # Known, not fixed: DCN's SavedModel reloads with every variable equal but scores that
-        # differ by up to ~0.01 (2 epochs: logloss 0.5296 trained, 0.5270 reloaded). Serving
-        # exports the reloaded model and the gate scores what is served, so gating holds; the
-        # manifest's validation numbers are the trained model's.
-        assert reloaded["auc"] == pytest.approx(model.metrics["auc"], abs=1e-3)
-    else:
-        assert reloaded == pytest.approx(model.metrics, abs=1e-6)
+    assert reloaded_metrics(model, features) == pytest.approx(model.metrics, abs=1e-6)
     schema = read_schema(features.train_dir)
     write_ranker(model, features, schema, tmp_path / "ranking.onnx")
     graph = onnx.load(str(tmp_path / "ranking.onnx"))
