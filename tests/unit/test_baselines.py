@@ -11,12 +11,14 @@ from models.baselines import (
     EASE_L2_GRID,
     Cooccurrence,
     choose_on,
+    choose_recency_decay,
     ease,
     fit_tuned,
     item_knn,
     random_rows,
 )
 from models.evaluation import RetrievalTask
+from models.item_item import ItemItemWeights
 
 
 def _pairs(matrix: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
@@ -142,3 +144,35 @@ def test_a_judged_item_the_training_rows_never_name_is_a_miss_not_an_error():
     chosen = choose_on("ease", fitted_on, judged, "user", "item", (5.0, 50.0))
     assert chosen.value == 5.0 and chosen.validation == {5.0: 0.0, 50.0: 0.0}
     assert list(chosen.model.items) == [10, 20, 30]
+
+
+@pytest.mark.parametrize("cap", [5, 1000])
+def test_choices_are_judged_on_a_seeded_sample_of_users_above_the_cap(monkeypatch, cap):
+    # At ml-10m's 70,000 users judging everyone made most of the item-item fit's time.
+    monkeypatch.setattr(baselines, "TUNING_USERS", cap)
+    rng = np.random.default_rng(1)
+    fitted_on = pd.DataFrame({"user": rng.integers(0, 40, 500), "item": rng.integers(0, 20, 500)})
+    judged = pd.DataFrame({"user": np.arange(40), "item": rng.integers(0, 20, 40)})
+    judged_users: list[set[int]] = []
+    original = RetrievalTask.build
+
+    def recorded(train, valid_positives, candidates, user, item):
+        judged_users.append(set(valid_positives[user]))
+        return original(train, valid_positives, candidates, user, item)
+
+    monkeypatch.setattr(RetrievalTask, "build", staticmethod(recorded))
+    tuned = choose_on("ease", fitted_on, judged, "user", "item", (5.0, 50.0))
+    weights = ItemItemWeights.from_dense(tuned.model.items, tuned.model.weights, 20)
+    choose_recency_decay(weights, fitted_on, judged, "user", "item", (1.0, 0.5))
+    assert len(judged_users[0]) == min(cap, 40) and judged_users[0] <= set(range(40))
+    assert judged_users[1] == judged_users[0]  # the same users judge λ and the decay
+
+
+@pytest.mark.parametrize("band", [2, 3, 1024])
+def test_the_cholesky_inverse_mirrors_every_band_of_its_triangle(monkeypatch, band):
+    monkeypatch.setattr(baselines, "MIRROR_ROWS", band)
+    x = np.random.default_rng(5).random((20, 7))
+    gram = x.T @ x + np.eye(7)
+    inverse = gram.copy()
+    baselines._invert_in_place(inverse)
+    np.testing.assert_allclose(inverse, np.linalg.inv(gram), rtol=1e-10, atol=1e-12)
