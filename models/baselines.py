@@ -32,9 +32,10 @@ from models.item_item import ItemItemWeights
 PRIOR_WEIGHT = 10.0
 
 # The largest catalogue an item-item model holds as a dense matrix. Fitting EASE holds the
-# float64 co-occurrence counts, the float64 matrix it inverts and its inverse at once, 24 bytes
-# per entry: 2.4 GB at 10,000 items (the inverse takes about a minute of one core), beside the
-# Dask workers and the trainer on the same machine; 40,000 items would need 38 GB. Above it,
+# float64 co-occurrence counts and the float64 matrix it inverts in place, then its float32
+# weights, 16-20 bytes per entry: up to 2 GB at 10,000 items (16 s to invert on 2 cores),
+# beside the Dask workers and the trainer on the same machine; 40,000 items would need 32 GB.
+# Above it,
 # both models are fitted on the MAX_DENSE_ITEMS items with the most training interactions (the
 # head that top-k lists are mostly drawn from), and every other item is one they never return
 # (score -inf).
