@@ -189,12 +189,15 @@ def train_models(
     run_dir = settings.paths.models_dir / run_id
     rankers = [
         train_ranking_task.with_options(**timeout)(
-            features, cfg, run_dir / ranker_dir_name(cfg, settings.ranking)
+            features,
+            cfg,
+            run_dir / ranker_dir_name(cfg, settings.ranking),
+            settings.data_parallel,
         )
         for cfg in settings.ranking.contenders
     ]
     retrieval = train_retrieval_task.with_options(**timeout)(
-        features, settings.retrieval, run_dir / RETRIEVAL
+        features, settings.retrieval, run_dir / RETRIEVAL, settings.data_parallel
     )
     item_item = (
         fit_item_item_task.with_options(**timeout)(

@@ -22,6 +22,7 @@ from models.training import (
     compile_model,
     fit_keeping_best,
     optimizer_for,
+    process_rank,
     read_columns,
     read_schema,
     read_split,
@@ -73,7 +74,8 @@ def train_ranker(
     # calls without targets (a model first called by fit, with targets, cannot be exported).
     inputs, _ = next(iter(valid.batches(PREDICT_BATCH, shuffle=False)))
     model(inputs, training=False)
-    batches = train.batches(batch_size, shuffle=True)
+    process, processes = process_rank()
+    batches = train.batches(batch_size, shuffle=True, share=(process, processes))
     compile_model(model, optimizer_for(cfg, int(batches.cardinality())))
 
     def evaluate() -> dict[str, float]:
@@ -99,21 +101,23 @@ def train_ranker(
         fit.best_epoch,
     )
 
-    with atomic_dir(out_dir) as staging:
-        save_model(
-            model, staging / "model", lambda ranker: np.asarray(ranker(inputs, training=False))
-        )
-        ranking = RankingModel(
-            path=out_dir,
-            features_fingerprint=fingerprint,
-            architecture=cfg.architecture,
-            params=cfg.model_dump(mode="json"),
-            baseline_metrics=baseline,
-            embeddings_l2_per_step=applied.embeddings_l2,
-            batch_size_applied=batch_size,
-            **dict(fit),
-        )
-        ranking.save_manifest(staging)
+    ranking = RankingModel(
+        path=out_dir,
+        features_fingerprint=fingerprint,
+        architecture=cfg.architecture,
+        params=cfg.model_dump(mode="json"),
+        baseline_metrics=baseline,
+        embeddings_l2_per_step=applied.embeddings_l2,
+        batch_size_applied=batch_size,
+        processes=processes,
+        **dict(fit),
+    )
+    if process == 0:  # every process holds the same weights: one writes them
+        with atomic_dir(out_dir) as staging:
+            save_model(
+                model, staging / "model", lambda ranker: np.asarray(ranker(inputs, training=False))
+            )
+            ranking.save_manifest(staging)
     return ranking
 
 

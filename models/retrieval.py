@@ -35,6 +35,7 @@ from models.training import (
     compile_model,
     fit_keeping_best,
     optimizer_for,
+    process_rank,
     read_columns,
     read_schema,
     read_split,
@@ -185,7 +186,8 @@ def train_retriever(
     # A batch of one row has no in-batch negative to learn from, and Merlin's contrastive
     # output and log-q correction fail on it (a ConcatOp error from inside TensorFlow):
     # rows % batch_size == 1 ended every epoch with one. The row is in the next epoch's.
-    batches = train.batches(cfg.batch_size, shuffle=True, min_rows=2)
+    process, processes = process_rank()
+    batches = train.batches(cfg.batch_size, shuffle=True, min_rows=2, share=(process, processes))
     compile_model(model, optimizer_for(cfg, int(batches.cardinality())))
     fit = fit_keeping_best(
         model,
@@ -218,26 +220,28 @@ def train_retriever(
             EMBEDDING: list(vectors),
         }
     )
-    with atomic_dir(out_dir) as staging:
-        save_model(
-            model.query_encoder,
-            staging / "query_encoder",
-            lambda encoder: predict_rows(encoder, queries, user_schema),
-        )
-        (staging / "query_schema").mkdir()
-        TensorflowMetadata.from_merlin_schema(user_schema).to_proto_text_file(
-            str(staging / "query_schema")
-        )
-        embeddings.to_parquet(staging / "item_embeddings.parquet", index=False)
-        retrieval = RetrievalModel(
-            path=out_dir,
-            features_fingerprint=fingerprint,
-            params=cfg.model_dump(mode="json"),
-            baseline_metrics=baseline,
-            embeddings_l2_per_step=applied.embeddings_l2,
-            n_items=len(embeddings),
-            dim=int(vectors.shape[1]),
-            **dict(fit),
-        )
-        retrieval.save_manifest(staging)
+    retrieval = RetrievalModel(
+        path=out_dir,
+        features_fingerprint=fingerprint,
+        params=cfg.model_dump(mode="json"),
+        baseline_metrics=baseline,
+        embeddings_l2_per_step=applied.embeddings_l2,
+        n_items=len(embeddings),
+        dim=int(vectors.shape[1]),
+        processes=processes,
+        **dict(fit),
+    )
+    if process == 0:  # every process holds the same weights: one writes them
+        with atomic_dir(out_dir) as staging:
+            save_model(
+                model.query_encoder,
+                staging / "query_encoder",
+                lambda encoder: predict_rows(encoder, queries, user_schema),
+            )
+            (staging / "query_schema").mkdir()
+            TensorflowMetadata.from_merlin_schema(user_schema).to_proto_text_file(
+                str(staging / "query_schema")
+            )
+            embeddings.to_parquet(staging / "item_embeddings.parquet", index=False)
+            retrieval.save_manifest(staging)
     return retrieval

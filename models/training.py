@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from merlin.io import Dataset
+from merlin.models.tf.distributed.backend import hvd, hvd_installed
 from merlin.schema import Schema, Tags
+from rich.console import Console
 
 from models.predict import input_columns
 from models.progress import EpochProgress
@@ -62,19 +64,36 @@ class SplitTensors:
     target: str | None
     num_rows: int
 
-    def batches(self, batch_size: int, *, shuffle: bool, min_rows: int = 1) -> tf.data.Dataset:
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        min_rows: int = 1,
+        share: tuple[int, int] = (0, 1),
+    ) -> tf.data.Dataset:
         """Batches in Merlin's dataloader layout (``models.predict.to_model_inputs``): scalars
         as ``[batch]``, lists as ``__values``/``__offsets``; ``(inputs, target)`` if the split
         has a target. Shuffled anew each epoch from TensorFlow's seed (``seed_everything``).
         A last batch of fewer than ``min_rows`` rows is left out where there are whole ones
-        (its rows, drawn anew each epoch when shuffled, are in other epochs' batches)."""
+        (its rows, drawn anew each epoch when shuffled, are in other epochs' batches).
+
+        ``share`` = (process, processes): the rows of one of several processes training the
+        same model (:func:`process_rank`), every processes-th row from the process's own. Each
+        gets ``num_rows // processes`` of them, the same number of steps: every step averages
+        the gradients of all processes, so one with a step more would wait for the others
+        forever."""
+        process, processes = share
         rows = tf.data.Dataset.range(self.num_rows)
+        n_rows = self.num_rows // processes
+        if processes > 1:
+            rows = rows.shard(processes, process).take(n_rows)
         if shuffle:
-            rows = rows.shuffle(self.num_rows, reshuffle_each_iteration=True)
-        remainder = self.num_rows % batch_size
-        if remainder < min_rows and self.num_rows > batch_size:
+            rows = rows.shuffle(n_rows, reshuffle_each_iteration=True)
+        remainder = n_rows % batch_size
+        if remainder < min_rows and n_rows > batch_size:
             # take, not filter: Keras needs the number of batches (steps_per_execution > 1).
-            rows = rows.take(self.num_rows - remainder)
+            rows = rows.take(n_rows - remainder)
         # Fixed parallelism and no autotuning: tf.data's autotuner wakes on a period that doubles
         # from 10 ms to 60 s, and freeing an epoch's iterator waits for its next wake-up. Epochs
         # ended 10.23 s, 20.47 s, 40.95 s ... after they started, whatever their work: ml-1m
@@ -229,6 +248,14 @@ def save_model(
     model.save(str(path))
 
 
+def process_rank() -> tuple[int, int]:
+    """(this process, processes) training the model: Horovod's rank and size where several
+    processes train it (tasks/data_parallel.py), (0, 1) otherwise. Merlin initialises Horovod
+    when it is installed, and then wraps the optimizer to average the processes' gradients,
+    scales its learning rate by their number and starts them from the first one's weights."""
+    return (hvd.rank(), hvd.size()) if hvd_installed else (0, 1)
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy (the loader's shuffle) and TensorFlow (initialisers, dropout)."""
     tf.keras.utils.set_random_seed(seed)
@@ -274,6 +301,21 @@ class _KeepBest(tf.keras.callbacks.Callback):
             self.on_epoch(epoch + 1, metrics)
 
 
+_SILENT = Console(quiet=True)
+
+
+def _scored_by_first_process(
+    evaluate: Callable[[], dict[str, float]], process: int
+) -> Callable[[], dict[str, float]]:
+    # Only where Horovod runs: it is not a dependency (the Merlin GPU image has it).
+    from horovod.tensorflow import broadcast_object
+
+    def scored() -> dict[str, float]:
+        return broadcast_object(evaluate() if process == 0 else None, root_rank=0)
+
+    return scored
+
+
 def fit_keeping_best(
     model: tf.keras.Model,
     batches: tf.data.Dataset,
@@ -291,8 +333,15 @@ def fit_keeping_best(
     Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
     of the best epoch. Throughput counts training time only, not the evaluations. ``name``
     labels the epochs' progress bars; ``on_epoch`` (optional) sees each epoch's metrics.
+
+    Where several processes train the model (:func:`process_rank`), the first one scores the
+    validation split and shows the progress; the others receive its metrics, so every process
+    keeps the same epoch and stops at the same one.
     """
-    progress = EpochProgress(name, monitor, epochs)
+    process, processes = process_rank()
+    if processes > 1:
+        evaluate = _scored_by_first_process(evaluate, process)
+    progress = EpochProgress(name, monitor, epochs, console=None if process == 0 else _SILENT)
     keep = _KeepBest(progress.validating(evaluate), monitor, patience, on_epoch)
     started = time.perf_counter()
     with progress:

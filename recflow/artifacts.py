@@ -175,6 +175,9 @@ class TrainedModel(Artifact, FitSummary):
     # The batch trained with: the ranker's grows with the training rows
     # (models.training.batch_for_rows). None: an older manifest, or the retrieval model's.
     batch_size_applied: int | None = None
+    # Processes that trained it together, each on its share of the rows with that batch
+    # (models.training.process_rank; tasks/data_parallel.py).
+    processes: int = 1
 
 
 # --- features -----------------------------------------------------------------------------

@@ -217,6 +217,18 @@ class ComputeConfig(_Section):
     rmm_pool_fraction: float = Field(0.9, gt=0, le=1)
 
 
+class DataParallelConfig(_Section):
+    """Training one model in several processes: Horovod, Merlin Models' data-parallel route
+    (docs/sizing.md, "Several GPUs"). Each process trains on its share of the training rows and
+    the gradients are averaged at every step; the first process scores the validation split
+    and writes the model. The tuning flow's trials train in one process."""
+
+    # "auto": one process per visible GPU where there are two or more and Horovod is installed
+    # (the Merlin GPU image), else one. A number asks for that many processes on this machine,
+    # on GPUs or CPUs, and fails without Horovod.
+    processes: Literal["auto"] | PositiveInt = "auto"
+
+
 class ValidationConfig(_Section):
     """Checks of each feature build against the last accepted one (docs/features.md)."""
 
@@ -796,6 +808,7 @@ class Settings(BaseSettings):
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     compute: ComputeConfig = ComputeConfig()
+    data_parallel: DataParallelConfig = DataParallelConfig()
     features: FeaturesConfig = FeaturesConfig()
     validation: ValidationConfig = ValidationConfig()
     ranking: RankingConfig = RankingConfig()

@@ -25,8 +25,15 @@ from recflow.artifacts import (
     RetrievalModel,
 )
 from recflow.atomic import atomic_dir
-from recflow.config import ItemItemConfig, OrderingConfig, RankingConfig, RetrievalConfig
+from recflow.config import (
+    DataParallelConfig,
+    ItemItemConfig,
+    OrderingConfig,
+    RankingConfig,
+    RetrievalConfig,
+)
 from recflow.vocabulary import ITEM_ID, RANKING, RAW_ITEM_ID, RETRIEVAL, USER_ID
+from tasks.data_parallel import train_in_processes
 from tasks.features import ServingFeatures, load_workflow, side_workflow
 
 log = logging.getLogger(__name__)
@@ -173,15 +180,17 @@ def choose_recommend_ordering(
 
 
 @task(name="train-ranking", task_run_name="train-{cfg.architecture}-{model_dir.parent.name}")
-def train_ranking_task(features: FeatureSet, cfg: RankingConfig, model_dir: Path) -> RankingModel:
-    return train_ranking(features, cfg, model_dir)
+def train_ranking_task(
+    features: FeatureSet, cfg: RankingConfig, model_dir: Path, parallel: DataParallelConfig
+) -> RankingModel:
+    return train_in_processes(parallel, train_ranking, features, cfg, model_dir)
 
 
 @task(name="train-retrieval", task_run_name="train-{cfg.architecture}-{model_dir.parent.name}")
 def train_retrieval_task(
-    features: FeatureSet, cfg: RetrievalConfig, model_dir: Path
+    features: FeatureSet, cfg: RetrievalConfig, model_dir: Path, parallel: DataParallelConfig
 ) -> RetrievalModel:
-    return train_retrieval(features, cfg, model_dir)
+    return train_in_processes(parallel, train_retrieval, features, cfg, model_dir)
 
 
 @task(

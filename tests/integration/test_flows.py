@@ -157,7 +157,7 @@ class FakeStages:
             raise DataValidationError(blocking, str(features.path / REPORT))
         return report
 
-    def train(self, features: FeatureSet, cfg, model_dir: Path) -> RankingModel:
+    def train(self, features: FeatureSet, cfg, model_dir: Path, parallel) -> RankingModel:
         self.calls["train"] += 1
         return saved_model(
             RankingModel,
@@ -168,7 +168,7 @@ class FakeStages:
             history=[{"loss": 0.7, "auc": 0.6, "val_auc": self.auc}],
         )
 
-    def train_retrieval(self, features: FeatureSet, cfg, model_dir: Path):
+    def train_retrieval(self, features: FeatureSet, cfg, model_dir: Path, parallel):
         return saved_model(
             RetrievalModel,
             features,
