@@ -138,15 +138,9 @@ def report(
         c.batch for c, r in zip(configs, results, strict=True) if r["auc"] >= reference - TOLERANCE
     ]
     lines = [
-        f"# The ranker's batch size on {size}-shaped features (#33)",
-        "",
-        f"`python {command}`",
-        "",
-        *code_state(),
-        "",
-        f"Features: `{features_dir}` ({SHAPES[size][0]:,} users, {SHAPES[size][1]:,} items, "
-        f"{SHAPES[size][2]:,} ratings; each user's latest 20 % by time is validation).",
-        "",
+        *report_head(
+            f"The ranker's batch size on {size}-shaped features", command, size, features_dir
+        ),
         "| config | validation AUC | vs the first | kept epoch / run (cap) | train s | examples/s "
         "| wall s | load before -> after (1-min) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
@@ -163,6 +157,22 @@ def report(
     ]
     lines += [f"- {c.label}: {r['history']}" for c, r in zip(configs, results, strict=True)]
     return "\n".join(lines) + "\n"
+
+
+def report_head(title: str, command: str, size: str, features: Path) -> list[str]:
+    """The first lines of a training benchmark's report: its title, the command, the code
+    measured and the feature build (``build``'s, of ``size``)."""
+    return [
+        f"# {title} (#33)",
+        "",
+        f"`python {command}`",
+        "",
+        *code_state(),
+        "",
+        f"Features: `{features}` ({SHAPES[size][0]:,} users, {SHAPES[size][1]:,} items, "
+        f"{SHAPES[size][2]:,} ratings; each user's latest 20 % by time is validation).",
+        "",
+    ]
 
 
 def training_row(label: str, metric: float, reference: float, r: dict) -> str:

@@ -40,8 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.batch_bench import build, timed_subprocess, training_row  # noqa: E402
-from benchmarks.recommend_bench import code_state  # noqa: E402
+from benchmarks.batch_bench import build, report_head, timed_subprocess, training_row  # noqa: E402
 from benchmarks.scale_bench import SHAPES  # noqa: E402
 
 MODELS = ("ranking", "retrieval")
@@ -88,16 +87,9 @@ def measure(features_dir: Path, model: str, processes: int, sets: list[str], wor
 
 
 def report(size: str, runs: dict[str, list[tuple[int, dict]]], features: Path, command: str):
+    title = f"One model trained in several processes (Horovod) on {size}-shaped features"
     lines = [
-        f"# One model trained in several processes (Horovod) on {size}-shaped features (#33)",
-        "",
-        f"`python {command}`",
-        "",
-        *code_state(),
-        "",
-        f"Features: `{features}` ({SHAPES[size][0]:,} users, {SHAPES[size][1]:,} items, "
-        f"{SHAPES[size][2]:,} ratings; each user's latest 20 % by time is validation).",
-        "",
+        *report_head(title, command, size, features),
         "| model, processes | validation metric | vs the first | kept epoch / run (cap) | train s "
         "| examples/s | wall s | load before -> after (1-min) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",

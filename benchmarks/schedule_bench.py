@@ -36,8 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.batch_bench import build, timed_subprocess, training_row  # noqa: E402
-from benchmarks.recommend_bench import code_state  # noqa: E402
+from benchmarks.batch_bench import build, report_head, timed_subprocess, training_row  # noqa: E402
 from benchmarks.scale_bench import SHAPES  # noqa: E402
 
 MONITORS = {"ranking": "auc", "retrieval": "recall@10"}
@@ -76,16 +75,9 @@ def report(
     size: str, model: str, configs: list[str], results: list[dict], features: Path, command: str
 ) -> str:
     monitor, reference = MONITORS[model], results[0]["metric"]
+    title = f"{model}: epoch budgets and learning-rate schedules on {size}-shaped features"
     lines = [
-        f"# {model}: epoch budgets and learning-rate schedules on {size}-shaped features (#33)",
-        "",
-        f"`python {command}`",
-        "",
-        *code_state(),
-        "",
-        f"Features: `{features}` ({SHAPES[size][0]:,} users, {SHAPES[size][1]:,} items, "
-        f"{SHAPES[size][2]:,} ratings; each user's latest 20 % by time is validation).",
-        "",
+        *report_head(title, command, size, features),
         f"| config over the defaults | validation {monitor} | vs the first | kept epoch / run "
         "(budget) | train s | examples/s | wall s | load before -> after (1-min) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
