@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from models import baselines
-from models.evaluation import RetrievalTask
 from recflow.artifacts import (
     Candidate,
     ItemItemSource,
@@ -47,6 +46,7 @@ from tasks.train import (
     train_retrieval,
 )
 from tests.support.cli import cli_for
+from tests.support.retrieval import record_judged_users
 from tests.support.settings import small_settings
 
 pytestmark = pytest.mark.integration
@@ -311,14 +311,7 @@ def test_the_ordering_is_judged_on_a_seeded_sample_of_users_above_the_cap(home, 
     choices are judged on (models.baselines.judged_sample)."""
     settings = settings_for(home)
     monkeypatch.setattr(baselines, "TUNING_USERS", 5)
-    judged: list[set[int]] = []
-    build = RetrievalTask.build
-
-    def recorded(train, valid_positives, candidates, user, item):
-        judged.append(set(valid_positives[user]))
-        return build(train, valid_positives, candidates, user, item)
-
-    monkeypatch.setattr(RetrievalTask, "build", staticmethod(recorded))
+    judged = record_judged_users(monkeypatch)
     candidate = ordered(copy_of(first[0], settings, SAMPLED), settings)
     (users,) = judged
     assert len(users) == 5

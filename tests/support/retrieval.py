@@ -8,6 +8,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import pandas as pd
 
+from models.evaluation import RetrievalTask
 from models.metrics import top_k
 from models.retrieval import QueryEncoder
 from recflow.artifacts import RetrievalModel
@@ -47,3 +48,17 @@ class ExactRetriever:
         best, best_scores = top_k(scores, k, mask)
         ids = np.where(best >= 0, self.item_ids[best], -1)
         return ids, best_scores
+
+
+def record_judged_users(monkeypatch) -> list[set]:
+    """Patch ``RetrievalTask.build`` to record, call by call, the users whose validation
+    positives a choice is judged on; the tasks are built as before."""
+    judged: list[set] = []
+    build = RetrievalTask.build
+
+    def recorded(train, valid_positives, candidates, user, item):
+        judged.append(set(valid_positives[user]))
+        return build(train, valid_positives, candidates, user, item)
+
+    monkeypatch.setattr(RetrievalTask, "build", staticmethod(recorded))
+    return judged

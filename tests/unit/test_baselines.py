@@ -19,6 +19,7 @@ from models.baselines import (
 )
 from models.evaluation import RetrievalTask
 from models.item_item import ItemItemWeights
+from tests.support.retrieval import record_judged_users
 
 
 def _pairs(matrix: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
@@ -153,14 +154,7 @@ def test_choices_are_judged_on_a_seeded_sample_of_users_above_the_cap(monkeypatc
     rng = np.random.default_rng(1)
     fitted_on = pd.DataFrame({"user": rng.integers(0, 40, 500), "item": rng.integers(0, 20, 500)})
     judged = pd.DataFrame({"user": np.arange(40), "item": rng.integers(0, 20, 40)})
-    judged_users: list[set[int]] = []
-    original = RetrievalTask.build
-
-    def recorded(train, valid_positives, candidates, user, item):
-        judged_users.append(set(valid_positives[user]))
-        return original(train, valid_positives, candidates, user, item)
-
-    monkeypatch.setattr(RetrievalTask, "build", staticmethod(recorded))
+    judged_users = record_judged_users(monkeypatch)
     tuned = choose_on("ease", fitted_on, judged, "user", "item", (5.0, 50.0))
     weights = ItemItemWeights.from_dense(tuned.model.items, tuned.model.weights, 20)
     choose_recency_decay(weights, fitted_on, judged, "user", "item", (1.0, 0.5))
