@@ -40,7 +40,12 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.recommend_bench import code_state, in_fold_home, uptime  # noqa: E402
+from benchmarks.recommend_bench import (  # noqa: E402
+    code_state,
+    in_fold_home,
+    newest_version_dir,
+    uptime,
+)
 from benchmarks.scale_bench import recflow_command  # noqa: E402
 from benchmarks.serving_bench import CUDART_DIR, perf_analyzer, setup  # noqa: E402
 from models.metrics import top_k  # noqa: E402
@@ -343,10 +348,7 @@ def main() -> None:
         )
         names = EndpointNames(settings.serving.model_prefix)
         repo = published(home)
-        versions = [
-            int(p.name) for p in (repo / names.model("retrieval")).iterdir() if p.name.isdigit()
-        ]
-        version = str(max(versions))
+        version = newest_version_dir(repo / names.model("retrieval")).name
         exact = exact_copy(repo, home / "triton-exact")
         data = requests(repo / names.model("retrieval") / version, names)
         served = {}

@@ -53,6 +53,7 @@ from recommend_bench import (  # noqa: E402
     bench_arguments,
     checklist,
     code_state,
+    newest_version_dir,
     padded,
     run_pipeline,
     served_settings,
@@ -202,8 +203,7 @@ def evaluate(split: Split, settings) -> dict:
     endpoint = EndpointNames(settings.serving.model_prefix)
     repo = settings.paths.triton_repo
     model = endpoint.model("recommend")
-    version = max(int(p.name) for p in (repo / model).iterdir() if p.name.isdigit())
-    stage = RecommendStage(repo / model / str(version))
+    stage = RecommendStage(newest_version_dir(repo / model))
     results = {}
     with (
         TritonServer.from_settings(settings, models=endpoint.all_models) as server,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.recommend_bench import code_state  # noqa: E402
+from benchmarks.recommend_bench import code_state, newest_version_dir, uptime  # noqa: E402
 from recflow.config import load_settings  # noqa: E402
 from recflow.vocabulary import USER_ID  # noqa: E402
 from serving.repository import EndpointNames  # noqa: E402
@@ -64,13 +63,11 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
-    before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    before = uptime()
 
     settings = load_settings(overrides=[f"paths.home={args.home}"])
-    directory = settings.paths.triton_repo / EndpointNames(settings.serving.model_prefix).model(
-        "recommend"
-    )
-    version_dir = directory / str(max(int(p.name) for p in directory.iterdir() if p.name.isdigit()))
+    endpoint = EndpointNames(settings.serving.model_prefix)
+    version_dir = newest_version_dir(settings.paths.triton_repo / endpoint.model("recommend"))
     stage = RecommendStage(version_dir)
     if stage.item_item is None:
         sys.exit(f"{version_dir} has no item-item source")
@@ -99,7 +96,7 @@ def main() -> None:
             rows.append(row)
         else:
             latencies.append(row["recommend"])
-    after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    after = uptime()
 
     lines = [
         "# recommend's item-item source per request (#33)",

@@ -835,6 +835,11 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def newest_version_dir(model_dir: Path) -> Path:
+    """The highest-numbered version directory of a model in a Triton repository."""
+    return model_dir / str(max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()))
+
+
 # The packages Triton's Python stub imports recflow's code from (serving/triton_model.py).
 STUB_PACKAGES = ("serving", "models", "recflow")
 
