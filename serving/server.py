@@ -23,6 +23,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +43,11 @@ LOG_TAIL_LINES = 40
 SHM_DIR = Path("/dev/shm")
 KILL_WAIT_S = 5.0
 KILL_POLL_S = 0.05
+# Ports for servers configured with port 0 are drawn from [PORT_FLOOR, start of the ephemeral
+# range): above the well-known and most registered services' ports.
+PORT_FLOOR = 10_000
+PORT_DRAWS = 100
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 class TritonServerError(RuntimeError):
@@ -49,10 +55,24 @@ class TritonServerError(RuntimeError):
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago (another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A TCP port that was free on ``host`` a moment ago (another process may still take it).
+
+    Drawn below the kernel's ephemeral range, from which the kernel gives ports to every
+    outgoing connection and every bind to port 0 on the host. A server keeps its ports across a
+    restart, and they are free while it is down: in that range, any connection the host opens
+    meanwhile may take one, and the restarted server then cannot bind it.
+    """
+    ephemeral_low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    # Where the range leaves no room below it, the kernel's own choice (port 0) is all there is.
+    draws = [PORT_FLOOR + secrets.randbelow(ephemeral_low - PORT_FLOOR) for _ in range(PORT_DRAWS)]
+    for port in draws if ephemeral_low > PORT_FLOOR else [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # taken: draw again
+            return sock.getsockname()[1]
+    raise TritonServerError(f"no free port on {host} in [{PORT_FLOOR}, {ephemeral_low})")
 
 
 def process_group(pgid: int) -> set[int]:
@@ -67,6 +87,24 @@ def process_group(pgid: int) -> set[int]:
         if int(group) == pgid and state != "Z":
             members.add(int(stat.parent.name))
     return members
+
+
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports on which process ``pid`` holds a listening socket (IPv4 or IPv6), from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with suppress(FileNotFoundError):  # closed while we looked
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            # local address "ADDR:PORT" in hex, state 0A is LISTEN, inode is the tenth field.
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
 
 
 def discover_models(repository: Path) -> list[str]:
@@ -301,7 +339,9 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         while True:
             self._raise_if_exited("during start-up")
-            if self._client.server_ready():
+            # gRPC answers ready before the HTTP and metrics endpoints start; if one of their
+            # ports is taken, tritonserver exits right after. Ready means it holds all three.
+            if self._client.server_ready() and self._listens_on_every_port():
                 return
             if time.monotonic() >= deadline:
                 raise TimeoutError(
@@ -309,6 +349,13 @@ class TritonServer:
                     f"end of {self.log_file}:\n{self.log_tail()}"
                 )
             time.sleep(READY_POLL_S)
+
+    def _listens_on_every_port(self) -> bool:
+        ports = {self.config.grpc_port, self.config.http_port, self.config.metrics_port}
+        try:
+            return self.pid is not None and ports <= listening_ports(self.pid)
+        except FileNotFoundError:  # exited meanwhile: the next poll reports it
+            return False
 
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """SIGTERM, SIGKILL after ``grace_s``, then kill whatever is left of the process group."""

@@ -141,10 +141,14 @@ def client(request: pytest.FixtureRequest, server: TritonServer) -> Iterator[Cli
         yield connected
 
 
-def test_find_free_port_can_be_bound() -> None:
-    port = find_free_port()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+def test_find_free_port_can_be_bound_and_is_below_the_ephemeral_range() -> None:
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [find_free_port() for _ in range(20)]
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
+    # Outgoing connections and port-0 binds, the kernel's choices, cannot take them.
+    assert all(port < ephemeral_low for port in ports), (ephemeral_low, ports)
 
 
 def test_from_settings_serves_every_model_of_the_repository(tmp_path: Path) -> None:
@@ -325,6 +329,24 @@ def test_wait_ready_reports_the_log_when_the_server_dies(
             pass
     assert "exited with code" in str(caught.value)
     assert not broken.is_running()
+
+
+def test_wait_ready_fails_when_another_process_holds_a_port(
+    repository: Path, backend_cache: Path, tmp_path: Path
+) -> None:
+    """Seen in CI: a restarted server's metrics or HTTP port, free while it was down, was taken.
+    Triton answers ready on gRPC, fails to bind the next endpoint and exits tens of ms later.
+    wait_ready used to return if a poll fell in that window, so without the fix this test fails
+    only sometimes; tests/unit/test_listening_ports.py checks the reading it relies on."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        config = CONFIG.model_copy(update={"metrics_port": squatter.getsockname()[1]})
+        server = make_server(repository, backend_cache, tmp_path, config)
+        with pytest.raises(TritonServerError, match="already in use"):
+            with server:
+                pass
+    assert not server.is_running()
 
 
 @pytest.mark.parametrize("grace_s", [30.0, 0.0], ids=["sigterm", "sigkill"])
