@@ -11,6 +11,7 @@ leaving anything behind. Linux only, like the binary.
 from __future__ import annotations
 
 import collections
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
@@ -143,7 +144,9 @@ def prepare_backend_dir(cache_dir: Path) -> Path:
 
     Backend files are symlinked; the stub is copied because the Python backend chmods it at
     start-up, which must not touch (possibly read-only) site-packages. The directory is keyed
-    by pytriton and Python version, so an upgrade of either builds a fresh one.
+    by pytriton and Python version, so an upgrade of either builds a fresh one, and by where
+    pytriton is installed: the links point into that environment, and one built for a venv
+    since deleted or moved left Triton "unable to find backend library for backend 'python'".
     """
     dist = _pytriton_root() / "tritonserver"
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -151,7 +154,10 @@ def prepare_backend_dir(cache_dir: Path) -> Path:
     if not stub.is_file():
         raise TritonServerError(f"nvidia-pytriton has no Python backend stub for {python_version}")
     pytriton_version = importlib.metadata.version("nvidia-pytriton")
-    target = Path(cache_dir) / f"triton-backends-pytriton{pytriton_version}-py{python_version}"
+    installed_at = hashlib.sha256(str(dist.resolve()).encode()).hexdigest()[:12]
+    target = Path(cache_dir) / (
+        f"triton-backends-pytriton{pytriton_version}-py{python_version}-{installed_at}"
+    )
     if (target / "python" / STUB_NAME).is_file():
         return target
     try:
