@@ -60,24 +60,6 @@ def test_catalogue_items_the_model_does_not_hold_score_zero(tmp_path):
     np.testing.assert_allclose(got, [[full[0, 5], 0.0, full[0, 0]]])
 
 
-def test_scores_gathered_in_chunks_equal_the_dense_product(monkeypatch):
-    # The ordering's choice scores 1,024 users at a time: at ml-1m their histories gather
-    # ~170M weights, so they are gathered in chunks (a run without them died at 12 GiB).
-    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 4)
-    weights = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=3)
-    histories = [[3, 8, 13], [34], [], [5, 8, 13, 21, 34]]
-    owners = np.repeat(np.arange(4), [len(h) for h in histories])
-    ids = np.concatenate([np.asarray(h, np.int64) for h in histories])
-    chunked = weights.scores(owners, weights.positions(ids), 4)
-    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 1 << 22)
-    np.testing.assert_array_equal(chunked, weights.scores(owners, weights.positions(ids), 4))
-    whole = ItemItemWeights.from_dense(ITEMS, DENSE, neighbours=len(ITEMS))
-    monkeypatch.setattr(item_item, "ENTRY_CHUNK", 5)
-    np.testing.assert_allclose(
-        whole.scores(owners, whole.positions(ids), 4), dense_scores(histories), atol=1e-6
-    )
-
-
 def test_an_encoded_id_several_catalogue_items_share_neither_scores_nor_speaks(tmp_path):
     # Categorify gives every item training never saw one id: 34 for raw items 100 and 101.
     # Scored, all of them would carry its one score (on ml-latest-small by time they filled
