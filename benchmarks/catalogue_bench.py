@@ -15,7 +15,8 @@ The published repository is then served twice by the bundled tritonserver (retri
 recommend and similar, one after the other, never at once): as exported (``index``), and as
 a copy without ``item_index.faiss`` (``exact``: what a catalogue below the switch serves,
 serving/runtime.py ``ItemVectors``). For each: seconds from the server's start to ready, the
-RSS of each ``triton_python_backend_stub`` once ready (recommend has two instances), and
+RSS of each ``triton_python_backend_stub`` once ready and its peak so far (VmHWM: loading
+included; recommend has two instances), and
 p50/p99 latency at concurrency 1 and 4 from perf_analyzer over gRPC (serving_bench's), for
 recommend (k=10), retrieval (k=100, seen items excluded) and similar (k=100). recall@100 of
 the index against exact search is computed in-process on the same version directories, over
@@ -85,6 +86,7 @@ STUB = "triton_python_backend_stub"
 class Served:
     ready_s: float
     stub_rss: dict[str, list[int]]
+    stub_peak: dict[str, list[int]]
     latency: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
 
 
@@ -117,9 +119,11 @@ def exact_copy(repo: Path, target: Path) -> Path:
     return target
 
 
-def stub_rss(server: TritonServer) -> dict[str, list[int]]:
-    """RSS bytes of each Python stub, by the model it serves (named on its command line)."""
+def stub_rss(server: TritonServer) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """RSS bytes of each Python stub now, and its peak RSS so far (the kernel's VmHWM: loading
+    included), by the model it serves (named on its command line)."""
     rss: dict[str, list[int]] = {}
+    peak: dict[str, list[int]] = {}
     for pid in process_group(server.pid):
         try:
             process = psutil.Process(pid)
@@ -127,9 +131,12 @@ def stub_rss(server: TritonServer) -> dict[str, list[int]]:
                 continue
             model = next((e for e in ENDPOINTS if any(e in arg for arg in process.cmdline())), "?")
             rss.setdefault(model, []).append(process.memory_info().rss)
-        except psutil.NoSuchProcess:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            (high,) = [line.split()[1] for line in status if line.startswith("VmHWM:")]
+            peak.setdefault(model, []).append(int(high) * 1024)
+        except (psutil.NoSuchProcess, FileNotFoundError):
             continue
-    return rss
+    return rss, peak
 
 
 def requests(version_dir: Path, names: EndpointNames) -> dict[str, dict]:
@@ -160,7 +167,7 @@ def serve(repo: Path, home: Path, cfg: ServingConfig, data: dict, cudart: Path) 
     server.start()
     try:
         server.wait_ready()
-        result = Served(time.monotonic() - started, stub_rss(server))
+        result = Served(time.monotonic() - started, *stub_rss(server))
         for model, inputs in data.items():
             for concurrency in CONCURRENCY:
                 result.latency[(model, concurrency)] = perf_analyzer(
@@ -272,12 +279,14 @@ def size_report(
         f"Version: {made}",
         "",
         "| search | Triton ready s | stub RSS MiB: recommend (2 instances); retrieval; similar | "
+        "stub peak RSS MiB (loading included), the same stubs | "
         + " | ".join(f"{e.split('_')[-1]} p50/p99 ms c{c}" for e in ENDPOINTS for c in CONCURRENCY)
         + " |",
-        "|---|---|---|" + "---|" * (len(ENDPOINTS) * len(CONCURRENCY)),
+        "|---|---|---|---|" + "---|" * (len(ENDPOINTS) * len(CONCURRENCY)),
     ]
     for search, result in served.items():
         rss = "; ".join(mib(result.stub_rss.get(e, [])) for e in ENDPOINTS)
+        peak = "; ".join(mib(result.stub_peak.get(e, [])) for e in ENDPOINTS)
         cells = []
         for endpoint in ENDPOINTS:
             for concurrency in CONCURRENCY:
@@ -287,7 +296,9 @@ def size_report(
                     if m.endswith(endpoint) and c == concurrency
                 ]
                 cells.append(f"{point['p50_ms']:.1f} / {point['p99_ms']:.1f}")
-        lines.append(f"| {search} | {result.ready_s:.1f} | {rss} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {search} | {result.ready_s:.1f} | {rss} | {peak} | " + " | ".join(cells) + " |"
+        )
     lines += [
         "",
         "recall@100 of the index against exact search, in-process, "

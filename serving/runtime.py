@@ -296,10 +296,16 @@ class ItemVectors:
     at 1M items, where the recommend stub measured 1,050 MiB with both copies."""
 
     def __init__(self, version_dir: Path):
-        self.item_ids, matrix = item_embeddings(version_dir)
         path = version_dir / ITEM_INDEX
         self.index = ItemIndex(path) if path.is_file() else None
-        self._matrix = matrix if self.index is None else None
+        self._matrix: np.ndarray | None = None
+        if self.index is None:
+            self.item_ids, self._matrix = item_embeddings(version_dir)
+        else:
+            # Only the ids: the embeddings column's Arrow buffers and its copy, unused beside
+            # the index, were most of a 1M-item stage's peak (benchmarks/results/catalogue.md).
+            ids = pq.read_table(version_dir / ITEM_EMBEDDINGS, columns=[RAW_ITEM_ID])
+            self.item_ids = ids.column(RAW_ITEM_ID).to_numpy().astype(np.int64)
 
     def __call__(self, positions: np.ndarray | None = None) -> np.ndarray:
         """The embeddings [*positions.shape, dim] of catalogue ``positions``, or of every item."""

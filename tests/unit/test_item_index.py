@@ -144,7 +144,12 @@ def test_item_item_candidates_without_catalogue_matrices_equal_the_dense_ones(ve
 
 def test_with_an_index_the_vectors_are_read_back_from_it_unchanged(version_dir):
     _, exported = runtime.item_embeddings(version_dir)
-    stage = _with_index(version_dir, probes=4)
+    _with_index(version_dir, probes=4)
+    # Nor is the embeddings column read: a stage loads from the ids and the index alone.
+    embeddings = version_dir / runtime.ITEM_EMBEDDINGS
+    pd.read_parquet(embeddings).drop(columns=[EMBEDDING]).to_parquet(embeddings)
+    stage = runtime.RetrievalStage(version_dir)
+    assert np.array_equal(runtime.SimilarStage(version_dir).item_ids, np.arange(ITEMS) + 1000)
     # One copy: the stage keeps no matrix of its own beside the index's lists.
     assert stage.index is not None and stage.vectors._matrix is None
     positions = np.array([[0, 7, ITEMS - 1], [3, 3, 1]])
