@@ -64,9 +64,12 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     meanwhile may take one, and the restarted server then cannot bind it.
     """
     ephemeral_low = int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
-    # Where the range leaves no room below it, the kernel's own choice (port 0) is all there is.
-    draws = [PORT_FLOOR + secrets.randbelow(ephemeral_low - PORT_FLOOR) for _ in range(PORT_DRAWS)]
-    for port in draws if ephemeral_low > PORT_FLOOR else [0]:
+    if ephemeral_low <= PORT_FLOOR:  # no room below the range: the kernel's own choice
+        candidates = [0]
+    else:
+        room = ephemeral_low - PORT_FLOOR
+        candidates = [PORT_FLOOR + secrets.randbelow(room) for _ in range(PORT_DRAWS)]
+    for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))

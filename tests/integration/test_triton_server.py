@@ -37,6 +37,7 @@ from recflow_client import (
     RecflowClient,
     TritonRequestError,
 )
+from serving import server as server_module
 from serving.server import (
     SHM_DIR,
     STOP_GRACE_S,
@@ -149,6 +150,17 @@ def test_find_free_port_can_be_bound_and_is_below_the_ephemeral_range() -> None:
             sock.bind(("127.0.0.1", port))
     # Outgoing connections and port-0 binds, the kernel's choices, cannot take them.
     assert all(port < ephemeral_low for port in ports), (ephemeral_low, ports)
+
+
+def test_find_free_port_takes_the_kernels_choice_when_no_room_is_below_the_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wide = tmp_path / "ip_local_port_range"
+    wide.write_text("1024\t65535\n")  # a host whose ephemeral range starts below PORT_FLOOR
+    monkeypatch.setattr(server_module, "EPHEMERAL_RANGE_FILE", wide)
+    port = find_free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
 
 
 def test_from_settings_serves_every_model_of_the_repository(tmp_path: Path) -> None:
