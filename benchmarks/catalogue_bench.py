@@ -332,7 +332,7 @@ def main() -> None:
         sections = []
         for name in args.size:
             home = args.work_dir / name
-            version_dir = max((published(home) / "recflow_retrieval").glob("[0-9]*"))
+            version_dir = newest_version_dir(published(home) / "recflow_retrieval")
             loads = f"Load before: {uptime()}"
             table = switch_sweep(version_dir, home)
             sections += [f"## Switch sweep on the {name} version", "", loads, "", *table, ""]
