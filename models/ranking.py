@@ -86,6 +86,7 @@ def train_ranker(
         batches,
         epochs=cfg.epochs,
         patience=cfg.patience,
+        min_delta=cfg.min_delta,
         evaluate=evaluate,
         monitor=MONITOR,
         n_rows=train.num_rows,

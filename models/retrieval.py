@@ -20,11 +20,13 @@ from pathlib import Path
 import merlin.models.tf as mm
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import tensorflow as tf
 from merlin.models.tf.outputs.base import DotProduct
 from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
+from scipy.sparse.linalg import svds
 
 from models.baselines import popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
@@ -131,6 +133,53 @@ def build_retriever(
     return mm.TwoTowerModelV2(_encoder(users, cfg), _encoder(items, cfg), outputs=output)
 
 
+def interaction_factors(
+    users: np.ndarray, items: np.ndarray, shape: tuple[int, int], dim: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """User and item factors of the truncated SVD X ~ U S V^T of the binary ``shape`` matrix
+    of users x items that marks each (user, item) pair once: U sqrt(S) and V sqrt(S), so their
+    dot products approximate X. ``dim`` components, fewer if a side is smaller; users and
+    items without pairs get zeros. ARPACK starts from a seeded vector: the same pairs give the
+    same factors."""
+    picks = sp.csr_matrix((np.ones(len(users), np.float64), (users, items)), shape=shape)
+    picks.data[:] = 1.0  # a pair listed twice was summed
+    components = min(dim, min(shape) - 1)
+    start = np.random.default_rng(seed).uniform(-1.0, 1.0, min(shape))
+    u, s, vt = svds(picks, k=components, v0=start)
+    return u * np.sqrt(s), vt.T * np.sqrt(s)
+
+
+def start_from_interactions(
+    model: mm.RetrievalModelV2, pairs: pd.DataFrame, user_id: str, item_id: str, seed: int
+) -> None:
+    """Set the built ``model``'s user and item id embeddings to the :func:`interaction_factors`
+    of ``pairs``, each table's factors scaled to the root mean square its random initialiser
+    gave it: the embedding L2 and the learning rate were chosen at that size. Components past
+    the factors' (a side smaller than the width) keep their random values.
+
+    From random ids a two-tower first learns what the pairs already say about who picks what
+    together; the factors start it there (docs/training.md, "Where the id embeddings start").
+    """
+    tables = {
+        layer.col_schema.name: layer.table
+        for layer in model.submodules
+        if isinstance(layer, mm.EmbeddingTable)
+    }
+    users, items = tables[user_id], tables[item_id]
+    factors = interaction_factors(
+        pairs[user_id].to_numpy(),
+        pairs[item_id].to_numpy(),
+        (users.input_dim, items.input_dim),
+        min(users.output_dim, items.output_dim),
+        seed,
+    )
+    for table, side in zip((users, items), factors, strict=True):
+        values = table.embeddings.numpy()
+        size = np.sqrt(np.mean(values**2)) / np.sqrt(np.mean(side**2))
+        values[:, : side.shape[1]] = side * size
+        table.embeddings.assign(values)
+
+
 def train_retriever(
     train_dir: Path,
     valid_dir: Path,
@@ -161,7 +210,8 @@ def train_retriever(
     positives = pairs.loc[pairs[target] == 1, item_id].to_numpy()
     # What the towers learn from; log-q corrects for how often each item is in a batch of it.
     rated = cfg.interactions == "rated"
-    trained_items = pairs[item_id].to_numpy() if rated else positives
+    trained = pairs if rated else pairs.loc[pairs[target] == 1]
+    trained_items = trained[item_id].to_numpy()
     valid = read_columns(valid_dir, [*user_cols, item_id, target])
     candidates = catalogue.drop_duplicates(item_id).sort_values(item_id, ignore_index=True)
     task = RetrievalTask.build(
@@ -188,12 +238,16 @@ def train_retriever(
     # rows % batch_size == 1 ended every epoch with one. The row is in the next epoch's.
     process, processes = process_rank()
     batches = train.batches(cfg.batch_size, shuffle=True, min_rows=2, share=(process, processes))
+    if cfg.initial_embeddings == "svd":
+        model(next(iter(batches)), training=False)  # creates the tables
+        start_from_interactions(model, trained, user_id, item_id, cfg.seed)
     compile_model(model, optimizer_for(cfg, int(batches.cardinality())))
     fit = fit_keeping_best(
         model,
         batches,
         epochs=cfg.epochs,
         patience=cfg.patience,
+        min_delta=cfg.min_delta,
         evaluate=evaluate,
         monitor=cfg.monitor,
         n_rows=len(trained_items),

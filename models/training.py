@@ -273,14 +273,17 @@ class _KeepBest(tf.keras.callbacks.Callback):
         evaluate: Callable[[], dict[str, float]],
         monitor: str,
         patience: int,
+        min_delta: float,
         on_epoch: EpochHook | None = None,
     ):
         super().__init__()
         self.evaluate, self.monitor, self.patience = evaluate, monitor, patience
-        self.on_epoch = on_epoch
+        self.min_delta, self.on_epoch = min_delta, on_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.best_epoch, self.best_weights = 0, None
+        # The last epoch better than the one before it by min_delta, and its value.
+        self.gained_epoch, self.gained = 0, -np.inf
         self.eval_seconds = 0.0
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
@@ -292,10 +295,13 @@ class _KeepBest(tf.keras.callbacks.Callback):
         )
         # For the run's logs: the terminal has the epoch's progress bar (models/progress.py).
         log.info("epoch %d: %s", epoch + 1, self.history[-1], extra={"terminal": False})
-        if not self.best or metrics[self.monitor] > self.best[self.monitor]:
+        value = metrics[self.monitor]
+        if not self.best or value > self.best[self.monitor]:
             self.best, self.best_epoch = metrics, epoch + 1
             self.best_weights = self.model.get_weights()
-        elif epoch + 1 - self.best_epoch > self.patience:
+        if value > self.gained + self.min_delta:
+            self.gained_epoch, self.gained = epoch + 1, value
+        elif epoch + 1 - self.gained_epoch > self.patience:
             self.model.stop_training = True
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics)
@@ -322,6 +328,7 @@ def fit_keeping_best(
     *,
     epochs: int,
     patience: int,
+    min_delta: float,
     evaluate: Callable[[], dict[str, float]],
     monitor: str,
     n_rows: int,
@@ -330,9 +337,10 @@ def fit_keeping_best(
 ) -> FitSummary:
     """Fit, scoring the validation split with ``evaluate`` after each epoch; keep the best.
 
-    Stops after ``patience`` epochs without a better ``monitor`` value and restores the weights
-    of the best epoch. Throughput counts training time only, not the evaluations. ``name``
-    labels the epochs' progress bars; ``on_epoch`` (optional) sees each epoch's metrics.
+    Stops after ``patience`` epochs none of which raised ``monitor`` by more than ``min_delta``
+    over the last epoch that did, and restores the weights of the best epoch. Throughput
+    counts training time only, not the evaluations. ``name`` labels the epochs' progress bars;
+    ``on_epoch`` (optional) sees each epoch's metrics.
 
     Where several processes train the model (:func:`process_rank`), the first one scores the
     validation split and shows the progress; the others receive its metrics, so every process
@@ -342,7 +350,7 @@ def fit_keeping_best(
     if processes > 1:
         evaluate = _scored_by_first_process(evaluate, process)
     progress = EpochProgress(name, monitor, epochs, console=None if process == 0 else _SILENT)
-    keep = _KeepBest(progress.validating(evaluate), monitor, patience, on_epoch)
+    keep = _KeepBest(progress.validating(evaluate), monitor, patience, min_delta, on_epoch)
     started = time.perf_counter()
     with progress:
         model.fit(batches, epochs=epochs, callbacks=[progress, keep], verbose=0)

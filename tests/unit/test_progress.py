@@ -23,6 +23,7 @@ def test_each_epoch_ends_as_one_line_with_its_validation_metric(capsys):
         tf.data.Dataset.from_tensor_slices((x, y)).batch(16),
         epochs=3,
         patience=3,
+        min_delta=0.0,
         evaluate=evaluate,
         monitor="r2",
         n_rows=len(x),

@@ -1,3 +1,4 @@
+import merlin.models.tf as mm
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,8 +8,14 @@ from merlin.schema import ColumnSchema, Schema, Tags
 from models.baselines import item_mean_scores, popularity_scores
 from models.evaluation import RetrievalTask, evaluate_retrieval
 from models.predict import predict_rows
-from models.retrieval import QueryEncoder
+from models.retrieval import (
+    QueryEncoder,
+    build_retriever,
+    interaction_factors,
+    start_from_interactions,
+)
 from models.training import save_model
+from recflow.config import RetrievalConfig
 from recflow.vocabulary import EMBEDDING, RAW_ITEM_ID
 from tests.support.retrieval import ExactRetriever
 
@@ -156,3 +163,56 @@ def test_a_model_that_does_not_rebuild_from_its_configs_is_saved_with_traces(tmp
     assert "saving it with traces" in caplog.text
     reloaded = tf.keras.models.load_model(str(tmp_path / "query_encoder"))
     np.testing.assert_array_equal(predict_rows(reloaded, rows, schema), trained)
+
+
+def test_interaction_factors_reproduce_a_low_rank_matrix_of_pairs_counted_once():
+    # Users 0-2 pick items 0-2, users 3-4 items 3-5 (user 0 twice the same item): rank 2.
+    # User 5 and item 6 have no pairs.
+    blocks = [(u, i) for u in range(3) for i in range(3)] + [(0, 0)]
+    blocks += [(u, i) for u in range(3, 5) for i in range(3, 6)]
+    users, items = np.array(blocks).T
+    picks = np.zeros((6, 7))
+    picks[users, items] = 1.0
+    user_factors, item_factors = interaction_factors(users, items, (6, 7), dim=2, seed=0)
+    np.testing.assert_allclose(user_factors @ item_factors.T, picks, atol=1e-9)
+    assert not user_factors[5].any() and not item_factors[6].any()
+    again = interaction_factors(users, items, (6, 7), dim=2, seed=0)
+    np.testing.assert_array_equal(again[0], user_factors)
+    # Fewer components than asked where a side is smaller: 4 users give 3.
+    assert interaction_factors(users % 4, items, (4, 7), dim=8, seed=0)[0].shape == (4, 3)
+
+
+def test_the_id_tables_start_from_the_factors_at_the_initialisers_size():
+    def column(name, tags, max_id):
+        return ColumnSchema(
+            name,
+            dtype=np.int64,
+            tags=[*tags, Tags.CATEGORICAL],
+            properties={"domain": {"min": 0, "max": max_id}},
+        )
+
+    schema = Schema(
+        [column(USER, [Tags.USER_ID, Tags.USER], 39), column(ITEM, [Tags.ITEM_ID, Tags.ITEM], 49)]
+    )
+    model = build_retriever(
+        schema, RetrievalConfig(architecture="mf", embedding_dim=8, logq_correction=False)
+    )
+    model({USER: tf.constant([0, 1]), ITEM: tf.constant([0, 1])}, training=False)
+    tables = {
+        layer.col_schema.name: layer.table.embeddings
+        for layer in model.submodules
+        if isinstance(layer, mm.EmbeddingTable)
+    }
+    random_size = {name: np.sqrt(np.mean(table.numpy() ** 2)) for name, table in tables.items()}
+    # Four groups of ten users, each picking its own ten items; items 40-49 have no pairs.
+    pairs = pd.DataFrame({USER: np.repeat(np.arange(40), 10)})
+    pairs[ITEM] = pairs[USER] // 10 * 10 + np.tile(np.arange(10), 40)
+    start_from_interactions(model, pairs, USER, ITEM, seed=0)
+
+    users, items = tables[USER].numpy(), tables[ITEM].numpy()
+    for name, values in ((USER, users), (ITEM, items)):
+        assert np.sqrt(np.mean(values**2)) == pytest.approx(random_size[name], rel=1e-5)
+    # Every user's id embedding now scores its group's items above all others.
+    scores = users @ items.T
+    same_group = np.arange(40)[:, None] // 10 == np.arange(50)[None, :] // 10
+    assert scores[same_group].min() > scores[~same_group].max() + 1e-3

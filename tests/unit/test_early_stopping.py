@@ -1,0 +1,49 @@
+"""Early stopping in ``fit_keeping_best``: patience counts epochs that gained less than
+``min_delta``; the best epoch's weights are kept whatever stopped the fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.training import fit_keeping_best
+
+# Validation values by epoch: a clear gain at 2, then gains of 0.0001-0.0009 each, then a jump.
+SCRIPT = [0.10, 0.20, 0.2005, 0.2009, 0.2008, 0.2007, 0.30]
+
+
+@pytest.mark.parametrize(
+    ("min_delta", "epochs_run", "best_epoch"),
+    [
+        (0.0, 7, 7),  # every small gain resets patience, so the fit reaches the jump
+        (0.001, 6, 4),  # epochs 3-6 gain under 0.001 over epoch 2: stopped; 4 is the best
+    ],
+)
+def test_patience_counts_epochs_that_gain_less_than_min_delta(min_delta, epochs_run, best_epoch):
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(-1, 1)
+    tf.keras.utils.set_random_seed(0)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.SGD(0.1), loss="mse")
+    weights_after = []
+
+    def evaluate() -> dict[str, float]:
+        weights_after.append(model.get_weights())
+        return {"score": SCRIPT[len(weights_after) - 1]}
+
+    fit = fit_keeping_best(
+        model,
+        tf.data.Dataset.from_tensor_slices((x, 3 * x)).batch(8),
+        epochs=len(SCRIPT),
+        patience=3,
+        min_delta=min_delta,
+        evaluate=evaluate,
+        monitor="score",
+        n_rows=len(x),
+        name="toy",
+    )
+
+    assert len(fit.history) == epochs_run
+    assert fit.best_epoch == best_epoch and fit.metrics["score"] == SCRIPT[best_epoch - 1]
+    for kept, trained in zip(model.get_weights(), weights_after[best_epoch - 1], strict=True):
+        np.testing.assert_array_equal(kept, trained)
