@@ -282,7 +282,8 @@ class _KeepBest(tf.keras.callbacks.Callback):
         self.history: list[dict[str, float]] = []
         self.best: dict[str, float] = {}
         self.best_epoch, self.best_weights = 0, None
-        # The last epoch better than the one before it by min_delta, and its value.
+        # The last epoch that beat the one before it here by more than min_delta (patience
+        # counts from it), and its value.
         self.gained_epoch, self.gained = 0, -np.inf
         self.eval_seconds = 0.0
 

@@ -419,9 +419,9 @@ class RetrievalConfig(_Section):
     epochs: PositiveInt = 20
     patience: int = Field(3, ge=0)
     # How much higher than at the last better epoch the monitored metric must be for an epoch to
-    # count as better for patience; the best epoch's weights are kept either way. From the SVD,
-    # the ml-1m-shaped two-tower then gains 0.0001-0.0009 an epoch up to the 20-epoch cap; 0.001
-    # stops it after 10 (docs/training.md, "Where the id embeddings start").
+    # count as better for patience; the best epoch's weights are kept either way. In one run from
+    # the SVD the ml-1m-shaped two-tower gained 0.0001-0.0009 an epoch up to the 20-epoch cap;
+    # 0.001 stopped it after 10 (docs/training.md, "Where the id embeddings start").
     min_delta: float = Field(0.001, ge=0)
     seed: int = 42
     top_k: tuple[PositiveInt, ...] = (10, 50, 100)
