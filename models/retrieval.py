@@ -20,12 +20,12 @@ from pathlib import Path
 import merlin.models.tf as mm
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import tensorflow as tf
 from merlin.models.tf.outputs.base import DotProduct
 from merlin.models.tf.transforms.bias import PopularityLogitsCorrection
 from merlin.schema import Schema, Tags
 from merlin.schema.io.tensorflow_metadata import TensorflowMetadata
+from scipy import sparse
 from scipy.sparse.linalg import svds
 
 from models.baselines import popularity_scores
@@ -141,7 +141,7 @@ def interaction_factors(
     dot products approximate X. ``dim`` components, fewer if a side is smaller; users and
     items without pairs get zeros. ARPACK starts from a seeded vector: the same pairs give the
     same factors."""
-    picks = sp.csr_matrix((np.ones(len(users), np.float64), (users, items)), shape=shape)
+    picks = sparse.csr_matrix((np.ones(len(users), np.float64), (users, items)), shape=shape)
     picks.data[:] = 1.0  # a pair listed twice was summed
     components = min(dim, min(shape) - 1)
     start = np.random.default_rng(seed).uniform(-1.0, 1.0, min(shape))
@@ -207,10 +207,11 @@ def train_retriever(
     item_id = schema.select_by_tag(Tags.ITEM_ID).first.name
 
     pairs = read_columns(train_dir, [user_id, item_id, target])
-    positives = pairs.loc[pairs[target] == 1, item_id].to_numpy()
+    liked = pairs.loc[pairs[target] == 1]
+    positives = liked[item_id].to_numpy()
     # What the towers learn from; log-q corrects for how often each item is in a batch of it.
     rated = cfg.interactions == "rated"
-    trained = pairs if rated else pairs.loc[pairs[target] == 1]
+    trained = pairs if rated else liked
     trained_items = trained[item_id].to_numpy()
     valid = read_columns(valid_dir, [*user_cols, item_id, target])
     candidates = catalogue.drop_duplicates(item_id).sort_values(item_id, ignore_index=True)
