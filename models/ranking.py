@@ -87,6 +87,7 @@ def train_ranker(
         epochs=cfg.epochs,
         patience=cfg.patience,
         min_delta=cfg.min_delta,
+        lower_rate_on_stall=cfg.learning_rate_schedule == "plateau",
         evaluate=evaluate,
         monitor=MONITOR,
         n_rows=train.num_rows,

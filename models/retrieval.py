@@ -249,6 +249,7 @@ def train_retriever(
         epochs=cfg.epochs,
         patience=cfg.patience,
         min_delta=cfg.min_delta,
+        lower_rate_on_stall=cfg.learning_rate_schedule == "plateau",
         evaluate=evaluate,
         monitor=cfg.monitor,
         n_rows=len(trained_items),

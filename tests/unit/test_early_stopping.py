@@ -1,5 +1,6 @@
 """Early stopping in ``fit_keeping_best``: patience counts epochs that gained less than
-``min_delta``; the best epoch's weights are kept whatever stopped the fit."""
+``min_delta``; the best epoch's weights are kept whatever stopped the fit; the ``plateau``
+schedule lowers the learning rate after each epoch that gained less."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def test_patience_counts_epochs_that_gain_less_than_min_delta(min_delta, epochs_
         epochs=len(SCRIPT),
         patience=3,
         min_delta=min_delta,
+        lower_rate_on_stall=False,
         evaluate=evaluate,
         monitor="score",
         n_rows=len(x),
@@ -47,3 +49,31 @@ def test_patience_counts_epochs_that_gain_less_than_min_delta(min_delta, epochs_
     assert fit.best_epoch == best_epoch and fit.metrics["score"] == SCRIPT[best_epoch - 1]
     for kept, trained in zip(model.get_weights(), weights_after[best_epoch - 1], strict=True):
         np.testing.assert_array_equal(kept, trained)
+
+
+def test_the_plateau_schedule_lowers_the_rate_after_each_epoch_that_gains_too_little():
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(-1, 1)
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1)])
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.01), loss="mse")
+    rates = []
+
+    def evaluate() -> dict[str, float]:
+        # The rate the epoch just trained at: the callback lowers it after this returns.
+        rates.append(float(model.optimizer.learning_rate.numpy()))
+        return {"score": SCRIPT[len(rates) - 1]}
+
+    fit_keeping_best(
+        model,
+        tf.data.Dataset.from_tensor_slices((x, 3 * x)).batch(8),
+        epochs=len(SCRIPT),
+        patience=10,
+        min_delta=0.001,
+        lower_rate_on_stall=True,
+        evaluate=evaluate,
+        monitor="score",
+        n_rows=len(x),
+        name="toy",
+    )
+
+    # Epochs 3-6 gain under 0.001 over epoch 2: each lowers the rate tenfold for the next one.
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 1e-3, 1e-4, 1e-5, 1e-6])

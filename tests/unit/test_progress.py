@@ -24,6 +24,7 @@ def test_each_epoch_ends_as_one_line_with_its_validation_metric(capsys):
         epochs=3,
         patience=3,
         min_delta=0.0,
+        lower_rate_on_stall=False,
         evaluate=evaluate,
         monitor="r2",
         n_rows=len(x),
