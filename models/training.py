@@ -312,13 +312,12 @@ class _KeepBest(tf.keras.callbacks.Callback):
             self.best_weights = self.model.get_weights()
         if value > self.gained + self.min_delta:
             self.gained_epoch, self.gained = epoch + 1, value
-        else:
-            if self.lower_rate_on_stall:
-                rate = self.model.optimizer.learning_rate
-                rate.assign(rate * PLATEAU_FACTOR)
-                log.info("epoch %d gained nothing: learning rate now %.3g", epoch + 1, rate.numpy())
-            if epoch + 1 - self.gained_epoch > self.patience:
-                self.model.stop_training = True
+        elif epoch + 1 - self.gained_epoch > self.patience:
+            self.model.stop_training = True
+        elif self.lower_rate_on_stall:
+            rate = self.model.optimizer.learning_rate
+            rate.assign(rate * PLATEAU_FACTOR)
+            log.info("epoch %d gained too little: learning rate now %.3g", epoch + 1, rate.numpy())
         if self.on_epoch is not None:
             self.on_epoch(epoch + 1, metrics)
 
