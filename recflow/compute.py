@@ -23,6 +23,7 @@ import pynvml
 from distributed import Client, LocalCluster
 
 from recflow.config import ComputeConfig
+from recflow.dask_worker import WithoutTensorFlow
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ def open_cluster(cfg: ComputeConfig) -> Iterator[tuple[Client, Device]]:
         _start_local_cluster(cfg, device) as cluster,
         Client(cluster) as client,
     ):
+        # Only workers started here: a scheduler's own workers may well run TensorFlow.
+        client.register_worker_plugin(WithoutTensorFlow())
         _log_cluster(client, device)
         yield client, device
 

@@ -146,6 +146,9 @@ class FakeClient:
         self.runs += 1
         return self.worker_reports
 
+    def register_worker_plugin(self, plugin: Any) -> None:
+        pass  # what the plugin does to real workers: tests/integration/test_cluster_environment.py
+
 
 class FakeCluster:
     instances: list[FakeCluster] = []
