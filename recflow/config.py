@@ -421,7 +421,13 @@ class RetrievalConfig(_Section):
     learning_rate_schedule: LearningRateSchedule = "plateau"
     batch_size: PositiveInt = 1024
     epochs: PositiveInt = 20
-    patience: int = Field(3, ge=0)
+    # Epochs without a gain (``min_delta``) after which training stops. With ``plateau`` each
+    # of them but the last lowers the rate tenfold for the next, so at 1 a stall gets one epoch
+    # at a tenth of the rate, and the fit ends if that gains nothing too. No epoch after two
+    # lowerings in a row gained in the runs measured (ml-1m-shaped; ml-latest-small by time,
+    # both shapes; ml-100k u1), so 3 only paid for two more: about 40 s at ml-1m's shape
+    # (docs/training.md, "The learning rate after a stall").
+    patience: int = Field(1, ge=0)
     # How much higher than at the last better epoch the monitored metric must be for an epoch to
     # count as better for patience; the best epoch's weights are kept either way. In one run from
     # the SVD the ml-1m-shaped two-tower gained 0.0001-0.0009 an epoch up to the 20-epoch cap;
