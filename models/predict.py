@@ -3,7 +3,8 @@
 How a pandas frame of workflow outputs becomes a Keras model's prediction, in-process: to
 choose recommend's ordering on validation (models/composed.py), to embed the catalogue and the
 users (models/retrieval.py, serving/export.py) and, at export, to check that the ONNX ranker
-Triton runs scores like the trained ranker (``serving.export.check_equivalence``).
+Triton runs scores like the trained ranker (``serving.export.check_equivalence``). The ranker's
+validation split goes through the same traced call each epoch (models/ranking.py).
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def to_model_inputs(df: pd.DataFrame, schema: Schema) -> dict[str, tf.Tensor]:
 # Called eagerly, a model traces its call again for each input shape it meets: every last
 # batch, every batch whose list columns hold another number of values. Choosing recommend's
 # ordering on ml-1m-shaped data traced 184 times, 12 of its 79 s. One function per model, its
-# inputs (all [n]: to_model_inputs) of any length, traces once.
+# inputs (all [n]: to_model_inputs) of any length, traces once. It is also four times faster
+# than the eager call on the ml-1m-shaped ranker's validation split: 0.25 s against 1.0 s for
+# 197,593 rows, at each of its 25 epochs.
 _INFERENCE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _inference(model: tf.keras.Model, inputs: dict[str, tf.Tensor]):
+def infer(model: tf.keras.Model, inputs: dict[str, tf.Tensor]) -> tf.Tensor:
+    """``model(inputs, training=False)`` through the model's one traced function; ``inputs`` in
+    Merlin's dataloader layout, every tensor 1-D (``to_model_inputs``, ``SplitTensors``)."""
     if model not in _INFERENCE:
         # A weak reference, or the function would keep its own dictionary key alive.
         held = weakref.ref(model)
@@ -66,7 +71,7 @@ def predict_rows(
 ) -> np.ndarray:
     """The model's output for each row of ``df`` (workflow outputs), stacked: [rows, ...]."""
     outputs = [
-        np.asarray(_inference(model, to_model_inputs(df.iloc[start : start + batch_size], schema)))
+        np.asarray(infer(model, to_model_inputs(df.iloc[start : start + batch_size], schema)))
         for start in range(0, len(df), batch_size)
     ]
     return np.concatenate(outputs) if outputs else np.empty(0, dtype=np.float32)

@@ -14,6 +14,7 @@ from merlin.schema import Schema, Tags
 from models.architectures import RANKING_ARCHITECTURES, ranker_inputs
 from models.baselines import item_mean_scores
 from models.metrics import binary_metrics
+from models.predict import infer
 from models.training import (
     EpochHook,
     SplitTensors,
@@ -156,7 +157,7 @@ def predict_split(model: tf.keras.Model, split: SplitTensors) -> tuple[np.ndarra
     labels, scores = [], []
     # Iterate the batches ourselves so each score stays paired with its own label.
     for inputs, target in split.batches(PREDICT_BATCH, shuffle=False):
-        scores.append(np.asarray(model(inputs, training=False)).reshape(-1))
+        scores.append(np.asarray(infer(model, inputs)).reshape(-1))
         labels.append(np.asarray(target).reshape(-1))
     return np.concatenate(labels), np.concatenate(scores)
 
