@@ -425,8 +425,8 @@ class RetrievalConfig(_Section):
     # of them but the last lowers the rate tenfold for the next, so at 1 a stall gets one epoch
     # at a tenth of the rate, and the fit ends if that gains nothing too. No epoch after two
     # lowerings in a row gained in the runs measured (ml-1m-shaped; ml-latest-small by time,
-    # both shapes; ml-100k u1), so 3 only paid for two more: about 40 s at ml-1m's shape
-    # (docs/training.md, "The learning rate after a stall").
+    # both shapes; ml-100k u1), so 3 only paid for two more: 30 s of the two-tower's 207 at
+    # ml-1m's shape (docs/training.md, "The learning rate after a stall"; scale.md).
     patience: int = Field(1, ge=0)
     # How much higher than at the last better epoch the monitored metric must be for an epoch to
     # count as better for patience; the best epoch's weights are kept either way. In one run from
