@@ -207,6 +207,12 @@ def optimizer_for(cfg: SectionConfig, steps_per_epoch: int) -> tf.keras.optimize
     return tf.keras.optimizers.get({"class_name": cfg.optimizer, "config": {"learning_rate": rate}})
 
 
+def lowers_rate_on_stall(cfg: SectionConfig) -> bool:
+    """Whether the fit lowers the rate after a stalled epoch: the half of ``plateau`` that
+    :func:`optimizer_for` leaves to :func:`fit_keeping_best` (``lower_rate_on_stall``)."""
+    return cfg.learning_rate_schedule == "plateau"
+
+
 def compile_model(model: tf.keras.Model, optimizer: tf.keras.optimizers.Optimizer) -> None:
     """Compile for ``fit_keeping_best``. No Keras metrics: Merlin's defaults (top-k over each
     batch's logits for retrieval) would run every step and never be read; early stopping and
